@@ -1,0 +1,37 @@
+# Page-view analytics pipeline. `make up` runs the whole stack natively; `make test` tests it.
+SHELL := /bin/bash
+PY := .venv/bin/python
+UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
+
+.PHONY: help venv up down status test test-unit test-integration lint typecheck replay \
+        bench bench-ingest bench-query bench-e2e bench-aggregator bench-replay bench-report
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+.venv/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null || python3 -m pip install --quiet 'uv==0.13.9'
+	$(UV_ENV) uv sync --frozen --quiet
+	@touch $@
+
+venv: .venv/.synced ## Create the Python environment from uv.lock
+
+up: venv ## Provision (cached) and start the whole stack at http://127.0.0.1:8080
+	$(PY) infra/stack.py up
+
+down: ## Stop every process `make up` started, and nothing else
+	@python3 infra/stack.py down
+
+status: ## Which parts of the stack run
+	@python3 infra/stack.py status
+
+test: venv ## Unit tests, then integration and e2e tests on the local stack (started if needed)
+	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/integration tests/e2e -q
+
+test-unit: venv ## Unit tests only (no servers)
+	$(PY) -m pytest tests/unit -q
+
+lint: venv ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m mypy contracts ingest_gateway aggregator query_api

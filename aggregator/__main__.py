@@ -1,0 +1,117 @@
+"""``python -m aggregator``: join the consumer group and count until SIGTERM.
+
+SIGTERM finishes the batch in hand, commits it, leaves the group and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+import uvloop
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from pymongo import AsyncMongoClient
+from pymongo.errors import ConnectionFailure
+from redis.asyncio import Redis
+
+from aggregator.app import create_app
+from aggregator.dead_letters import KafkaDeadLetters
+from aggregator.metrics import AggregatorMetrics
+from aggregator.mongo_sink import MongoSink
+from aggregator.pipeline import CrashHook, Pipeline
+from aggregator.redis_sink import RedisSink
+from aggregator.source import KafkaSource
+from contracts.logs import configure_logging
+from contracts.settings import AggregatorSettings
+
+log = logging.getLogger("aggregator")
+
+
+async def _until_started(name: str, start: object, stopping: asyncio.Event) -> bool:
+    """Retry a start-up coroutine factory with backoff; False if shutdown came first."""
+    delay = 0.2
+    while not stopping.is_set():
+        try:
+            await start()  # type: ignore[operator]
+            return True
+        except (KafkaError, OSError, ConnectionFailure) as exc:
+            log.warning("start_retry", extra={"fields": {"part": name, "error": repr(exc)}})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return False
+
+
+async def lag_reporter(source: KafkaSource, metrics: AggregatorMetrics) -> None:
+    while True:
+        for partition, lag in (await source.lag()).items():
+            metrics.lag.labels(str(partition)).set(lag)
+        await asyncio.sleep(2)
+
+
+async def serve(settings: AggregatorSettings) -> None:
+    b = settings.backends
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    metrics = AggregatorMetrics()
+    redis = Redis.from_url(b.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        b.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
+    source = KafkaSource.create(b.kafka_bootstrap, b.topic, settings.group_id,
+                                settings.instance, settings.max_records)
+    producer = AIOKafkaProducer(bootstrap_servers=b.kafka_bootstrap, enable_idempotence=True,
+                                client_id=f"{settings.instance}-dlq")
+    mongo_sink = MongoSink(mongo, b.mongo_db)
+    pipeline = Pipeline(source=source, mongo=mongo_sink, redis=RedisSink(redis),
+                        dead_letters=KafkaDeadLetters(producer, b.dead_letter_topic, b.topic),
+                        metrics=metrics, stopping=stopping, backoff_max_s=settings.backoff_max_s,
+                        crash=CrashHook(settings.crash_at, settings.crash_at_batch))
+    consuming = False
+
+    def readiness() -> dict[str, bool]:
+        return {"consumer": consuming, **pipeline.healthy}
+
+    runner = web.AppRunner(create_app(metrics, readiness), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    log.info("aggregator_starting", extra={"fields": {"port": settings.port,
+                                                      "group": settings.group_id}})
+    reporter: asyncio.Task[None] | None = None
+    try:
+        if not (await _until_started("mongo", mongo_sink.ensure_indexes, stopping)
+                and await _until_started("dlq_producer", producer.start, stopping)
+                and await _until_started("consumer", source.start, stopping)):
+            return
+        consuming = True
+        reporter = asyncio.create_task(lag_reporter(source, metrics))
+        log.info("aggregator_consuming", extra={"fields": {"topic": b.topic}})
+        await pipeline.run(settings.max_records, settings.max_wait_ms)
+    finally:
+        consuming = False
+        if reporter is not None:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+        await source.stop()
+        await producer.stop()
+        await redis.aclose()
+        await mongo.close()
+        await runner.cleanup()
+        log.info("aggregator_stopped", extra={"fields": {"batches": pipeline.batches}})
+
+
+def main() -> None:
+    settings = AggregatorSettings.from_env(os.environ)
+    configure_logging("aggregator", settings.instance, settings.log_level)
+    uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

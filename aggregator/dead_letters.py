@@ -1,0 +1,51 @@
+"""Undecodable records go to the dead-letter topic with the reason, so the partition keeps
+moving and nothing is silently dropped. Called by the pipeline; blocks until Kafka acks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+
+from aggregator.source import Record
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    record: Record
+    reason: str
+
+
+class DeadLetters(Protocol):
+    async def send(self, poison: Sequence[Poison]) -> None: ...
+
+
+class KafkaDeadLetters:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, source_topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._source_topic = source_topic
+
+    async def send(self, poison: Sequence[Poison]) -> None:
+        futures = []
+        for p in poison:
+            headers = [("reason", p.reason[:1000].encode()),
+                       ("source_topic", self._source_topic.encode()),
+                       ("source_partition", str(p.record.partition).encode()),
+                       ("source_offset", str(p.record.offset).encode())]
+            futures.append(await self._producer.send(self._topic, p.record.value or b"",
+                                                     key=p.record.key, headers=headers))
+        for future in futures:
+            await future
+
+
+class ListDeadLetters:
+    """For unit tests: remembers what would have been dead-lettered."""
+
+    def __init__(self) -> None:
+        self.sent: list[Poison] = []
+
+    async def send(self, poison: Sequence[Poison]) -> None:
+        self.sent.extend(poison)

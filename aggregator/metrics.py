@@ -1,0 +1,27 @@
+"""The aggregator's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from contracts.httpkit import HttpMetrics
+
+
+class AggregatorMetrics(HttpMetrics):
+    def __init__(self) -> None:
+        super().__init__("aggregator")
+        r = self.registry
+        self.applied = Counter("records_applied_total", "Events counted in Redis", registry=r)
+        self.skipped = Counter("duplicates_skipped_total", "Records not counted again, by why",
+                               ["reason"], registry=r)
+        self.dead_lettered = Counter("dead_lettered_total", "Records sent to the dead-letter topic",
+                                     registry=r)
+        self.batch_size = Histogram("batch_records", "Records per batch", registry=r,
+                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+        self.batch_seconds = Histogram("batch_duration_seconds", "Poll-to-commit time per batch",
+                                       registry=r, buckets=(.005, .01, .025, .05, .1, .25, .5, 1,
+                                                            2.5, 5, 10))
+        self.lag = Gauge("consumer_lag", "Records behind the end of the partition",
+                         ["partition"], registry=r)
+        self.store_up = Gauge("store_up", "1 when the store answered the last call",
+                              ["store"], registry=r)

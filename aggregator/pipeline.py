@@ -1,0 +1,202 @@
+"""The checkpoint: how one batch of Kafka records becomes exact counts.
+
+Effectively-once, step by step (a crash between any two steps is safe):
+
+1. Decode every record; undecodable ones go to the dead-letter topic (and count as done).
+2. Read the last offset applied to Redis for each (site, partition) in the batch, and drop
+   records at or below it: they were counted before a crash or a rebalance.
+3. Write the rest to MongoDB (``_id`` = event id). Duplicates whose stored (partition,
+   offset) is their own are our earlier write: they count. Others are client retries: they
+   don't, but their offsets still advance the marker.
+4. For each (site, partition), one atomic Redis script adds the counts and stores the last
+   offset it covers. If the stored offset shows that part was already applied (another
+   aggregator after a rebalance), re-filter and apply only the rest.
+5. Commit the Kafka offsets. Nothing is committed before both stores hold the batch.
+
+Store outages (connection errors) pause the batch: back off, keep the group membership,
+retry the same step, never commit; the state change is logged once. Anything else raises
+and crashes the process, for the supervisor to restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from aiokafka.errors import KafkaError
+from pymongo.errors import ConnectionFailure
+from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aggregator.aggregate import RedisOps, aggregate, to_ops
+from aggregator.dead_letters import DeadLetters, Poison
+from aggregator.metrics import AggregatorMetrics
+from aggregator.mongo_sink import Located
+from aggregator.source import Record, RecordSource
+from contracts.event import UndecodableRecord, decode_event
+from contracts.keys import SiteKeys
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT: dict[str, tuple[type[BaseException], ...]] = {
+    "mongo": (ConnectionFailure,),
+    "redis": (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError),
+    "kafka": (KafkaError,),
+}
+
+
+class EventStore(Protocol):
+    """Raw events, written once (``mongo_sink.MongoSink``)."""
+
+    async def write(self, batch: Sequence[Located]) -> list[Located]: ...
+
+
+class AggregateStore(Protocol):
+    """The aggregates and their applied offsets (``redis_sink.RedisSink``)."""
+
+    async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]: ...
+
+    async def apply(self, ops: RedisOps, partition: int, first: int, last: int) -> int | None: ...
+
+    async def remember_sites(self, site_ids: Iterable[str]) -> None: ...
+
+
+class Stopping(Exception):
+    """Shutdown was asked for while waiting out an outage; the batch is left uncommitted."""
+
+
+@dataclass(frozen=True, slots=True)
+class CrashHook:
+    """Test-only fault injection: exit abruptly at a named step of the given batch, to prove
+    a crash there loses and doubles nothing. ``point`` is None in production."""
+
+    point: str | None = None
+    at_batch: int = 0
+
+    def maybe_crash(self, point: str, batch_number: int) -> None:
+        if point == self.point and batch_number >= self.at_batch:
+            logging.getLogger(__name__).error("crash_hook_fired", extra={"fields": {
+                "point": point, "batch": batch_number}})
+            logging.shutdown()
+            os._exit(70)
+
+
+@dataclass
+class Pipeline:
+    source: RecordSource
+    mongo: EventStore
+    redis: AggregateStore
+    dead_letters: DeadLetters
+    metrics: AggregatorMetrics
+    stopping: asyncio.Event
+    backoff_max_s: float = 5.0
+    crash: CrashHook = field(default_factory=CrashHook)
+    healthy: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(TRANSIENT, True))
+    batches: int = 0
+
+    async def run(self, max_records: int, max_wait_ms: int) -> None:
+        """Poll and process until ``stopping`` is set; the batch in hand is always finished."""
+        while not self.stopping.is_set():
+            records = await self.source.poll(max_records, max_wait_ms)
+            if records:
+                try:
+                    await self.process(records)
+                except Stopping:
+                    return
+
+    async def process(self, records: list[Record]) -> None:
+        started = time.perf_counter()
+        self.batches += 1
+        located, poison = decode_all(records)
+        if poison:
+            await self._retry("kafka", lambda: self.dead_letters.send(poison))
+            self.metrics.dead_lettered.inc(len(poison))
+            log.warning("dead_lettered", extra={"fields": {
+                "records": len(poison), "first_reason": poison[0].reason}})
+
+        sites = {r.event.site_id: SiteKeys(r.event.site_id) for r in located}
+        applied = await self._retry("redis", lambda: self.redis.applied_offsets(sites.values()))
+        fresh = [r for r in located
+                 if r.offset > applied.get((r.event.site_id, r.partition), -1)]
+        self.metrics.skipped.labels("already_applied").inc(len(located) - len(fresh))
+
+        counting = await self._retry("mongo", lambda: self.mongo.write(fresh))
+        self.metrics.skipped.labels("client_retry").inc(len(fresh) - len(counting))
+        self.crash.maybe_crash("after_mongo", self.batches)
+
+        await self._retry("redis", lambda: self.redis.remember_sites(sites))
+        counted = {(r.partition, r.offset) for r in counting}
+        for (site_id, partition), group in group_by_site_partition(fresh).items():
+            await self._apply(sites[site_id], partition, group, counted)
+        self.crash.maybe_crash("after_redis", self.batches)
+
+        next_offsets: dict[int, int] = {}
+        for r in records:
+            next_offsets[r.partition] = max(next_offsets.get(r.partition, 0), r.offset + 1)
+        await self._retry("kafka", lambda: self.source.commit(next_offsets))
+        self.metrics.batch_size.observe(len(records))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _apply(self, site: SiteKeys, partition: int, group: list[Located],
+                     counted: set[tuple[int, int]]) -> None:
+        while group:
+            events = [r.event for r in group if (r.partition, r.offset) in counted]
+            ops = to_ops(site, aggregate(events))
+            first, last = group[0].offset, group[-1].offset
+            stored = await self._retry(
+                "redis", lambda: self.redis.apply(ops, partition, first, last))  # noqa: B023
+            if stored is None:
+                self.metrics.applied.inc(len(events))
+                return
+            skipped = [r for r in group if r.offset <= stored]
+            self.metrics.skipped.labels("already_applied").inc(len(skipped))
+            group = [r for r in group if r.offset > stored]
+
+    async def _retry(self, store: str, step: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.05
+        while True:
+            try:
+                result = await step()
+            except TRANSIENT[store] as exc:
+                if self.healthy[store]:
+                    self.healthy[store] = False
+                    self.metrics.store_up.labels(store).set(0)
+                    log.warning("store_unavailable", extra={"fields": {
+                        "store": store, "error": repr(exc)}})
+                if self.stopping.is_set():
+                    raise Stopping from exc
+                await self.source.keepalive()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            if not self.healthy[store]:
+                self.healthy[store] = True
+                log.info("store_recovered", extra={"fields": {"store": store}})
+            self.metrics.store_up.labels(store).set(1)
+            return result
+
+
+def decode_all(records: list[Record]) -> tuple[list[Located], list[Poison]]:
+    located: list[Located] = []
+    poison: list[Poison] = []
+    for record in records:
+        try:
+            located.append(Located(decode_event(record.value), record.partition, record.offset))
+        except UndecodableRecord as exc:
+            poison.append(Poison(record, str(exc)))
+    return located, poison
+
+
+def group_by_site_partition(records: list[Located]) -> dict[tuple[str, int], list[Located]]:
+    groups: dict[tuple[str, int], list[Located]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        groups[(r.event.site_id, r.partition)].append(r)
+    return groups

@@ -1,0 +1,78 @@
+"""Applying one site's batch to Redis atomically, together with the Kafka offset it covers.
+
+One Lua script per site and partition: it refuses to apply when the stored offset shows
+that part of the range was already applied (a redelivery, or another aggregator after a
+rebalance) and returns that offset, so the caller re-filters and applies only the rest.
+Every key is passed in KEYS and carries the site's hash tag: one slot, Cluster-ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import orjson
+from redis.asyncio import Redis
+
+from aggregator.aggregate import RedisOps
+from contracts.keys import SiteKeys, sites_key
+
+# KEYS[1]: offsets hash. ARGV: partition, first offset, last offset, ops as JSON.
+APPLY_SCRIPT = """
+local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if stored >= tonumber(ARGV[2]) then
+  return stored
+end
+local ops = cjson.decode(ARGV[4])
+for _, op in ipairs(ops) do
+  local kind, key = op[1], KEYS[op[2]]
+  if kind == 'i' then
+    redis.call('INCRBY', key, op[3])
+    if op[4] > 0 then redis.call('EXPIREAT', key, op[4]) end
+  elseif kind == 'z' then
+    redis.call('ZINCRBY', key, op[4], op[3])
+  elseif kind == 'h' then
+    redis.call('HINCRBY', key, op[3], op[4])
+    if op[5] > 0 then redis.call('EXPIREAT', key, op[5]) end
+  elseif kind == 'p' then
+    redis.call('PFADD', key, unpack(op, 4))
+    if op[3] > 0 then redis.call('EXPIREAT', key, op[3]) end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return -2
+"""
+APPLIED = -2
+
+
+class RedisSink:
+    """Called by the pipeline; every method may block on the network and raises redis
+    errors on outages (the pipeline backs off and retries)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._apply = redis.register_script(APPLY_SCRIPT)
+
+    async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]:
+        """(site, partition) -> last offset applied, for every given site, in one round trip."""
+        site_list = list(sites)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for site in site_list:
+                pipe.hgetall(site.applied_offsets())
+            results = await pipe.execute()
+        applied: dict[tuple[str, int], int] = {}
+        for site, offsets in zip(site_list, results, strict=True):
+            for partition, offset in offsets.items():
+                applied[(site.site_id, int(partition))] = int(offset)
+        return applied
+
+    async def apply(self, ops: RedisOps, partition: int, first: int, last: int) -> int | None:
+        """Apply atomically. Returns None when applied, or the stored offset when some of
+        ``first..last`` was already applied (nothing was changed then)."""
+        result = await self._apply(keys=ops.keys,
+                                   args=[partition, first, last, orjson.dumps(ops.ops)])
+        return None if int(result) == APPLIED else int(result)
+
+    async def remember_sites(self, site_ids: Iterable[str]) -> None:
+        ids = list(site_ids)
+        if ids:
+            await self._redis.sadd(sites_key(), *ids)

@@ -1,0 +1,211 @@
+"""The page-view event, version 1: its validation and its wire codec.
+
+The gateway validates what clients send and encodes the result for Kafka; the aggregator
+and the replay decode it again. Validation is pure: the clock and the id factory are
+passed in, so tests control them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+DEFAULT_SITE = "default"
+MAX_PAGE_ID = 512
+MAX_USER_ID = 128
+MAX_EVENT_ID = 128
+MAX_FUTURE_MS = 5 * 60 * 1000
+DEFAULT_LATE_WINDOW_MS = 7 * 24 * 3600 * 1000
+
+SITE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+KNOWN_FIELDS = frozenset({"page_id", "user_id", "site_id", "event_id", "ts"})
+
+
+@dataclass(frozen=True, slots=True)
+class PageView:
+    """A validated event; ``ts`` and ``received_at`` are epoch milliseconds (UTC)."""
+
+    event_id: str
+    site_id: str
+    page_id: str
+    user_id: str
+    ts: int
+    received_at: int
+
+    @property
+    def kafka_key(self) -> bytes:
+        """Spreads load over partitions and keeps one visitor's events in order."""
+        return f"{self.site_id}:{self.user_id}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    reason: str
+    index: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"field": self.field, "reason": self.reason}
+        if self.index is not None:
+            detail = {"index": self.index, **detail}
+        return detail
+
+
+class InvalidEvent(ValueError):
+    """The input is not a valid v1 event; ``errors`` names every offending field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationPolicy:
+    """What the clock says and how far back in time an event may be."""
+
+    now_ms: int
+    late_window_ms: int = DEFAULT_LATE_WINDOW_MS
+
+
+def _check_text(raw: Mapping[str, Any], field: str, max_len: int, *, required: bool,
+                no_control: bool, errors: list[FieldError]) -> str | None:
+    if field not in raw:
+        if required:
+            errors.append(FieldError(field, "is required"))
+        return None
+    value = raw[field]
+    if not isinstance(value, str):
+        errors.append(FieldError(field, "must be a string"))
+        return None
+    if not 1 <= len(value) <= max_len:
+        errors.append(FieldError(field, f"must be 1 to {max_len} characters"))
+        return None
+    if no_control and CONTROL_CHARS_RE.search(value):
+        errors.append(FieldError(field, "must not contain control characters"))
+        return None
+    return value
+
+
+def parse_ts(value: object) -> int:
+    """Epoch milliseconds from an RFC 3339 string or an integer of epoch milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be an RFC 3339 date-time or epoch milliseconds")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and 0 < len(value) <= 64 and "T" in value.upper():
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("is not a valid RFC 3339 date-time") from None
+        if moment.tzinfo is None:
+            raise ValueError("must include a time zone (e.g. Z or +02:00)")
+        return int(moment.timestamp() * 1000)
+    raise ValueError("must be an RFC 3339 date-time or epoch milliseconds")
+
+
+def _check_ts(raw: Mapping[str, Any], policy: ValidationPolicy,
+              errors: list[FieldError]) -> int | None:
+    if "ts" not in raw:
+        return policy.now_ms
+    try:
+        ts = parse_ts(raw["ts"])
+    except ValueError as exc:
+        errors.append(FieldError("ts", str(exc)))
+        return None
+    if ts > policy.now_ms + MAX_FUTURE_MS:
+        errors.append(FieldError("ts", "is more than 5 minutes in the future"))
+        return None
+    if ts < policy.now_ms - policy.late_window_ms:
+        days = policy.late_window_ms / 86_400_000
+        errors.append(FieldError("ts", f"is older than the late window ({days:g} days)"))
+        return None
+    return ts
+
+
+def validate_event(raw: object, policy: ValidationPolicy,
+                   new_event_id: Callable[[], str]) -> PageView:
+    """Turn one decoded JSON value into a PageView, or raise InvalidEvent naming every field."""
+    if not isinstance(raw, dict):
+        raise InvalidEvent([FieldError("", "event must be a JSON object")])
+    errors: list[FieldError] = []
+    for field in sorted(set(raw) - KNOWN_FIELDS, key=str)[:10]:
+        errors.append(FieldError(str(field)[:64], "is not a field of the v1 event"))
+    page_id = _check_text(raw, "page_id", MAX_PAGE_ID, required=True, no_control=True,
+                          errors=errors)
+    user_id = _check_text(raw, "user_id", MAX_USER_ID, required=True, no_control=False,
+                          errors=errors)
+    event_id = _check_text(raw, "event_id", MAX_EVENT_ID, required=False, no_control=True,
+                           errors=errors)
+    site_id = raw.get("site_id", DEFAULT_SITE)
+    if not isinstance(site_id, str) or not SITE_ID_RE.fullmatch(site_id):
+        errors.append(FieldError("site_id", "must match [A-Za-z0-9._-]{1,64}"))
+    ts = _check_ts(raw, policy, errors)
+    if errors:
+        raise InvalidEvent(errors)
+    assert page_id is not None and user_id is not None and ts is not None
+    return PageView(event_id=event_id or new_event_id(), site_id=site_id, page_id=page_id,
+                    user_id=user_id, ts=ts, received_at=policy.now_ms)
+
+
+def validate_batch(raws: list[object], policy: ValidationPolicy,
+                   new_event_id: Callable[[], str]) -> list[PageView]:
+    """All or nothing: every event valid, or InvalidEvent listing each bad one by index."""
+    events: list[PageView] = []
+    errors: list[FieldError] = []
+    for index, raw in enumerate(raws):
+        try:
+            events.append(validate_event(raw, policy, new_event_id))
+        except InvalidEvent as exc:
+            errors.extend(FieldError(e.field, e.reason, index) for e in exc.errors)
+    if errors:
+        raise InvalidEvent(errors)
+    return events
+
+
+def encode_event(event: PageView) -> bytes:
+    """The Kafka record value."""
+    return orjson.dumps({
+        "v": SCHEMA_VERSION, "event_id": event.event_id, "site_id": event.site_id,
+        "page_id": event.page_id, "user_id": event.user_id, "ts": event.ts,
+        "received_at": event.received_at,
+    })
+
+
+class UndecodableRecord(ValueError):
+    """A Kafka record that is not a v1 event; it belongs in the dead-letter topic."""
+
+
+def decode_event(value: bytes | None) -> PageView:
+    """Decode a Kafka record value written by ``encode_event``, checking it thoroughly:
+    anything on the topic may have been written by something other than our gateway."""
+    if value is None:
+        raise UndecodableRecord("record has no value")
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableRecord(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UndecodableRecord("not a JSON object")
+    if raw.get("v") != SCHEMA_VERSION:
+        raise UndecodableRecord(f"unsupported schema version {raw.get('v')!r}")
+    fields = ("event_id", "site_id", "page_id", "user_id")
+    texts = {f: raw.get(f) for f in fields}
+    numbers = {f: raw.get(f) for f in ("ts", "received_at")}
+    if not all(isinstance(v, str) and v for v in texts.values()):
+        raise UndecodableRecord("event_id, site_id, page_id and user_id must be strings")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in numbers.values()):
+        raise UndecodableRecord("ts and received_at must be integers")
+    if not SITE_ID_RE.fullmatch(str(texts["site_id"])):
+        raise UndecodableRecord("site_id is not a valid site id")
+    if len(str(texts["page_id"])) > MAX_PAGE_ID or len(str(texts["user_id"])) > MAX_USER_ID:
+        raise UndecodableRecord("page_id or user_id too long")
+    return PageView(event_id=str(texts["event_id"]), site_id=str(texts["site_id"]),
+                    page_id=str(texts["page_id"]), user_id=str(texts["user_id"]),
+                    ts=int(numbers["ts"]), received_at=int(numbers["received_at"]))  # type: ignore[call-overload]

@@ -1,0 +1,109 @@
+"""Small HTTP pieces every aiohttp service shares: JSON errors, request metrics, probes.
+
+Lives in ``contracts`` so the three services agree on the error shape and the probe
+endpoints without importing each other. No I/O happens at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str,
+                   details: list[dict[str, Any]] | None = None,
+                   headers: dict[str, str] | None = None,
+                   extra: dict[str, Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    body.update(extra or {})
+    return json_response(body, status=status, headers=headers)
+
+
+class HttpMetrics:
+    """Per-app Prometheus registry (no global registry, so apps in one test don't collide)."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("http_requests_total", "HTTP requests by route and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("http_request_duration_seconds", "HTTP request latency",
+                                 ["route"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being served",
+                               registry=self.registry)
+        self.up = Gauge("service_up", "1 while the service runs", ["service"],
+                        registry=self.registry)
+        self.up.labels(service).set(1)
+
+
+def route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def error_middleware(metrics: HttpMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Every error answered as JSON; unexpected exceptions logged and answered 500 without
+    detail. Counts every request by route and status."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = route_name(request)
+        metrics.in_flight.inc()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            if exc.status < 400:
+                raise
+            code = exc.reason.lower().replace(" ", "_")
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow"}}
+            return error_response(exc.status, code, exc.text or exc.reason, headers=headers)
+        except Exception:
+            log.exception("unhandled_error", extra={"fields": {
+                "route": route, "method": request.method, "path": request.path}})
+            return error_response(500, "internal_error", "internal error; see the service log")
+        finally:
+            metrics.in_flight.dec()
+            metrics.requests.labels(route, request.method, str(status)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    return middleware
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return handle
+
+
+async def healthz(_: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return json_response({"status": "ok"})
+
+
+def readiness_response(checks: dict[str, bool]) -> web.Response:
+    ready = all(checks.values())
+    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -1,0 +1,78 @@
+"""The Redis key layout: one function per key, and no key string is built anywhere else.
+
+Every key of one site carries the site as a Redis Cluster hash tag (``{site}``), so a site's
+whole update, together with the applied-offset marker it covers, is a single-slot atomic
+step, and the same code runs on one Redis or on a cluster. Keys also carry a generation,
+so a rebuild can fill a new generation while the current one keeps serving.
+
+Bucket numbers are epoch minutes, hours and days (see ``contracts.timebuckets``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "pv"
+MINUTE_TTL_S = 48 * 3600
+HOUR_TTL_S = 90 * 24 * 3600
+REALTIME_TTL_S = 15 * 60
+REALTIME_WINDOW_MINUTES = 5
+DEFAULT_GENERATION = "0"
+
+
+def sites_key() -> str:
+    """A set of every site id seen; not part of any site's atomic step (SADD is idempotent)."""
+    return f"{PREFIX}:sites"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteKeys:
+    site_id: str
+    generation: str = DEFAULT_GENERATION
+
+    @property
+    def _base(self) -> str:
+        return f"{PREFIX}:{{{self.site_id}}}:g{self.generation}"
+
+    def generation_pointer(self) -> str:
+        """Which generation of this site's aggregates is current (a string)."""
+        return f"{PREFIX}:{{{self.site_id}}}:current"
+
+    def applied_offsets(self) -> str:
+        """Hash partition -> last Kafka offset applied to this site's aggregates."""
+        return f"{self._base}:offsets"
+
+    def total_views(self) -> str:
+        return f"{self._base}:views"
+
+    def page_views(self) -> str:
+        """Sorted set page -> views: per-page totals and the top-pages ranking in one key."""
+        return f"{self._base}:pages"
+
+    def visitors(self) -> str:
+        """HyperLogLog of every visitor of the site."""
+        return f"{self._base}:uv"
+
+    def page_visitors(self, page_id: str) -> str:
+        return f"{self._base}:uv:p:{page_id}"
+
+    def bucket_views(self, unit: str, bucket: int) -> str:
+        """Total views in one minute (``m``), hour (``h``) or day (``d``) bucket."""
+        return f"{self._base}:views:{unit}:{bucket}"
+
+    def bucket_page_views(self, unit: str, bucket: int) -> str:
+        """Hash page -> views in one bucket."""
+        return f"{self._base}:pages:{unit}:{bucket}"
+
+    def bucket_visitors(self, unit: str, bucket: int) -> str:
+        """HyperLogLog of the visitors in one minute, hour or day bucket."""
+        return f"{self._base}:uv:{unit}:{bucket}"
+
+    def bucket_page_visitors(self, unit: str, bucket: int, page_id: str) -> str:
+        """HyperLogLog of one page's visitors in one hour or day bucket."""
+        return f"{self._base}:uv:{unit}:{bucket}:p:{page_id}"
+
+
+def ttl_of(unit: str) -> int | None:
+    """Seconds a bucket key of this unit lives; day buckets stay."""
+    return {"m": MINUTE_TTL_S, "h": HOUR_TTL_S, "d": None}[unit]

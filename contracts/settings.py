@@ -1,0 +1,179 @@
+"""Typed settings, read once from the environment in each service's ``__main__``.
+
+One frozen object per service, passed down explicitly: no module-level settings, nothing
+patched in tests (tests build the object they need). Unknown or malformed values fail at
+start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from contracts.event import DEFAULT_LATE_WINDOW_MS
+from contracts.topics import AGGREGATOR_GROUP, DEAD_LETTER_TOPIC, PAGE_VIEWS_TOPIC
+
+
+class SettingsError(ValueError):
+    """An environment variable is malformed."""
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def str(self, name: str, default: str) -> str:
+        return self._environ.get(name, default).strip() or default
+
+    def int(self, name: str, default: int, minimum: int = 0) -> int:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    def float(self, name: str, default: float) -> float:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in {"1", "true", "yes", "on"}:
+            return True
+        if raw in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+    def list(self, name: str) -> tuple[str, ...]:
+        raw = self._environ.get(name, "")
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Backends:
+    """Where the shared servers are; every service reads the same variables."""
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic: str = PAGE_VIEWS_TOPIC
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
+    mongo_url: str = "mongodb://127.0.0.1:27027/"
+    mongo_db: str = "pageviews"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Backends:
+        env = _Env(environ)
+        return cls(
+            kafka_bootstrap=env.str("KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
+            topic=env.str("KAFKA_TOPIC", cls.topic),
+            dead_letter_topic=env.str("KAFKA_DEAD_LETTER_TOPIC", cls.dead_letter_topic),
+            mongo_url=env.str("MONGO_URL", cls.mongo_url),
+            mongo_db=env.str("MONGO_DB", cls.mongo_db),
+            redis_url=env.str("REDIS_URL", cls.redis_url),
+        )
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    backends: Backends = field(default_factory=Backends)
+    host: str = "127.0.0.1"
+    port: int = 8101
+    produce_timeout_s: float = 2.0
+    max_body_bytes: int = 1024 * 1024
+    max_batch_events: int = 1000
+    late_window_ms: int = DEFAULT_LATE_WINDOW_MS
+    allowed_sites: frozenset[str] = frozenset()  # empty: every valid site id is accepted
+    cors_origins: tuple[str, ...] = ("*",)
+    linger_ms: int = 5
+    max_batch_size: int = 256 * 1024
+    compression: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
+        env = _Env(environ)
+        return cls(
+            backends=Backends.from_env(environ),
+            host=env.str("HOST", cls.host),
+            port=env.int("PORT", cls.port, minimum=1),
+            produce_timeout_s=env.float("PRODUCE_TIMEOUT_S", cls.produce_timeout_s),
+            max_body_bytes=env.int("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            max_batch_events=env.int("MAX_BATCH_EVENTS", cls.max_batch_events, minimum=1),
+            late_window_ms=env.int("LATE_WINDOW_MS", cls.late_window_ms, minimum=60_000),
+            allowed_sites=frozenset(env.list("ALLOWED_SITES")),
+            cors_origins=env.list("CORS_ORIGINS") or cls.cors_origins,
+            linger_ms=env.int("KAFKA_LINGER_MS", cls.linger_ms),
+            max_batch_size=env.int("KAFKA_MAX_BATCH_BYTES", cls.max_batch_size, minimum=1024),
+            compression=env.str("KAFKA_COMPRESSION", "none").lower().replace("none", "") or None,
+            log_level=env.str("LOG_LEVEL", cls.log_level).upper(),
+        )
+
+
+@dataclass(frozen=True)
+class AggregatorSettings:
+    backends: Backends = field(default_factory=Backends)
+    host: str = "127.0.0.1"
+    port: int = 8301
+    group_id: str = AGGREGATOR_GROUP
+    max_records: int = 2000
+    max_wait_ms: int = 20
+    backoff_max_s: float = 5.0
+    instance: str = "aggregator"
+    log_level: str = "INFO"
+    crash_at: str | None = None  # test-only fault hook: "after_mongo" or "after_redis"
+    crash_at_batch: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> AggregatorSettings:
+        env = _Env(environ)
+        return cls(
+            backends=Backends.from_env(environ),
+            host=env.str("HOST", cls.host),
+            port=env.int("PORT", cls.port, minimum=1),
+            group_id=env.str("AGGREGATOR_GROUP", cls.group_id),
+            max_records=env.int("AGGREGATOR_MAX_RECORDS", cls.max_records, minimum=1),
+            max_wait_ms=env.int("AGGREGATOR_MAX_WAIT_MS", cls.max_wait_ms, minimum=1),
+            backoff_max_s=env.float("AGGREGATOR_BACKOFF_MAX_S", cls.backoff_max_s),
+            instance=env.str("INSTANCE", cls.instance),
+            log_level=env.str("LOG_LEVEL", cls.log_level).upper(),
+            crash_at=env.str("AGGREGATOR_CRASH_AT", "") or None,
+            crash_at_batch=env.int("AGGREGATOR_CRASH_AT_BATCH", 0),
+        )
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    backends: Backends = field(default_factory=Backends)
+    host: str = "127.0.0.1"
+    port: int = 8201
+    auth_tokens: tuple[str, ...] = ()
+    auth_disabled: bool = False
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> QuerySettings:
+        env = _Env(environ)
+        settings = cls(
+            backends=Backends.from_env(environ),
+            host=env.str("HOST", cls.host),
+            port=env.int("PORT", cls.port, minimum=1),
+            auth_tokens=env.list("STATS_TOKENS"),
+            auth_disabled=env.bool("STATS_AUTH_DISABLED", cls.auth_disabled),
+            log_level=env.str("LOG_LEVEL", cls.log_level).upper(),
+        )
+        if not settings.auth_disabled and not settings.auth_tokens:
+            raise SettingsError("set STATS_TOKENS (comma-separated bearer tokens), "
+                                "or STATS_AUTH_DISABLED=true for a local stack")
+        return settings

@@ -1,0 +1,481 @@
+"""The native local stack: provision, start, check and stop real servers without Docker.
+
+    python infra/stack.py up          provision (cached) and start whatever is not running
+    python infra/stack.py down        stop exactly the processes this stack started
+    python infra/stack.py status      what runs, with pids
+    python infra/stack.py stop NAME   stop one part (e.g. kafka, redis, gateway-1) for failure tests
+    python infra/stack.py provision   only install and build (apt, Kafka jars, FerretDB)
+
+Kafka 4.x runs from its Maven Central jars in single-node KRaft mode, FerretDB 1.24 (the
+MongoDB wire protocol on SQLite) is built from the Go module proxy, Redis and NGINX come from
+Debian packages. Downloads and builds are cached under ``$PAGEVIEWS_CACHE`` (default
+``~/.cache/pageviews``) keyed by the hash of what produced them, so a warm ``up`` takes seconds.
+Everything the stack writes at run time lives in ``.run/``: ``stack.env``, ``pids/``,
+``logs/`` and ``data/``. Only the standard library is used, so this runs before any venv exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+RUN = ROOT / ".run"
+PIDS, LOGS, DATA = RUN / "pids", RUN / "logs", RUN / "data"
+CACHE = Path(os.environ.get("PAGEVIEWS_CACHE", Path.home() / ".cache" / "pageviews"))
+APT_PACKAGES = {"redis-server": "redis-server", "nginx": "nginx-light",
+                "redis-benchmark": "redis-tools", "wrk": "wrk"}
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port is configurable; defaults avoid the standard Redis and MongoDB ports."""
+
+    http: int = env_int("HTTP_PORT", 8080)
+    kafka: int = env_int("KAFKA_PORT", 19092)
+    kafka_controller: int = env_int("KAFKA_CONTROLLER_PORT", 19093)
+    mongo: int = env_int("MONGO_PORT", 27027)
+    redis: int = env_int("REDIS_PORT", 16379)
+    gateway_base: int = env_int("GATEWAY_BASE_PORT", 8101)
+    query_base: int = env_int("QUERY_BASE_PORT", 8201)
+    aggregator_base: int = env_int("AGGREGATOR_BASE_PORT", 8301)
+
+
+GATEWAYS = env_int("GATEWAYS", 3)
+AGGREGATORS = env_int("AGGREGATORS", 2)
+QUERY_APIS = env_int("QUERY_APIS", 2)
+PARTITIONS = env_int("KAFKA_PARTITIONS", 6)
+TOPIC = os.environ.get("KAFKA_TOPIC", "page-views")
+RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 20000)
+
+
+def say(part: str, message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {part:<12} {message}", flush=True)
+
+
+def run(argv: list[str], **kwargs: object) -> None:
+    subprocess.run(argv, check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- provisioning
+
+@dataclass(frozen=True)
+class Tools:
+    kafka_libs: Path
+    ferretdb: Path
+    redis_server: str
+    nginx: str
+
+
+def ensure_apt() -> None:
+    missing = [pkg for cmd, pkg in APT_PACKAGES.items() if shutil.which(cmd) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing Debian packages {missing}: run `sudo apt-get install -y "
+                 f"{' '.join(missing)}` and try again")
+    say("apt", f"installing {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env,
+        stdout=subprocess.DEVNULL)
+
+
+def ensure_kafka_jars() -> Path:
+    pom = INFRA / "kafka" / "pom.xml"
+    libs = CACHE / f"kafka-{digest(pom)}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    for tool in ("java", "mvn"):
+        if shutil.which(tool) is None:
+            sys.exit(f"`{tool}` is needed to fetch Kafka (Java 17 and Maven)")
+    say("kafka", "fetching the broker's jars from Maven Central (first time only)")
+    started = time.monotonic()
+    shutil.rmtree(libs, ignore_errors=True)
+    run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+         "-DincludeScope=runtime", f"-DoutputDirectory={libs}"])
+    (libs / ".complete").touch()
+    say("kafka", f"{len(list(libs.glob('*.jar')))} jars in {time.monotonic() - started:.0f}s")
+    return libs
+
+
+def ensure_ferretdb() -> Path:
+    src = INFRA / "ferretdb"
+    binary = CACHE / f"ferretdb-{digest(src / 'go.mod', src / 'go.sum', src / 'main.go')}" / "ferretdb"
+    if binary.exists():
+        return binary
+    if shutil.which("go") is None:
+        sys.exit("`go` is needed to build FerretDB (Go 1.22 or newer)")
+    say("ferretdb", "building FerretDB 1.24 from the Go module proxy (first time only, ~2 min)")
+    started = time.monotonic()
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_suffix(".tmp")
+    run(["go", "build", "-trimpath", "-o", str(tmp), "."], cwd=src,
+        env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"})
+    tmp.rename(binary)
+    say("ferretdb", f"built in {time.monotonic() - started:.0f}s")
+    return binary
+
+
+def provision() -> Tools:
+    ensure_apt()
+    return Tools(kafka_libs=ensure_kafka_jars(), ferretdb=ensure_ferretdb(),
+                 redis_server=shutil.which("redis-server") or "redis-server",
+                 nginx=shutil.which("nginx") or "/usr/sbin/nginx")
+
+
+# --------------------------------------------------------------------------- processes
+
+@dataclass
+class Part:
+    """One process of the stack: how to start it and how to know it is ready."""
+
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    before_start: Callable[[], None] | None = None
+    after_ready: Callable[[], None] | None = None
+    timeout_s: float = 90.0
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of a pid: together with the pid it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def running_pid(name: str) -> int | None:
+    pid_file = PIDS / f"{name}.pid"
+    try:
+        pid_text, started = pid_file.read_text().split()
+    except (OSError, ValueError):
+        return None
+    pid = int(pid_text)
+    if start_time(pid) != started or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+        return None
+    return pid
+
+
+def spawn(part: Part, base_env: dict[str, str]) -> int:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    PIDS.mkdir(parents=True, exist_ok=True)
+    if part.before_start:
+        part.before_start()
+    log = open(LOGS / f"{part.name}.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(part.argv, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True,
+                            env={**base_env, **part.env})
+    log.close()
+    (PIDS / f"{part.name}.pid").write_text(f"{proc.pid} {start_time(proc.pid)}\n")
+    return proc.pid
+
+
+def wait_ready(part: Part, pid: int) -> None:
+    deadline = time.monotonic() + part.timeout_s
+    while time.monotonic() < deadline:
+        if running_pid(part.name) != pid:
+            tail = (LOGS / f"{part.name}.log").read_text(errors="replace")[-3000:]
+            sys.exit(f"{part.name} exited during start-up; end of its log:\n{tail}")
+        if part.ready():
+            return
+        time.sleep(0.2)
+    sys.exit(f"{part.name} not ready after {part.timeout_s:.0f}s; see {LOGS / part.name}.log")
+
+
+def stop(name: str, timeout_s: float = 20.0) -> bool:
+    pid = running_pid(name)
+    (PIDS / f"{name}.pid").unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while start_time(pid) is not None and time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.1)
+    if start_time(pid) is not None:
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+# --------------------------------------------------------------------------- probes
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def redis_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def mongo_ok(port: int) -> bool:
+    """A real ``ping`` over OP_MSG, so we know FerretDB answers commands, not just listens."""
+    import struct
+    body = b"\x00" + _bson({"ping": 1, "$db": "admin"})
+    header = struct.pack("<iiii", 16 + 4 + len(body), 1, 0, 2013)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(header + struct.pack("<I", 0) + body)
+            reply = s.recv(4096)
+            return len(reply) > 21 and b"ok" in reply
+    except OSError:
+        return False
+
+
+def _bson(doc: dict[str, object]) -> bytes:
+    import struct
+    out = b""
+    for key, value in doc.items():
+        if isinstance(value, int):
+            out += b"\x10" + key.encode() + b"\x00" + struct.pack("<i", value)
+        else:
+            raw = str(value).encode() + b"\x00"
+            out += b"\x02" + key.encode() + b"\x00" + struct.pack("<i", len(raw)) + raw
+    return struct.pack("<i", len(out) + 5) + out + b"\x00"
+
+
+def kafka_ok(port: int) -> bool:
+    return subprocess.run([sys.executable, str(INFRA / "kafka" / "kafka_ready.py"), "--port",
+                           str(port), "--timeout", "1"], capture_output=True).returncode == 0
+
+
+# --------------------------------------------------------------------------- the parts
+
+def render(template: Path, target: Path, values: dict[str, str]) -> None:
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+
+
+def kafka_part(tools: Tools, ports: Ports) -> Part:
+    data = DATA / "kafka"
+    props = RUN / "kafka" / "server.properties"
+    log4j = f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'log4j2.properties'}"
+    classpath = f"{tools.kafka_libs}/*"
+
+    def format_storage() -> None:
+        render(INFRA / "kafka" / "server.properties.in", props, {
+            "KAFKA_PORT": str(ports.kafka), "CONTROLLER_PORT": str(ports.kafka_controller),
+            "DATA_DIR": str(data)})
+        if (data / "meta.properties").exists():
+            return
+        say("kafka", "formatting KRaft storage (first start)")
+        cluster_id = subprocess.run(
+            ["java", "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
+            check=True, capture_output=True, text=True).stdout.strip()
+        run(["java", "-Dkafka.log.level=WARN", log4j, "-cp", classpath,
+             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+             "--standalone"], stdout=subprocess.DEVNULL)
+
+    return Part(
+        name="kafka",
+        argv=["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+              "-Djava.awt.headless=true", log4j, "-cp", classpath, "kafka.Kafka", str(props)],
+        ready=lambda: kafka_ok(ports.kafka), before_start=format_storage,
+        after_ready=lambda: create_topics(ports), timeout_s=120)
+
+
+def create_topics(ports: Ports) -> None:
+    """Idempotent: creates the page-view and dead-letter topics when missing."""
+    run([str(ROOT / ".venv" / "bin" / "python"), str(INFRA / "topics.py"),
+         f"127.0.0.1:{ports.kafka}", TOPIC, str(PARTITIONS)])
+
+
+def redis_part(tools: Tools, ports: Ports) -> Part:
+    conf = RUN / "redis" / "redis.conf"
+
+    def write_conf() -> None:
+        (DATA / "redis").mkdir(parents=True, exist_ok=True)
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text("\n".join([
+            f"port {ports.redis}", "bind 127.0.0.1", "protected-mode yes", "daemonize no",
+            f"dir {DATA / 'redis'}", "appendonly yes", "appendfsync everysec",
+            "save 3600 1", "maxmemory-policy noeviction", "loglevel notice", ""]))
+
+    return Part(name="redis", argv=[tools.redis_server, str(conf)],
+                ready=lambda: redis_ok(ports.redis), before_start=write_conf)
+
+
+def ferretdb_part(tools: Tools, ports: Ports) -> Part:
+    return Part(name="ferretdb",
+                argv=[str(tools.ferretdb), "-listen", f"127.0.0.1:{ports.mongo}",
+                      "-sqlite-dir", str(DATA / "ferretdb"), "-log-level", "warn"],
+                ready=lambda: mongo_ok(ports.mongo))
+
+
+def service_parts(ports: Ports, python: str) -> list[Part]:
+    parts = []
+    for i in range(GATEWAYS):
+        port = ports.gateway_base + i
+        parts.append(Part(name=f"gateway-{i + 1}", argv=[python, "-m", "ingest_gateway"],
+                          env={"PORT": str(port)},
+                          ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
+    for i in range(AGGREGATORS):
+        port = ports.aggregator_base + i
+        parts.append(Part(name=f"aggregator-{i + 1}", argv=[python, "-m", "aggregator"],
+                          env={"PORT": str(port), "INSTANCE": f"aggregator-{i + 1}"},
+                          ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
+    for i in range(QUERY_APIS):
+        port = ports.query_base + i
+        parts.append(Part(name=f"query-{i + 1}", argv=[python, "-m", "query_api"],
+                          env={"PORT": str(port), "STATS_AUTH_DISABLED": "true"},
+                          ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
+    return parts
+
+
+def nginx_part(tools: Tools, ports: Ports) -> Part:
+    conf = RUN / "nginx" / "nginx.conf"
+
+    def write_conf() -> None:
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (RUN / "nginx" / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        servers = lambda base, n: "\n".join(  # noqa: E731
+            f"        server 127.0.0.1:{base + i} max_fails=1 fail_timeout=2s;" for i in range(n))
+        render(INFRA / "nginx" / "nginx.conf.in", conf, {
+            "RUN": str(RUN), "MIME_TYPES": "/etc/nginx/mime.types",
+            "ROUTES": str(INFRA / "nginx" / "routes.conf"), "HTTP_PORT": str(ports.http),
+            "RATE_LIMIT": str(RATE_LIMIT),
+            "GATEWAY_SERVERS": servers(ports.gateway_base, GATEWAYS),
+            "QUERY_SERVERS": servers(ports.query_base, QUERY_APIS)})
+        run([tools.nginx, "-t", "-q", "-p", str(RUN / "nginx"), "-c", str(conf)])
+
+    return Part(name="nginx", argv=[tools.nginx, "-p", str(RUN / "nginx"), "-c", str(conf)],
+                ready=lambda: http_ok(f"http://127.0.0.1:{ports.http}/nginx-healthz"),
+                before_start=write_conf)
+
+
+def stack_env(ports: Ports) -> dict[str, str]:
+    return {
+        "HTTP_URL": f"http://127.0.0.1:{ports.http}",
+        "KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.kafka}",
+        "KAFKA_TOPIC": TOPIC,
+        "KAFKA_DEAD_LETTER_TOPIC": f"{TOPIC}-dead-letters",
+        "MONGO_URL": f"mongodb://127.0.0.1:{ports.mongo}/",
+        "REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
+        "GATEWAY_URLS": ",".join(f"http://127.0.0.1:{ports.gateway_base + i}"
+                                 for i in range(GATEWAYS)),
+        "QUERY_URLS": ",".join(f"http://127.0.0.1:{ports.query_base + i}"
+                               for i in range(QUERY_APIS)),
+        "AGGREGATOR_URLS": ",".join(f"http://127.0.0.1:{ports.aggregator_base + i}"
+                                    for i in range(AGGREGATORS)),
+    }
+
+
+def all_parts(tools: Tools, ports: Ports) -> list[Part]:
+    python = str(ROOT / ".venv" / "bin" / "python")
+    return [redis_part(tools, ports), ferretdb_part(tools, ports), kafka_part(tools, ports),
+            *service_parts(ports, python), nginx_part(tools, ports)]
+
+
+def up() -> None:
+    started = time.monotonic()
+    ports = Ports()
+    tools = provision()
+    env_values = stack_env(ports)
+    RUN.mkdir(exist_ok=True)
+    (RUN / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in env_values.items()))
+    base_env = {**os.environ, **env_values, "PYTHONUNBUFFERED": "1"}
+    for part in all_parts(tools, ports):
+        pid = running_pid(part.name)
+        if pid is not None:
+            continue
+        say(part.name, "starting")
+        t0 = time.monotonic()
+        pid = spawn(part, base_env)
+        wait_ready(part, pid)
+        if part.after_ready:
+            part.after_ready()
+        say(part.name, f"ready in {time.monotonic() - t0:.1f}s (pid {pid})")
+    say("stack", f"up in {time.monotonic() - started:.1f}s")
+    print(f"\n  Track page views:  curl -X POST {env_values['HTTP_URL']}/track "
+          "-H 'Content-Type: application/json' -d '{\"page_id\":\"home\",\"user_id\":\"u1\"}'")
+    print(f"  Read the stats:    curl {env_values['HTTP_URL']}/stats")
+    print(f"  Settings:          {RUN / 'stack.env'}    logs: {LOGS}/\n")
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in PIDS.glob("*.pid")) if PIDS.exists() else []
+
+
+def down() -> None:
+    # Front door first, then services, then the servers they depend on.
+    order = ["nginx", "gateway", "query", "aggregator", "kafka", "ferretdb", "redis"]
+    for prefix in order:
+        for name in names():
+            if name.startswith(prefix) and stop(name):
+                say(name, "stopped")
+    for name in names():  # anything left from an older layout
+        if stop(name):
+            say(name, "stopped")
+
+
+def status() -> None:
+    rows = {name: running_pid(name) for name in names()}
+    print(json.dumps({name: pid for name, pid in rows.items()}, indent=2))
+
+
+def main(argv: list[str]) -> None:
+    command = argv[1] if len(argv) > 1 else "up"
+    if command == "up":
+        up()
+    elif command == "down":
+        down()
+    elif command == "status":
+        status()
+    elif command == "stop" and len(argv) == 3:
+        say(argv[2], "stopped" if stop(argv[2]) else "was not running")
+    elif command == "provision":
+        provision()
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,57 @@
+"""Create the page-view and dead-letter topics when missing (idempotent).
+
+    python infra/topics.py BOOTSTRAP [TOPIC] [PARTITIONS]
+
+Used by ``infra/stack.py`` after Kafka is ready, and by docker-compose's init container.
+Retries while the broker is still electing its controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from aiokafka.errors import KafkaError  # noqa: E402
+
+from contracts.topics import DEFAULT_PARTITIONS, dead_letter_topic, page_views_topic  # noqa: E402
+
+
+async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str]:
+    specs = [page_views_topic(topic, partitions), dead_letter_topic(f"{topic}-dead-letters")]
+    deadline = time.monotonic() + 60
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [s for s in specs if s.name not in existing]
+            if missing:
+                await admin.create_topics([
+                    NewTopic(s.name, num_partitions=s.partitions, replication_factor=1,
+                             topic_configs={"retention.ms": str(s.retention_ms)})
+                    for s in missing])
+            return [s.name for s in missing]
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise
+            print(f"topics: retrying after {exc!r}", file=sys.stderr)
+            await asyncio.sleep(1)
+        finally:
+            await admin.close()
+
+
+def main() -> None:
+    bootstrap = sys.argv[1]
+    topic = sys.argv[2] if len(sys.argv) > 2 else "page-views"
+    partitions = int(sys.argv[3]) if len(sys.argv) > 3 else DEFAULT_PARTITIONS
+    created = asyncio.run(ensure_topics(bootstrap, topic, partitions))
+    print(f"topics: created {created}" if created else "topics: already present")
+
+
+if __name__ == "__main__":
+    main()

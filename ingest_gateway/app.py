@@ -1,0 +1,52 @@
+"""The gateway's app factory: routes, middlewares and the Kafka producer's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from contracts.httpkit import error_middleware, healthz, metrics_handler
+from contracts.ids import event_id_factory
+from contracts.settings import GatewaySettings
+from ingest_gateway.metrics import GatewayMetrics
+from ingest_gateway.publisher import KafkaPublisher, Publisher
+from ingest_gateway.routes import DEPS, GatewayDeps, add_routes
+
+# aiohttp must not inflate bodies itself: ``body.decode_content`` does, within the limit.
+SERVER_OPTIONS = {"auto_decompress": False}
+
+
+def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
+               clock_ms: Callable[[], int] | None = None) -> web.Application:
+    """Build the gateway. Tests may pass their own publisher and clock."""
+    metrics = GatewayMetrics()
+    clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
+    owned = publisher is None
+    kafka = KafkaPublisher(settings) if publisher is None else None
+    deps = GatewayDeps(settings=settings, publisher=kafka or publisher,  # type: ignore[arg-type]
+                       metrics=metrics, clock_ms=clock, new_event_id=event_id_factory(clock))
+    # Room for a gzip body's framing on top of the decompressed limit.
+    app = web.Application(middlewares=[error_middleware(metrics)],
+                          client_max_size=settings.max_body_bytes + 64 * 1024)
+    app[DEPS] = deps
+    add_routes(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(metrics.registry))
+    if owned and kafka is not None:
+        app.cleanup_ctx.append(_producer_ctx(kafka))
+    return app
+
+
+def _producer_ctx(kafka: KafkaPublisher) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        runner = asyncio.create_task(kafka.run(), name="kafka-publisher")
+        yield
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await kafka.close()
+    return ctx

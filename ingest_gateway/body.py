@@ -1,0 +1,114 @@
+"""Reading a request body into a list of raw JSON values, within hard limits.
+
+Decompression is done here, not by aiohttp, so the size limit applies to the decompressed
+bytes and a gzip bomb stops at the limit instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+JSON_TYPES = frozenset({"application/json", "text/plain"})  # text/plain: navigator.sendBeacon
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
+
+
+@dataclass(frozen=True, slots=True)
+class BodyError(Exception):
+    """A request body we refuse, with the HTTP status and error code to answer with."""
+
+    status: int
+    code: str
+    message: str
+    index: int | None = None
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The raw (still encoded) body, refusing more than ``limit`` bytes without buffering it."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyError(413, "body_too_large", f"body exceeds {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise BodyError(413, "body_too_large", f"body exceeds {limit} bytes")
+    return raw
+
+
+def decode_content(raw: bytes, encoding: str, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (identity, gzip or deflate) with the output capped at ``limit``."""
+    encoding = encoding.strip().lower()
+    if encoding in {"", "identity"}:
+        return raw
+    if encoding not in {"gzip", "deflate"}:
+        raise BodyError(415, "unsupported_encoding",
+                        f"Content-Encoding {encoding!r} is not supported (use gzip)")
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        out = decompressor.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise BodyError(400, "malformed_body", f"body is not valid {encoding}: {exc}") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise BodyError(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
+    if not decompressor.eof:
+        raise BodyError(400, "malformed_body", f"body is truncated {encoding}")
+    return out
+
+
+def media_type(request: web.Request) -> str:
+    return request.content_type.lower()
+
+
+def parse_json(data: bytes) -> object:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+
+
+def parse_ndjson(data: bytes, max_events: int) -> list[object]:
+    items: list[object] = []
+    for index, line in enumerate(data.splitlines()):
+        if not line.strip():
+            continue
+        if len(items) >= max_events:
+            raise BodyError(413, "too_many_events", f"a batch holds at most {max_events} events")
+        try:
+            items.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise BodyError(400, "malformed_json", f"line {index + 1} is not valid JSON: {exc}",
+                            index=len(items)) from None
+    return items
+
+
+async def read_events(request: web.Request, *, limit: int, max_events: int,
+                      batch: bool) -> list[object]:
+    """The raw events of a ``/track`` (one JSON object) or ``/events`` (array or NDJSON) body."""
+    kind = media_type(request)
+    allowed = JSON_TYPES | NDJSON_TYPES if batch else JSON_TYPES
+    if kind not in allowed:
+        names = ", ".join(sorted(allowed))
+        raise BodyError(415, "unsupported_media_type",
+                        f"Content-Type {kind!r} is not supported; use one of: {names}")
+    raw = await read_limited(request, limit)
+    data = decode_content(raw, request.headers.get("Content-Encoding", ""), limit)
+    if kind in NDJSON_TYPES:
+        items = parse_ndjson(data, max_events)
+    else:
+        parsed = parse_json(data)
+        if batch:
+            if not isinstance(parsed, list):
+                raise BodyError(400, "malformed_body", "body must be a JSON array of events")
+            items = parsed
+        else:
+            if not isinstance(parsed, dict):
+                raise BodyError(400, "malformed_body",
+                                "body must be one JSON object; send batches to /events")
+            items = [parsed]
+    if not items:
+        raise BodyError(400, "empty_batch", "the batch holds no events")
+    if len(items) > max_events:
+        raise BodyError(413, "too_many_events", f"a batch holds at most {max_events} events")
+    return items

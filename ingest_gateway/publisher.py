@@ -1,0 +1,150 @@
+"""Publishing validated events to Kafka, and knowing when Kafka can't take them.
+
+The gateway answers 202 only after Kafka acknowledged every event of a request
+(idempotent producer, so acks=all). It waits a bounded time, then gives up with
+``PublishUnavailable`` so the client gets a 503. Memory is bounded: events count as in
+flight until Kafka answers for them, whatever the HTTP request did meanwhile.
+
+Called by the request handlers (``publish`` blocks for at most the produce timeout) and by
+the app's cleanup context (``run`` keeps the producer connected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from contracts.event import PageView, encode_event
+from contracts.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+class PublishUnavailable(Exception):
+    """Kafka did not acknowledge in time, or too much is already in flight."""
+
+    def __init__(self, reason: str, retry_after_s: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class Publisher(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    async def publish(self, events: Sequence[PageView]) -> None: ...
+
+
+class KafkaPublisher:
+    """An aiokafka producer that (re)connects in the background and publishes with a deadline."""
+
+    def __init__(self, settings: GatewaySettings, max_in_flight: int = 50_000) -> None:
+        self._settings = settings
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._producer: AIOKafkaProducer | None = None
+        self._connected = False
+        self._last_failure = 0.0
+
+    @property
+    def ready(self) -> bool:
+        since_failure = time.monotonic() - self._last_failure
+        recently_failed = since_failure < 2 * self._settings.produce_timeout_s
+        return self._producer is not None and self._connected and not recently_failed
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self._settings
+        return AIOKafkaProducer(
+            bootstrap_servers=s.backends.kafka_bootstrap,
+            client_id=f"ingest-gateway-{s.port}",
+            enable_idempotence=True,  # implies acks=all
+            linger_ms=s.linger_ms,
+            max_batch_size=s.max_batch_size,
+            compression_type=s.compression,
+            request_timeout_ms=max(5_000, int(s.produce_timeout_s * 4000)),
+            metadata_max_age_ms=30_000,
+        )
+
+    async def run(self) -> None:
+        """Connect, and keep checking the connection; runs until cancelled."""
+        delay = 0.2
+        while self._producer is None:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                log.warning("kafka_connect_failed", extra={"fields": {
+                    "error": repr(exc), "retry_in_s": delay}})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._producer = producer
+            log.info("kafka_connected", extra={"fields": {
+                "bootstrap": self._settings.backends.kafka_bootstrap}})
+        while True:
+            self._connected = await self._probe()
+            await asyncio.sleep(1.0)
+
+    async def _probe(self) -> bool:
+        assert self._producer is not None
+        try:
+            ok = await asyncio.wait_for(self._producer.client.force_metadata_update(), 1.5)
+        except (TimeoutError, KafkaError, OSError):
+            ok = False
+        if ok != self._connected:
+            log.log(logging.INFO if ok else logging.WARNING,
+                    "kafka_reachable" if ok else "kafka_unreachable")
+        return bool(ok)
+
+    async def close(self) -> None:
+        """Flush what is buffered and disconnect (graceful shutdown)."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, events: Sequence[PageView]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise PublishUnavailable("kafka_not_connected", retry_after_s=2)
+        if self._in_flight + len(events) > self._max_in_flight:
+            raise PublishUnavailable("too_many_in_flight")
+        self._in_flight += len(events)
+        futures: list[asyncio.Future[object]] = []
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_s):
+                for event in events:
+                    future = await producer.send(self._settings.backends.topic,
+                                                 encode_event(event), key=event.kafka_key)
+                    futures.append(future)
+                    future.add_done_callback(self._release_one)
+                await asyncio.gather(*futures)
+        except (TimeoutError, KafkaError) as exc:
+            self._last_failure = time.monotonic()
+            log.warning("publish_failed", extra={"fields": {
+                "error": repr(exc), "events": len(events), "sent": len(futures)}})
+            raise PublishUnavailable("kafka_timeout" if isinstance(exc, TimeoutError)
+                                     else "kafka_error") from exc
+        finally:
+            # Events never handed to the producer are no longer in flight; the others are
+            # released by their futures' callbacks, when Kafka answers for them.
+            self._in_flight -= len(events) - len(futures)
+
+    def _release_one(self, future: asyncio.Future[object]) -> None:
+        self._in_flight -= 1
+        if not future.cancelled():
+            future.exception()  # mark retrieved; the request already reported it

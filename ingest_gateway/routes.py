@@ -1,0 +1,131 @@
+"""The gateway's HTTP handlers: ``POST /track``, ``POST /events``, CORS preflight, probes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from contracts.event import InvalidEvent, PageView, ValidationPolicy, validate_batch
+from contracts.httpkit import error_response, json_response, readiness_response
+from contracts.settings import GatewaySettings
+from ingest_gateway.body import BodyError, read_events
+from ingest_gateway.metrics import GatewayMetrics
+from ingest_gateway.publisher import Publisher, PublishUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayDeps:
+    settings: GatewaySettings
+    publisher: Publisher
+    metrics: GatewayMetrics
+    clock_ms: Callable[[], int]
+    new_event_id: Callable[[], str]
+
+
+DEPS = web.AppKey("gateway_deps", GatewayDeps)
+
+
+def _cors_headers(request: web.Request, origins: tuple[str, ...]) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return {}
+    if "*" in origins:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin in origins:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {}
+
+
+async def preflight(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    headers = _cors_headers(request, deps.settings.cors_origins)
+    if headers:
+        headers.update({
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type, Content-Encoding",
+            "Access-Control-Max-Age": "86400",
+        })
+    return web.Response(status=204, headers=headers)
+
+
+def _check_sites(events: list[PageView], allowed: frozenset[str]) -> None:
+    if not allowed:
+        return
+    bad = [(i, e.site_id) for i, e in enumerate(events) if e.site_id not in allowed]
+    if bad:
+        raise _SiteRefused(bad)
+
+
+class _SiteRefused(Exception):
+    def __init__(self, bad: list[tuple[int, str]]) -> None:
+        super().__init__("site not allowed")
+        self.bad = bad
+
+
+async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
+    deps = request.app[DEPS]
+    s = deps.settings
+    cors = _cors_headers(request, s.cors_origins)
+    try:
+        raws = await read_events(request, limit=s.max_body_bytes,
+                                 max_events=s.max_batch_events, batch=batch)
+        policy = ValidationPolicy(now_ms=deps.clock_ms(), late_window_ms=s.late_window_ms)
+        events = validate_batch(raws, policy, deps.new_event_id)
+        _check_sites(events, s.allowed_sites)
+    except BodyError as exc:
+        deps.metrics.rejected.labels(exc.code).inc()
+        details = None if exc.index is None else [{"index": exc.index, "field": "",
+                                                   "reason": exc.message}]
+        return error_response(exc.status, exc.code, exc.message, details, headers=cors)
+    except InvalidEvent as exc:
+        deps.metrics.rejected.labels("validation_failed").inc(len({e.index for e in exc.errors}))
+        details = [e.as_dict() if batch else {**e.as_dict(), "index": 0} for e in exc.errors]
+        return error_response(400, "validation_failed", "some events are invalid; "
+                              "nothing was accepted", details, headers=cors)
+    except _SiteRefused as exc:
+        deps.metrics.rejected.labels("site_not_allowed").inc(len(exc.bad))
+        details = [{"index": i, "field": "site_id", "reason": f"site {site!r} is not served here"}
+                   for i, site in exc.bad]
+        return error_response(403, "site_not_allowed", "some events are for a site this "
+                              "deployment does not serve; nothing was accepted", details,
+                              headers=cors)
+    event_ids = [e.event_id for e in events]
+    started = time.perf_counter()
+    try:
+        await deps.publisher.publish(events)
+    except PublishUnavailable as exc:
+        deps.metrics.rejected.labels(exc.reason).inc(len(events))
+        # The ids let a client retry with the same event_id and be counted once.
+        return error_response(503, "unavailable", "events could not be stored in time; "
+                              "retry later with the same event_ids",
+                              headers={**cors, "Retry-After": str(exc.retry_after_s)},
+                              extra={"reason": exc.reason, "event_ids": event_ids})
+    finally:
+        deps.metrics.events_in_flight.set(deps.publisher.in_flight)
+    deps.metrics.produce_latency.observe(time.perf_counter() - started)
+    deps.metrics.accepted.inc(len(events))
+    return json_response({"accepted": len(events), "event_ids": event_ids}, status=202,
+                         headers=cors)
+
+
+async def track(request: web.Request) -> web.Response:
+    return await _ingest(request, batch=False)
+
+
+async def events(request: web.Request) -> web.Response:
+    return await _ingest(request, batch=True)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    return readiness_response({"kafka": request.app[DEPS].publisher.ready})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/track", track)
+    app.router.add_post("/events", events)
+    app.router.add_route("OPTIONS", "/track", preflight)
+    app.router.add_route("OPTIONS", "/events", preflight)
+    app.router.add_get("/readyz", readyz)

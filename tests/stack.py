@@ -1,0 +1,121 @@
+"""Finding (or starting) the real local stack for integration and end-to-end tests.
+
+Order of preference: service URLs from the environment; the stack described by
+``.run/stack.env`` when it answers; otherwise ``infra/stack.py up`` starts it (and the
+session stops it again at the end). Failure tests use ``stop_part``/``restore`` to kill or
+stop a real part and bring it back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_ENV = ROOT / ".run" / "stack.env"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Stack:
+    http_url: str
+    kafka_bootstrap: str
+    topic: str
+    dead_letter_topic: str
+    mongo_url: str
+    redis_url: str
+    gateway_urls: tuple[str, ...]
+    query_urls: tuple[str, ...]
+    aggregator_urls: tuple[str, ...]
+
+    @classmethod
+    def from_mapping(cls, env: dict[str, str]) -> Stack:
+        def urls(name: str) -> tuple[str, ...]:
+            return tuple(u for u in env.get(name, "").split(",") if u)
+        return cls(http_url=env["HTTP_URL"], kafka_bootstrap=env["KAFKA_BOOTSTRAP"],
+                   topic=env.get("KAFKA_TOPIC", "page-views"),
+                   dead_letter_topic=env.get("KAFKA_DEAD_LETTER_TOPIC",
+                                             "page-views-dead-letters"),
+                   mongo_url=env["MONGO_URL"], redis_url=env["REDIS_URL"],
+                   gateway_urls=urls("GATEWAY_URLS"), query_urls=urls("QUERY_URLS"),
+                   aggregator_urls=urls("AGGREGATOR_URLS"))
+
+    def env(self) -> dict[str, str]:
+        return {"HTTP_URL": self.http_url, "KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+                "KAFKA_TOPIC": self.topic, "MONGO_URL": self.mongo_url,
+                "REDIS_URL": self.redis_url}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def stack_cli(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "infra" / "stack.py"), *args], check=True,
+                   cwd=ROOT)
+
+
+def find_or_start() -> tuple[Stack, bool]:
+    """The stack to test against, and whether this session started it."""
+    if "HTTP_URL" in os.environ and "KAFKA_BOOTSTRAP" in os.environ:
+        return Stack.from_mapping(dict(os.environ)), False
+    if STACK_ENV.exists():
+        stack = Stack.from_mapping(read_env_file(STACK_ENV))
+        if answers(f"{stack.http_url}/nginx-healthz"):
+            stack_cli("up")  # idempotent: brings back any part that died
+            return stack, False
+    stack_cli("up")
+    return Stack.from_mapping(read_env_file(STACK_ENV)), True
+
+
+def restore() -> None:
+    """Start whatever part of the local stack is not running (after a failure test)."""
+    stack_cli("up")
+
+
+def stop_part(name: str) -> None:
+    stack_cli("stop", name)
+
+
+def poll_until(check: Callable[[], T], timeout_s: float = 20.0, interval_s: float = 0.05,
+               message: str = "condition") -> T:
+    """Call ``check`` until it returns something truthy; fail with the last value after the
+    deadline. Tests wait for conditions this way, never with fixed sleeps."""
+    deadline = time.monotonic() + timeout_s
+    last: T = check()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not reached in {timeout_s}s; last value: {last!r}")
+        time.sleep(interval_s)
+        last = check()
+    return last
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 20.0,
+                     interval_s: float = 0.05, message: str = "condition") -> T:
+    """Async ``poll_until``: await ``check`` until truthy, or fail after the deadline."""
+    import asyncio
+    deadline = time.monotonic() + timeout_s
+    last = await check()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not reached in {timeout_s}s; last value: {last!r}")
+        await asyncio.sleep(interval_s)
+        last = await check()
+    return last

@@ -1,0 +1,49 @@
+"""Event ids, Redis key layout and time buckets: the small contracts services share."""
+
+from __future__ import annotations
+
+import uuid
+
+from contracts.ids import event_id_factory, uuid7
+from contracts.keys import SiteKeys, ttl_of
+from contracts.timebuckets import buckets_of, iso_z
+
+
+def test_uuid7_is_a_valid_version_7_uuid_carrying_the_time() -> None:
+    value = uuid.UUID(uuid7(1_795_860_000_000, bytes(range(10))))
+    assert value.version == 7
+    assert value.variant == uuid.RFC_4122
+    assert value.int >> 80 == 1_795_860_000_000
+
+
+def test_generated_ids_sort_by_time() -> None:
+    clock = iter([1000, 2000, 3000])
+    make = event_id_factory(lambda: next(clock))
+    ids = [make(), make(), make()]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+def test_every_key_of_a_site_carries_the_site_hash_tag() -> None:
+    keys = SiteKeys("shop.example")
+    names = [keys.applied_offsets(), keys.total_views(), keys.page_views(), keys.visitors(),
+             keys.page_visitors("/p"), keys.bucket_views("m", 1), keys.bucket_page_views("h", 2),
+             keys.bucket_visitors("d", 3), keys.bucket_page_visitors("h", 4, "/p"),
+             keys.generation_pointer()]
+    assert all("{shop.example}" in name for name in names)
+    assert len(set(names)) == len(names)
+
+
+def test_generations_do_not_share_keys() -> None:
+    assert SiteKeys("s", "1").total_views() != SiteKeys("s", "2").total_views()
+
+
+def test_minute_buckets_expire_and_day_buckets_stay() -> None:
+    assert ttl_of("m") == 48 * 3600
+    assert ttl_of("d") is None
+
+
+def test_buckets_are_utc_epoch_units() -> None:
+    b = buckets_of(1_795_860_000_000 + 61_000)  # 2026-11-28T10:01:01Z
+    assert iso_z(b.minute * 60_000) == "2026-11-28T10:01:00Z"
+    assert iso_z(b.hour * 3_600_000) == "2026-11-28T10:00:00Z"
+    assert iso_z(b.day * 86_400_000) == "2026-11-28T00:00:00Z"

@@ -1,0 +1,143 @@
+"""The aggregator's checkpoint without a broker: exact counts through redeliveries, client
+retries, crashes between steps, store outages and poison records."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aggregator.dead_letters import ListDeadLetters
+from aggregator.metrics import AggregatorMetrics
+from aggregator.pipeline import Pipeline
+from aggregator.source import InMemorySource, Record
+from contracts.event import PageView, encode_event
+from contracts.keys import SiteKeys
+from tests.unit.fakes import FakeAggregateStore, FakeEventStore
+
+NOW = 1_795_860_000_000
+
+
+def record(offset: int, event_id: str, site: str = "s", page: str = "/p", user: str = "u",
+           partition: int = 0) -> Record:
+    event = PageView(event_id, site, page, user, NOW, NOW)
+    return Record(partition, offset, event.kafka_key, encode_event(event))
+
+
+def make(records: list[Record]) -> tuple[Pipeline, InMemorySource, FakeEventStore,
+                                          FakeAggregateStore, ListDeadLetters]:
+    source, mongo, redis, dlq = (InMemorySource(records), FakeEventStore(),
+                                 FakeAggregateStore(), ListDeadLetters())
+    pipeline = Pipeline(source=source, mongo=mongo, redis=redis, dead_letters=dlq,
+                        metrics=AggregatorMetrics(), stopping=asyncio.Event(), backoff_max_s=0.01)
+    return pipeline, source, mongo, redis, dlq
+
+
+def views(redis: FakeAggregateStore, site: str = "s") -> int:
+    return redis.counters[SiteKeys(site).total_views()]
+
+
+async def drain(pipeline: Pipeline, source: InMemorySource, batch: int = 3) -> None:
+    while records := await source.poll(batch, 0):
+        await pipeline.process(records)
+
+
+async def test_each_record_is_counted_once_and_offsets_committed() -> None:
+    pipeline, source, mongo, redis, _ = make([record(i, f"e{i}") for i in range(10)])
+    await drain(pipeline, source)
+    assert views(redis) == 10
+    assert len(mongo.docs) == 10
+    assert source.committed == {0: 10}
+
+
+async def test_redelivery_after_the_redis_step_counts_nothing_again() -> None:
+    pipeline, source, _, redis, _ = make([record(i, f"e{i}") for i in range(6)])
+    await drain(pipeline, source)
+    source.committed.clear()  # the commit was lost: Kafka redelivers everything
+    source.rewind()
+    await drain(pipeline, source)
+    assert views(redis) == 6
+
+
+async def test_redo_after_a_crash_between_mongo_and_redis_still_counts() -> None:
+    records = [record(i, f"e{i}") for i in range(4)]
+    pipeline, source, mongo, redis, _ = make(records)
+    await mongo.write([r for r in (pipeline_decode(records))])  # the first attempt's write
+    await drain(pipeline, source)
+    assert views(redis) == 4
+
+
+def pipeline_decode(records: list[Record]):  # type: ignore[no-untyped-def]
+    from aggregator.pipeline import decode_all
+    return decode_all(records)[0]
+
+
+async def test_client_retry_with_the_same_event_id_counts_once() -> None:
+    records = [record(0, "same"), record(1, "other"), record(2, "same"), record(3, "same")]
+    pipeline, source, _, redis, _ = make(records)
+    await drain(pipeline, source, batch=2)
+    assert views(redis) == 2
+    assert source.committed == {0: 4}
+
+
+async def test_sites_are_counted_apart() -> None:
+    records = [record(0, "a", site="one"), record(1, "b", site="two"), record(2, "c", site="one")]
+    pipeline, source, _, redis, _ = make(records)
+    await drain(pipeline, source)
+    assert (views(redis, "one"), views(redis, "two")) == (2, 1)
+
+
+async def test_poison_records_go_to_dead_letters_and_the_rest_is_counted() -> None:
+    records = [record(0, "a"), Record(0, 1, b"k", b"{not json"), record(2, "b")]
+    pipeline, source, _, redis, dlq = make(records)
+    await drain(pipeline, source)
+    assert views(redis) == 2
+    assert [(p.record.offset, "not JSON" in p.reason) for p in dlq.sent] == [(1, True)]
+    assert source.committed == {0: 3}
+
+
+async def test_store_outages_are_waited_out_without_committing_early() -> None:
+    pipeline, source, mongo, redis, _ = make([record(i, f"e{i}") for i in range(3)])
+    mongo.failures, redis.failures = 3, 3
+    await drain(pipeline, source)
+    assert views(redis) == 3
+    assert pipeline.healthy == {"mongo": True, "redis": True, "kafka": True}
+
+
+async def test_a_range_partly_applied_by_another_member_is_applied_only_for_the_rest() -> None:
+    records = [record(i, f"e{i}") for i in range(6)]
+    pipeline, source, _, redis, _ = make(records)
+    # Another aggregator (after a rebalance) already applied offsets 0..2.
+    other, other_source, _, _, _ = make(records[:3])
+    other.redis = redis
+    await drain(other, other_source, batch=3)
+    redis.offsets[SiteKeys("s").applied_offsets()][0] = 2
+    pipeline.redis = RacingStore(redis, stale_offsets={})
+    await pipeline.process(await source.poll(6, 0))
+    assert views(redis) == 6
+
+
+class RacingStore:
+    """Reports no applied offsets (as if read just before another member applied some), so
+    the script's own check has to catch the overlap."""
+
+    def __init__(self, inner: FakeAggregateStore, stale_offsets: dict[tuple[str, int], int]
+                 ) -> None:
+        self._inner = inner
+        self._stale = stale_offsets
+
+    async def applied_offsets(self, sites):  # type: ignore[no-untyped-def]
+        return self._stale
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7])
+async def test_counts_do_not_depend_on_batch_size(batch: int) -> None:
+    records = [record(i, f"e{i % 5}", page=f"/p{i % 3}", user=f"u{i % 4}") for i in range(20)]
+    pipeline, source, _, redis, _ = make(records)
+    await drain(pipeline, source, batch=batch)
+    assert views(redis) == 5
+    pages = redis.sorted_sets[SiteKeys("s").page_views()]
+    assert sum(pages.values()) == 5

@@ -1,0 +1,45 @@
+"""Settings are read once from the environment, with defaults and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.settings import (
+    AggregatorSettings,
+    Backends,
+    GatewaySettings,
+    QuerySettings,
+    SettingsError,
+)
+
+
+def test_defaults_apply_when_the_environment_is_empty() -> None:
+    settings = GatewaySettings.from_env({})
+    assert settings.backends == Backends()
+    assert settings.port == 8101 and settings.produce_timeout_s == 2.0
+    assert settings.allowed_sites == frozenset()
+    assert AggregatorSettings.from_env({}).max_records == 2000
+
+
+def test_values_come_from_the_environment() -> None:
+    settings = GatewaySettings.from_env({
+        "KAFKA_BOOTSTRAP": "k:1", "PORT": "9000", "ALLOWED_SITES": "a, b",
+        "PRODUCE_TIMEOUT_S": "0.5", "KAFKA_COMPRESSION": "lz4"})
+    assert settings.backends.kafka_bootstrap == "k:1"
+    assert (settings.port, settings.produce_timeout_s) == (9000, 0.5)
+    assert settings.allowed_sites == {"a", "b"}
+    assert settings.compression == "lz4"
+
+
+def test_malformed_values_name_the_variable() -> None:
+    with pytest.raises(SettingsError, match="PORT"):
+        GatewaySettings.from_env({"PORT": "eighty"})
+    with pytest.raises(SettingsError, match="STATS_AUTH_DISABLED"):
+        QuerySettings.from_env({"STATS_AUTH_DISABLED": "maybe"})
+
+
+def test_the_query_api_refuses_to_start_public_unless_told_to() -> None:
+    with pytest.raises(SettingsError, match="STATS_TOKENS"):
+        QuerySettings.from_env({})
+    assert QuerySettings.from_env({"STATS_AUTH_DISABLED": "true"}).auth_disabled
+    assert QuerySettings.from_env({"STATS_TOKENS": "t1,t2"}).auth_tokens == ("t1", "t2")
