@@ -9,7 +9,8 @@ from aiohttp import web
 from aggregator.metrics import AggregatorMetrics
 from contracts.httpkit import error_middleware, healthz, metrics_handler, readiness_response
 
-READINESS = web.AppKey("readiness", Callable[[], dict[str, bool]])
+Readiness = Callable[[], dict[str, bool]]
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -195,17 +195,18 @@ def decode_event(value: bytes | None) -> PageView:
         raise UndecodableRecord("not a JSON object")
     if raw.get("v") != SCHEMA_VERSION:
         raise UndecodableRecord(f"unsupported schema version {raw.get('v')!r}")
-    fields = ("event_id", "site_id", "page_id", "user_id")
-    texts = {f: raw.get(f) for f in fields}
-    numbers = {f: raw.get(f) for f in ("ts", "received_at")}
-    if not all(isinstance(v, str) and v for v in texts.values()):
+    event_id, site_id, page_id, user_id = (raw.get(f) for f in
+                                           ("event_id", "site_id", "page_id", "user_id"))
+    ts, received_at = raw.get("ts"), raw.get("received_at")
+    if not (isinstance(event_id, str) and isinstance(site_id, str)
+            and isinstance(page_id, str) and isinstance(user_id, str)
+            and event_id and page_id and user_id):
         raise UndecodableRecord("event_id, site_id, page_id and user_id must be strings")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in numbers.values()):
+    if not (type(ts) is int and type(received_at) is int):
         raise UndecodableRecord("ts and received_at must be integers")
-    if not SITE_ID_RE.fullmatch(str(texts["site_id"])):
+    if not SITE_ID_RE.fullmatch(site_id):
         raise UndecodableRecord("site_id is not a valid site id")
-    if len(str(texts["page_id"])) > MAX_PAGE_ID or len(str(texts["user_id"])) > MAX_USER_ID:
+    if len(page_id) > MAX_PAGE_ID or len(user_id) > MAX_USER_ID:
         raise UndecodableRecord("page_id or user_id too long")
-    return PageView(event_id=str(texts["event_id"]), site_id=str(texts["site_id"]),
-                    page_id=str(texts["page_id"]), user_id=str(texts["user_id"]),
-                    ts=int(numbers["ts"]), received_at=int(numbers["received_at"]))  # type: ignore[call-overload]
+    return PageView(event_id=event_id, site_id=site_id, page_id=page_id, user_id=user_id,
+                    ts=ts, received_at=received_at)

@@ -22,10 +22,10 @@ class _Env:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         return self._environ.get(name, default).strip() or default
 
-    def int(self, name: str, default: int, minimum: int = 0) -> int:
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -37,7 +37,7 @@ class _Env:
             raise SettingsError(f"{name} must be >= {minimum}, got {value}")
         return value
 
-    def float(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float) -> float:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -46,7 +46,7 @@ class _Env:
         except ValueError:
             raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         raw = self._environ.get(name, "").strip().lower()
         if not raw:
             return default
@@ -56,7 +56,7 @@ class _Env:
             return False
         raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
-    def list(self, name: str) -> tuple[str, ...]:
+    def items(self, name: str) -> tuple[str, ...]:
         raw = self._environ.get(name, "")
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -76,12 +76,12 @@ class Backends:
     def from_env(cls, environ: Mapping[str, str]) -> Backends:
         env = _Env(environ)
         return cls(
-            kafka_bootstrap=env.str("KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
-            topic=env.str("KAFKA_TOPIC", cls.topic),
-            dead_letter_topic=env.str("KAFKA_DEAD_LETTER_TOPIC", cls.dead_letter_topic),
-            mongo_url=env.str("MONGO_URL", cls.mongo_url),
-            mongo_db=env.str("MONGO_DB", cls.mongo_db),
-            redis_url=env.str("REDIS_URL", cls.redis_url),
+            kafka_bootstrap=env.text("KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
+            topic=env.text("KAFKA_TOPIC", cls.topic),
+            dead_letter_topic=env.text("KAFKA_DEAD_LETTER_TOPIC", cls.dead_letter_topic),
+            mongo_url=env.text("MONGO_URL", cls.mongo_url),
+            mongo_db=env.text("MONGO_DB", cls.mongo_db),
+            redis_url=env.text("REDIS_URL", cls.redis_url),
         )
 
 
@@ -106,18 +106,18 @@ class GatewaySettings:
         env = _Env(environ)
         return cls(
             backends=Backends.from_env(environ),
-            host=env.str("HOST", cls.host),
-            port=env.int("PORT", cls.port, minimum=1),
-            produce_timeout_s=env.float("PRODUCE_TIMEOUT_S", cls.produce_timeout_s),
-            max_body_bytes=env.int("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
-            max_batch_events=env.int("MAX_BATCH_EVENTS", cls.max_batch_events, minimum=1),
-            late_window_ms=env.int("LATE_WINDOW_MS", cls.late_window_ms, minimum=60_000),
-            allowed_sites=frozenset(env.list("ALLOWED_SITES")),
-            cors_origins=env.list("CORS_ORIGINS") or cls.cors_origins,
-            linger_ms=env.int("KAFKA_LINGER_MS", cls.linger_ms),
-            max_batch_size=env.int("KAFKA_MAX_BATCH_BYTES", cls.max_batch_size, minimum=1024),
-            compression=env.str("KAFKA_COMPRESSION", "none").lower().replace("none", "") or None,
-            log_level=env.str("LOG_LEVEL", cls.log_level).upper(),
+            host=env.text("HOST", cls.host),
+            port=env.integer("PORT", cls.port, minimum=1),
+            produce_timeout_s=env.number("PRODUCE_TIMEOUT_S", cls.produce_timeout_s),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            max_batch_events=env.integer("MAX_BATCH_EVENTS", cls.max_batch_events, minimum=1),
+            late_window_ms=env.integer("LATE_WINDOW_MS", cls.late_window_ms, minimum=60_000),
+            allowed_sites=frozenset(env.items("ALLOWED_SITES")),
+            cors_origins=env.items("CORS_ORIGINS") or cls.cors_origins,
+            linger_ms=env.integer("KAFKA_LINGER_MS", cls.linger_ms),
+            max_batch_size=env.integer("KAFKA_MAX_BATCH_BYTES", cls.max_batch_size, minimum=1024),
+            compression=env.text("KAFKA_COMPRESSION", "none").lower().replace("none", "") or None,
+            log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
         )
 
 
@@ -140,16 +140,16 @@ class AggregatorSettings:
         env = _Env(environ)
         return cls(
             backends=Backends.from_env(environ),
-            host=env.str("HOST", cls.host),
-            port=env.int("PORT", cls.port, minimum=1),
-            group_id=env.str("AGGREGATOR_GROUP", cls.group_id),
-            max_records=env.int("AGGREGATOR_MAX_RECORDS", cls.max_records, minimum=1),
-            max_wait_ms=env.int("AGGREGATOR_MAX_WAIT_MS", cls.max_wait_ms, minimum=1),
-            backoff_max_s=env.float("AGGREGATOR_BACKOFF_MAX_S", cls.backoff_max_s),
-            instance=env.str("INSTANCE", cls.instance),
-            log_level=env.str("LOG_LEVEL", cls.log_level).upper(),
-            crash_at=env.str("AGGREGATOR_CRASH_AT", "") or None,
-            crash_at_batch=env.int("AGGREGATOR_CRASH_AT_BATCH", 0),
+            host=env.text("HOST", cls.host),
+            port=env.integer("PORT", cls.port, minimum=1),
+            group_id=env.text("AGGREGATOR_GROUP", cls.group_id),
+            max_records=env.integer("AGGREGATOR_MAX_RECORDS", cls.max_records, minimum=1),
+            max_wait_ms=env.integer("AGGREGATOR_MAX_WAIT_MS", cls.max_wait_ms, minimum=1),
+            backoff_max_s=env.number("AGGREGATOR_BACKOFF_MAX_S", cls.backoff_max_s),
+            instance=env.text("INSTANCE", cls.instance),
+            log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
+            crash_at=env.text("AGGREGATOR_CRASH_AT", "") or None,
+            crash_at_batch=env.integer("AGGREGATOR_CRASH_AT_BATCH", 0),
         )
 
 
@@ -167,11 +167,11 @@ class QuerySettings:
         env = _Env(environ)
         settings = cls(
             backends=Backends.from_env(environ),
-            host=env.str("HOST", cls.host),
-            port=env.int("PORT", cls.port, minimum=1),
-            auth_tokens=env.list("STATS_TOKENS"),
-            auth_disabled=env.bool("STATS_AUTH_DISABLED", cls.auth_disabled),
-            log_level=env.str("LOG_LEVEL", cls.log_level).upper(),
+            host=env.text("HOST", cls.host),
+            port=env.integer("PORT", cls.port, minimum=1),
+            auth_tokens=env.items("STATS_TOKENS"),
+            auth_disabled=env.flag("STATS_AUTH_DISABLED", cls.auth_disabled),
+            log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
         )
         if not settings.auth_disabled and not settings.auth_tokens:
             raise SettingsError("set STATS_TOKENS (comma-separated bearer tokens), "

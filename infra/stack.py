@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -124,7 +125,8 @@ def ensure_kafka_jars() -> Path:
 
 def ensure_ferretdb() -> Path:
     src = INFRA / "ferretdb"
-    binary = CACHE / f"ferretdb-{digest(src / 'go.mod', src / 'go.sum', src / 'main.go')}" / "ferretdb"
+    key = digest(src / "go.mod", src / "go.sum", src / "main.go")
+    binary = CACHE / f"ferretdb-{key}" / "ferretdb"
     if binary.exists():
         return binary
     if shutil.which("go") is None:
@@ -255,7 +257,6 @@ def redis_ok(port: int) -> bool:
 
 def mongo_ok(port: int) -> bool:
     """A real ``ping`` over OP_MSG, so we know FerretDB answers commands, not just listens."""
-    import struct
     body = b"\x00" + _bson({"ping": 1, "$db": "admin"})
     header = struct.pack("<iiii", 16 + 4 + len(body), 1, 0, 2013)
     try:
@@ -268,7 +269,6 @@ def mongo_ok(port: int) -> bool:
 
 
 def _bson(doc: dict[str, object]) -> bytes:
-    import struct
     out = b""
     for key, value in doc.items():
         if isinstance(value, int):
@@ -280,8 +280,13 @@ def _bson(doc: dict[str, object]) -> bytes:
 
 
 def kafka_ok(port: int) -> bool:
-    return subprocess.run([sys.executable, str(INFRA / "kafka" / "kafka_ready.py"), "--port",
-                           str(port), "--timeout", "1"], capture_output=True).returncode == 0
+    """ApiVersions and Metadata answered, with at least one broker (infra/kafka/kafka_ready.py)."""
+    sys.path.insert(0, str(INFRA / "kafka"))
+    from kafka_ready import probe
+    try:
+        return bool(probe("127.0.0.1", port, timeout=1.0) >= 1)
+    except (OSError, struct.error):
+        return False
 
 
 # --------------------------------------------------------------------------- the parts
@@ -408,12 +413,6 @@ def stack_env(ports: Ports) -> dict[str, str]:
     }
 
 
-def all_parts(tools: Tools, ports: Ports) -> list[Part]:
-    python = str(ROOT / ".venv" / "bin" / "python")
-    return [redis_part(tools, ports), ferretdb_part(tools, ports), kafka_part(tools, ports),
-            *service_parts(ports, python), nginx_part(tools, ports)]
-
-
 def up() -> None:
     started = time.monotonic()
     ports = Ports()
@@ -422,17 +421,21 @@ def up() -> None:
     RUN.mkdir(exist_ok=True)
     (RUN / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in env_values.items()))
     base_env = {**os.environ, **env_values, "PYTHONUNBUFFERED": "1"}
-    for part in all_parts(tools, ports):
-        pid = running_pid(part.name)
-        if pid is not None:
-            continue
-        say(part.name, "starting")
-        t0 = time.monotonic()
-        pid = spawn(part, base_env)
-        wait_ready(part, pid)
-        if part.after_ready:
-            part.after_ready()
-        say(part.name, f"ready in {time.monotonic() - t0:.1f}s (pid {pid})")
+    python = str(ROOT / ".venv" / "bin" / "python")
+    # Servers one by one (each needs the previous), then all services at once, then NGINX.
+    waves = [[redis_part(tools, ports)], [ferretdb_part(tools, ports)],
+             [kafka_part(tools, ports)], service_parts(ports, python), [nginx_part(tools, ports)]]
+    for wave in waves:
+        spawned: list[tuple[Part, int, float]] = []
+        for part in wave:
+            if running_pid(part.name) is None:
+                say(part.name, "starting")
+                spawned.append((part, spawn(part, base_env), time.monotonic()))
+        for part, pid, t0 in spawned:
+            wait_ready(part, pid)
+            if part.after_ready:
+                part.after_ready()
+            say(part.name, f"ready in {time.monotonic() - t0:.1f}s (pid {pid})")
     say("stack", f"up in {time.monotonic() - started:.1f}s")
     print(f"\n  Track page views:  curl -X POST {env_values['HTTP_URL']}/track "
           "-H 'Content-Type: application/json' -d '{\"page_id\":\"home\",\"user_id\":\"u1\"}'")

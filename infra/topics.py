@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from aiokafka.errors import KafkaError  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
-from contracts.topics import DEFAULT_PARTITIONS, dead_letter_topic, page_views_topic  # noqa: E402
+from contracts.topics import DEFAULT_PARTITIONS, dead_letter_topic, page_views_topic
 
 
 async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str]:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from contracts.logs import configure_logging
 from contracts.settings import GatewaySettings
-from ingest_gateway.app import SERVER_OPTIONS, create_app
+from ingest_gateway.app import AUTO_DECOMPRESS, create_app
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     # context flushes the producer; the process exits 0.
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
                 access_log=None, print=None, shutdown_timeout=10,
-                loop=uvloop.new_event_loop(), **SERVER_OPTIONS)
+                loop=uvloop.new_event_loop(), auto_decompress=AUTO_DECOMPRESS)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from ingest_gateway.publisher import KafkaPublisher, Publisher
 from ingest_gateway.routes import DEPS, GatewayDeps, add_routes
 
 # aiohttp must not inflate bodies itself: ``body.decode_content`` does, within the limit.
-SERVER_OPTIONS = {"auto_decompress": False}
+AUTO_DECOMPRESS = False
 
 
 def create_app(settings: GatewaySettings, publisher: Publisher | None = None,

@@ -45,7 +45,7 @@ def probe(host, port, timeout=3.0):
         resp = _request(s, 18, 0, 1)  # ApiVersions v0
         err = struct.unpack(">h", resp[:2])[0]
         if err != 0:
-            raise OSError("ApiVersions error %d" % err)
+            raise OSError(f"ApiVersions error {err}")
         resp = _request(s, 3, 1, 2, struct.pack(">i", -1))  # Metadata v1, all topics
         return struct.unpack(">i", resp[:4])[0]  # brokers array length
 
@@ -61,12 +61,13 @@ def main():
     while time.monotonic() < deadline:
         try:
             if probe(a.host, a.port) >= 1:
-                print("kafka ready on %s:%d" % (a.host, a.port))
+                print(f"kafka ready on {a.host}:{a.port}")
                 return 0
         except (OSError, struct.error) as e:
             last = e
         time.sleep(0.2)
-    print("kafka not ready on %s:%d after %.0fs (%s)" % (a.host, a.port, a.timeout, last), file=sys.stderr)
+    print(f"kafka not ready on {a.host}:{a.port} after {a.timeout:.0f}s ({last})",
+          file=sys.stderr)
     return 1
 
 

@@ -1,0 +1,82 @@
+"""No Docker engine runs here, so the compose file and NGINX config are checked for shape:
+the services, images, replicas, ports, health checks and start-up order a user relies on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_compose_runs_official_images_of_the_servers(compose: dict[str, Any]) -> None:
+    images = {name: svc.get("image", "") for name, svc in compose["services"].items()}
+    assert images["kafka"].startswith("apache/kafka:4.")
+    assert images["mongo"].startswith("mongo:")
+    assert images["redis"].startswith("redis:")
+    assert images["nginx"].startswith("nginx:")
+
+
+def test_compose_runs_every_service_with_replicas(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    expected = [("gateway", "ingest_gateway", 3), ("aggregator", "aggregator", 2),
+                ("query", "query_api", 2)]
+    for name, module, replicas in expected:
+        assert services[name]["command"] == ["python", "-m", module]
+        assert services[name]["deploy"]["replicas"] == replicas
+        assert services[name]["build"]["dockerfile"] == "infra/Dockerfile"
+        assert (ROOT / services[name]["build"]["dockerfile"]).exists()
+
+
+def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        if name != "kafka-init":
+            assert "test" in svc.get("healthcheck", {}), name
+
+
+def test_services_wait_for_what_they_need(compose: dict[str, Any]) -> None:
+    deps = {name: svc.get("depends_on", {}) for name, svc in compose["services"].items()}
+    assert deps["kafka-init"]["kafka"]["condition"] == "service_healthy"
+    assert deps["gateway"]["kafka-init"]["condition"] == "service_completed_successfully"
+    assert {"mongo", "redis", "kafka-init"} <= set(deps["aggregator"])
+    assert {"gateway", "query"} <= set(deps["nginx"])
+
+
+def test_nginx_is_published_on_loopback_8080_with_the_shared_routes(
+        compose: dict[str, Any]) -> None:
+    nginx = compose["services"]["nginx"]
+    assert nginx["ports"] == ["127.0.0.1:${HTTP_PORT:-8080}:8080"]
+    assert any("routes.conf" in volume for volume in nginx["volumes"])
+
+
+def test_the_query_api_is_private_in_compose(compose: dict[str, Any]) -> None:
+    env = compose["services"]["query"]["environment"]
+    assert "STATS_TOKENS" in env and "STATS_AUTH_DISABLED" not in env
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_the_docker_nginx_config_is_valid_nginx(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    routes = (ROOT / "infra" / "nginx" / "docker.conf").read_text().replace(
+        "/etc/nginx/pageviews/routes.conf", str(ROOT / "infra" / "nginx" / "routes.conf"))
+    # Docker's DNS names don't resolve here; loopback stands in for them.
+    routes = routes.replace("gateway:8101", "127.0.0.1:8101").replace("query:8201",
+                                                                     "127.0.0.1:8201")
+    (tmp_path / "site.conf").write_text(routes)
+    conf.write_text(f"pid {tmp_path}/nginx.pid; error_log stderr; events {{}}\n"
+                    f"http {{ client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path};\n"
+                    f"include {tmp_path}/site.conf; }}\n")
+    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
