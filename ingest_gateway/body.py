@@ -30,10 +30,14 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
     """The raw (still encoded) body, refusing more than ``limit`` bytes without buffering it."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyError(413, "body_too_large", f"body exceeds {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise BodyError(413, "body_too_large", f"body exceeds {limit} bytes")
-    return raw
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, "body_too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def decode_content(raw: bytes, encoding: str, limit: int) -> bytes:

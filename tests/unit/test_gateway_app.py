@@ -1,0 +1,234 @@
+"""The gateway through aiohttp's test client, with an in-memory publisher: every rule of
+ingestion (formats, limits, errors, CORS, allowlist, 503) without a broker."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from contracts.event import PageView
+from contracts.settings import GatewaySettings
+from ingest_gateway.app import AUTO_DECOMPRESS, create_app
+from ingest_gateway.publisher import PublishUnavailable
+
+NOW = 1_795_860_000_000
+Client = TestClient[web.Request, web.Application]
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[PageView] = []
+        self.unavailable: PublishUnavailable | None = None
+        self.ready = True
+        self.in_flight = 0
+
+    async def publish(self, events: Sequence[PageView]) -> None:
+        if self.unavailable:
+            raise self.unavailable
+        self.published.extend(events)
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Callable[..., Awaitable[Client]],
+                 publisher: FakePublisher) -> Client:
+    return await make_client(aiohttp_client, publisher, GatewaySettings())
+
+
+async def make_client(aiohttp_client: Callable[..., Awaitable[Client]],
+                      publisher: FakePublisher, settings: GatewaySettings) -> Client:
+    app = create_app(settings, publisher=publisher, clock_ms=lambda: NOW)
+    server = TestServer(app)
+    # As in __main__: the gateway inflates bodies itself, within its limit.
+    await server.start_server(auto_decompress=AUTO_DECOMPRESS)
+    return await aiohttp_client(server)
+
+
+async def post(client: Client, path: str, body: bytes, content_type: str = "application/json",
+               **headers: str) -> tuple[int, Any]:
+    response = await client.post(path, data=io.BytesIO(body),
+                                 headers={"Content-Type": content_type, **headers})
+    payload = await response.read()
+    assert response.content_type == "application/json", payload
+    return response.status, orjson.loads(payload)
+
+
+async def test_track_accepts_the_seed_shape(client: Client, publisher: FakePublisher) -> None:
+    status, body = await post(client, "/track", b'{"page_id": "home", "user_id": "u1"}')
+    assert status == 202
+    assert body["accepted"] == 1 and body["event_ids"] == [publisher.published[0].event_id]
+    event = publisher.published[0]
+    assert (event.site_id, event.page_id, event.user_id, event.ts) == ("default", "home", "u1",
+                                                                       NOW)
+
+
+async def test_beacon_text_plain_bodies_are_json(client: Client,
+                                                 publisher: FakePublisher) -> None:
+    status, _ = await post(client, "/track", b'{"page_id": "p", "user_id": "u"}', "text/plain")
+    assert status == 202 and len(publisher.published) == 1
+
+
+async def test_a_batch_keeps_order_and_client_ids(client: Client,
+                                                  publisher: FakePublisher) -> None:
+    events = [{"page_id": f"/p{i}", "user_id": "u", "event_id": f"id-{i}"} for i in range(5)]
+    status, body = await post(client, "/events", orjson.dumps(events))
+    assert status == 202
+    assert body == {"accepted": 5, "event_ids": [f"id-{i}" for i in range(5)]}
+    assert [e.page_id for e in publisher.published] == [f"/p{i}" for i in range(5)]
+
+
+async def test_ndjson_batches_are_accepted(client: Client, publisher: FakePublisher) -> None:
+    body = b'{"page_id": "a", "user_id": "u"}\n\n{"page_id": "b", "user_id": "u"}\n'
+    status, answer = await post(client, "/events", body, "application/x-ndjson")
+    assert status == 202 and answer["accepted"] == 2
+
+
+async def test_gzip_bodies_are_inflated(client: Client, publisher: FakePublisher) -> None:
+    body = gzip.compress(orjson.dumps([{"page_id": "a", "user_id": "u"}] * 10))
+    status, answer = await post(client, "/events", body, **{"Content-Encoding": "gzip"})
+    assert status == 202 and answer["accepted"] == 10
+
+
+async def test_a_gzip_bomb_is_refused_at_the_decompressed_limit(
+        client: Client, publisher: FakePublisher) -> None:
+    bomb = gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")
+    assert len(bomb) < 1024 * 1024
+    status, answer = await post(client, "/events", bomb, **{"Content-Encoding": "gzip"})
+    assert (status, answer["error"]) == (413, "body_too_large")
+    assert publisher.published == []
+
+
+async def test_corrupt_gzip_is_a_400(client: Client) -> None:
+    status, answer = await post(client, "/track", b"\x1f\x8bnot gzip at all",
+                                **{"Content-Encoding": "gzip"})
+    assert (status, answer["error"]) == (400, "malformed_body")
+
+
+async def test_unknown_content_encoding_is_a_415(client: Client) -> None:
+    status, answer = await post(client, "/track", b"{}", **{"Content-Encoding": "br"})
+    assert (status, answer["error"]) == (415, "unsupported_encoding")
+
+
+async def test_oversized_bodies_are_a_413(client: Client) -> None:
+    body = orjson.dumps([{"page_id": "p" * 500, "user_id": "u"}] * 2100)
+    assert len(body) > 1024 * 1024
+    status, answer = await post(client, "/events", body)
+    assert (status, answer["error"]) == (413, "body_too_large")
+
+
+async def test_more_than_1000_events_is_a_413(client: Client,
+                                              publisher: FakePublisher) -> None:
+    status, answer = await post(client, "/events",
+                                orjson.dumps([{"page_id": "a", "user_id": "u"}] * 1001))
+    assert (status, answer["error"]) == (413, "too_many_events")
+    assert publisher.published == []
+
+
+async def test_one_invalid_event_rejects_the_whole_batch_naming_it(
+        client: Client, publisher: FakePublisher) -> None:
+    events = [{"page_id": "a", "user_id": "u"}, {"page_id": "", "user_id": "u"},
+              {"page_id": "c", "user_id": "u", "ts": "not a time"}]
+    status, answer = await post(client, "/events", orjson.dumps(events))
+    assert status == 400 and answer["error"] == "validation_failed"
+    assert [(d["index"], d["field"]) for d in answer["details"]] == [(1, "page_id"), (2, "ts")]
+    assert publisher.published == []
+
+
+@pytest.mark.parametrize(("path", "body", "error"), [
+    ("/track", b"{not json", "malformed_json"),
+    ("/track", b"", "malformed_json"),
+    ("/track", b"[]", "malformed_body"),
+    ("/events", b'{"page_id": "a", "user_id": "u"}', "malformed_body"),
+    ("/events", b"[]", "empty_batch"),
+    ("/track", b'"just a string"', "malformed_body"),
+])
+async def test_malformed_bodies_are_a_400(client: Client, path: str, body: bytes,
+                                          error: str) -> None:
+    status, answer = await post(client, path, body)
+    assert (status, answer["error"]) == (400, error)
+
+
+async def test_a_bad_ndjson_line_is_named(client: Client) -> None:
+    status, answer = await post(client, "/events", b'{"page_id": "a", "user_id": "u"}\n{oops\n',
+                                "application/x-ndjson")
+    assert status == 400 and answer["details"][0]["index"] == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/xml", "multipart/form-data",
+                                          "application/octet-stream"])
+async def test_other_content_types_are_a_415(client: Client, content_type: str) -> None:
+    status, answer = await post(client, "/track", b"{}", content_type)
+    assert (status, answer["error"]) == (415, "unsupported_media_type")
+
+
+async def test_wrong_method_is_a_json_405(client: Client) -> None:
+    response = await client.get("/track")
+    assert response.status == 405
+    assert (await response.json())["error"] == "method_not_allowed"
+
+
+async def test_sites_outside_the_allowlist_get_a_403_naming_the_site(
+        aiohttp_client: Callable[..., Awaitable[Client]], publisher: FakePublisher) -> None:
+    client = await make_client(aiohttp_client, publisher,
+                               GatewaySettings(allowed_sites=frozenset({"shop"})))
+    events = [{"page_id": "a", "user_id": "u", "site_id": "shop"},
+              {"page_id": "a", "user_id": "u", "site_id": "junk"}]
+    status, answer = await post(client, "/events", orjson.dumps(events))
+    assert status == 403 and answer["error"] == "site_not_allowed"
+    assert answer["details"] == [{"index": 1, "field": "site_id",
+                                  "reason": "site 'junk' is not served here"}]
+    assert publisher.published == []
+
+
+async def test_kafka_unavailable_is_a_503_with_retry_after_and_the_ids(
+        client: Client, publisher: FakePublisher) -> None:
+    publisher.unavailable = PublishUnavailable("kafka_timeout", retry_after_s=2)
+    response = await client.post("/track", json={"page_id": "a", "user_id": "u",
+                                                  "event_id": "keep-me"})
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "2"
+    body = await response.json()
+    assert body["error"] == "unavailable" and body["event_ids"] == ["keep-me"]
+
+
+async def test_cors_preflight_is_answered(client: Client) -> None:
+    response = await client.options("/events", headers={
+        "Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
+    assert response.status == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+async def test_cors_header_is_on_the_answer(client: Client) -> None:
+    response = await client.post("/track", json={"page_id": "a", "user_id": "u"},
+                                 headers={"Origin": "https://shop.example"})
+    assert response.status == 202
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_readyz_follows_the_publisher(client: Client, publisher: FakePublisher) -> None:
+    assert (await client.get("/readyz")).status == 200
+    publisher.ready = False
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["checks"] == {"kafka": False}
+
+
+async def test_metrics_count_accepted_and_rejected_events(client: Client) -> None:
+    await post(client, "/events", orjson.dumps([{"page_id": "a", "user_id": "u"}] * 3))
+    await post(client, "/track", b"{bad")
+    text = await (await client.get("/metrics")).text()
+    assert "events_accepted_total 3.0" in text
+    assert 'events_rejected_total{reason="malformed_json"} 1.0' in text
+    assert 'http_requests_total{method="POST",route="/events",status="202"} 1.0' in text
