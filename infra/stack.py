@@ -48,14 +48,29 @@ def env_int(name: str, default: int) -> int:
 class Ports:
     """Every port is configurable; defaults avoid the standard Redis and MongoDB ports."""
 
-    http: int = env_int("HTTP_PORT", 8080)
-    kafka: int = env_int("KAFKA_PORT", 19092)
-    kafka_controller: int = env_int("KAFKA_CONTROLLER_PORT", 19093)
-    mongo: int = env_int("MONGO_PORT", 27027)
-    redis: int = env_int("REDIS_PORT", 16379)
-    gateway_base: int = env_int("GATEWAY_BASE_PORT", 8101)
-    query_base: int = env_int("QUERY_BASE_PORT", 8201)
-    aggregator_base: int = env_int("AGGREGATOR_BASE_PORT", 8301)
+    http: int = 8080
+    kafka: int = 19092
+    kafka_controller: int = 19093
+    mongo: int = 27027
+    redis: int = 16379
+    gateway_base: int = 8101
+    query_base: int = 8201
+    aggregator_base: int = 8301
+
+    @classmethod
+    def load(cls) -> Ports:
+        """Environment first, then the ports this stack was started with, then defaults:
+        a second ``up`` without the variables keeps the running stack's ports."""
+        saved_file = RUN / "ports.json"
+        saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
+        values = {}
+        for name in cls.__dataclass_fields__:
+            variable = f"{name.upper()}_PORT"  # HTTP_PORT, GATEWAY_BASE_PORT, ...
+            values[name] = int(os.environ.get(variable, saved.get(name, getattr(cls, name))))
+        ports = cls(**values)
+        RUN.mkdir(exist_ok=True)
+        saved_file.write_text(json.dumps(values))
+        return ports
 
 
 GATEWAYS = env_int("GATEWAYS", 3)
@@ -63,7 +78,7 @@ AGGREGATORS = env_int("AGGREGATORS", 2)
 QUERY_APIS = env_int("QUERY_APIS", 2)
 PARTITIONS = env_int("KAFKA_PARTITIONS", 6)
 TOPIC = os.environ.get("KAFKA_TOPIC", "page-views")
-RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 20000)
+RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 100)  # requests/s per client (burst 200)
 
 
 def say(part: str, message: str) -> None:
@@ -162,6 +177,7 @@ class Part:
     before_start: Callable[[], None] | None = None
     after_ready: Callable[[], None] | None = None
     timeout_s: float = 90.0
+    port: int | None = None  # must be free before start, so we never probe a stranger
 
 
 def start_time(pid: int) -> str | None:
@@ -324,7 +340,7 @@ def kafka_part(tools: Tools, ports: Ports) -> Part:
         argv=["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
               "-Djava.awt.headless=true", log4j, "-cp", classpath, "kafka.Kafka", str(props)],
         ready=lambda: kafka_ok(ports.kafka), before_start=format_storage,
-        after_ready=lambda: create_topics(ports), timeout_s=120)
+        after_ready=lambda: create_topics(ports), timeout_s=120, port=ports.kafka)
 
 
 def create_topics(ports: Ports) -> None:
@@ -345,14 +361,14 @@ def redis_part(tools: Tools, ports: Ports) -> Part:
             "save 3600 1", "maxmemory-policy noeviction", "loglevel notice", ""]))
 
     return Part(name="redis", argv=[tools.redis_server, str(conf)],
-                ready=lambda: redis_ok(ports.redis), before_start=write_conf)
+                ready=lambda: redis_ok(ports.redis), before_start=write_conf, port=ports.redis)
 
 
 def ferretdb_part(tools: Tools, ports: Ports) -> Part:
     return Part(name="ferretdb",
                 argv=[str(tools.ferretdb), "-listen", f"127.0.0.1:{ports.mongo}",
                       "-sqlite-dir", str(DATA / "ferretdb"), "-log-level", "warn"],
-                ready=lambda: mongo_ok(ports.mongo))
+                ready=lambda: mongo_ok(ports.mongo), port=ports.mongo)
 
 
 def service_parts(ports: Ports, python: str) -> list[Part]:
@@ -360,18 +376,18 @@ def service_parts(ports: Ports, python: str) -> list[Part]:
     for i in range(GATEWAYS):
         port = ports.gateway_base + i
         parts.append(Part(name=f"gateway-{i + 1}", argv=[python, "-m", "ingest_gateway"],
-                          env={"PORT": str(port)},
+                          env={"PORT": str(port)}, port=port,
                           ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
     for i in range(AGGREGATORS):
         port = ports.aggregator_base + i
         parts.append(Part(name=f"aggregator-{i + 1}", argv=[python, "-m", "aggregator"],
                           env={"PORT": str(port), "INSTANCE": f"aggregator-{i + 1}"},
-                          ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
+                          port=port, ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
     for i in range(QUERY_APIS):
         port = ports.query_base + i
         parts.append(Part(name=f"query-{i + 1}", argv=[python, "-m", "query_api"],
                           env={"PORT": str(port), "STATS_AUTH_DISABLED": "true"},
-                          ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
+                          port=port, ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
     return parts
 
 
@@ -393,7 +409,7 @@ def nginx_part(tools: Tools, ports: Ports) -> Part:
 
     return Part(name="nginx", argv=[tools.nginx, "-p", str(RUN / "nginx"), "-c", str(conf)],
                 ready=lambda: http_ok(f"http://127.0.0.1:{ports.http}/nginx-healthz"),
-                before_start=write_conf)
+                before_start=write_conf, port=ports.http)
 
 
 def stack_env(ports: Ports) -> dict[str, str]:
@@ -415,7 +431,7 @@ def stack_env(ports: Ports) -> dict[str, str]:
 
 def up() -> None:
     started = time.monotonic()
-    ports = Ports()
+    ports = Ports.load()
     tools = provision()
     env_values = stack_env(ports)
     RUN.mkdir(exist_ok=True)
@@ -429,6 +445,9 @@ def up() -> None:
         spawned: list[tuple[Part, int, float]] = []
         for part in wave:
             if running_pid(part.name) is None:
+                if part.port is not None and port_open(part.port):
+                    sys.exit(f"{part.name}: port {part.port} is taken by another process; "
+                             "choose another port (see README, Ports)")
                 say(part.name, "starting")
                 spawned.append((part, spawn(part, base_env), time.monotonic()))
         for part, pid, t0 in spawned:

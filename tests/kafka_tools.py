@@ -1,0 +1,82 @@
+"""Reading the page-view topic back in tests: what exactly did the gateway publish?"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from contracts.event import PageView, UndecodableRecord, decode_event
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(TopicPartition(topic, p["partition"]) for p in described[0]["partitions"])
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        offsets: dict[TopicPartition, int] = await consumer.end_offsets(
+            await partitions_of(bootstrap, topic))
+        return offsets
+    finally:
+        await stop_quietly(consumer)
+
+
+async def read_between(bootstrap: str, start: dict[TopicPartition, int],
+                       timeout_s: float = 30.0) -> list[tuple[TopicPartition, int, bytes]]:
+    """Every record from ``start`` up to the end offsets as they are now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        end = await consumer.end_offsets(list(start))
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        out: list[tuple[TopicPartition, int, bytes]] = []
+        remaining = {tp for tp in start if end[tp] > start[tp]}
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batches.items():
+                for msg in messages:
+                    if msg.offset < end[tp]:
+                        out.append((tp, msg.offset, msg.value or b""))
+                if tp in remaining and await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+        assert not remaining, f"could not read to the end of {remaining}"
+        return out
+    finally:
+        await stop_quietly(consumer)
+
+
+def events_of_site(records: list[tuple[TopicPartition, int, bytes]], site_id: str
+                   ) -> list[PageView]:
+    events = []
+    for _, _, value in records:
+        try:
+            event = decode_event(value)
+        except UndecodableRecord:
+            continue
+        if event.site_id == site_id:
+            events.append(event)
+    return events
+
+
+async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    """aiokafka 0.14's group-less consumer can raise the CancelledError of its own internal
+    task from ``stop()`` when that task never ran; that is not our cancellation."""
+    await asyncio.sleep(0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await consumer.stop()
