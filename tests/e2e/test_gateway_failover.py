@@ -76,8 +76,9 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
     port = 8199
     env = {**os.environ, **stack.env(), "PORT": str(port)}
     log = (tmp_path / "gateway.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "ingest_gateway"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ingest_gateway",
+                                                cwd=ROOT, env=env, stdout=log,
+                                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     async def ready() -> bool:
@@ -106,10 +107,11 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
         await eventually(lambda: asyncio.sleep(0, len(accepted) > 50), timeout_s=30)
         proc.send_signal(signal.SIGTERM)
         await asyncio.gather(*tasks)
-        returncode = await asyncio.to_thread(proc.wait, 30)
+        returncode = await asyncio.wait_for(proc.wait(), 30)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
+            await proc.wait()
         log.close()
     assert returncode == 0, (tmp_path / "gateway.log").read_text()[-2000:]
     published = {e.event_id for e in events_of_site(
