@@ -8,6 +8,7 @@ another offset is a client retry of an event already stored: it does not.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from contracts.event import PageView
 from contracts.mongo import EVENT_INDEXES, EVENTS, event_document
 
 DUPLICATE_KEY = 11000
+LOOKUP_CONCURRENCY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,22 +46,38 @@ class MongoSink:
 
     async def write(self, batch: Sequence[Located]) -> list[Located]:
         """Store the batch; return the records that count (new, or redone after a crash)."""
-        if not batch:
+        # An event id twice in one batch: the first in Kafka order is the event, the
+        # others are client retries of it (unordered inserts may run in any order).
+        firsts: dict[str, Located] = {}
+        for r in sorted(batch, key=lambda r: (r.partition, r.offset)):
+            firsts.setdefault(r.event.event_id, r)
+        unique = list(firsts.values())
+        if not unique:
             return []
-        docs = [event_document(r.event, r.partition, r.offset) for r in batch]
+        docs = [event_document(r.event, r.partition, r.offset) for r in unique]
         try:
             await self._events.insert_many(docs, ordered=False)
-            return list(batch)
+            return unique
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(err.get("code") != DUPLICATE_KEY for err in errors):
                 raise
             duplicate_at = {int(err["index"]) for err in errors}
-        dup_ids = list({batch[i].event.event_id for i in duplicate_at})
-        stored: dict[str, tuple[int, int]] = {}
-        async for doc in self._events.find({"_id": {"$in": dup_ids}},
-                                           {"partition": 1, "offset": 1}):
-            stored[doc["_id"]] = (doc.get("partition", -1), doc.get("offset", -1))
-        return [r for i, r in enumerate(batch)
+        stored = await self._positions({unique[i].event.event_id for i in duplicate_at})
+        return [r for i, r in enumerate(unique)
                 if i not in duplicate_at
                 or stored.get(r.event.event_id) == (r.partition, r.offset)]
+
+    async def _positions(self, event_ids: set[str]) -> dict[str, tuple[int, int]]:
+        """The (partition, offset) each stored event was written from. One ``_id`` lookup
+        per event, a few at a time: an exact-``_id`` filter is the query both MongoDB and
+        FerretDB answer from an index (FerretDB evaluates ``$in`` by scanning)."""
+        limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+        async def lookup(event_id: str) -> tuple[str, tuple[int, int]]:
+            async with limit:
+                doc = await self._events.find_one({"_id": event_id},
+                                                  {"partition": 1, "offset": 1})
+            return event_id, (-1, -1) if doc is None else (doc["partition"], doc["offset"])
+
+        return dict(await asyncio.gather(*(lookup(i) for i in event_ids)))

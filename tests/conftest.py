@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from redis.asyncio import Redis
 
+from contracts.mongo import DATABASE as MONGO_DATABASE
+from contracts.mongo import EVENTS
 from tests.stack import Stack, find_or_start, stack_cli
 
 
@@ -29,3 +35,17 @@ def site_id() -> str:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+@pytest.fixture
+async def redis(stack: Stack) -> AsyncIterator[Redis]:
+    client = Redis.from_url(stack.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def mongo_events(stack: Stack) -> AsyncIterator[AsyncCollection[dict[str, Any]]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
+    yield client[MONGO_DATABASE][EVENTS]
+    await client.close()

@@ -11,7 +11,8 @@
 // "file:/abs/dir/" URL (FerretDB needs the trailing slash). Each MongoDB
 // database becomes one <db>.sqlite file inside it.
 //
-// The server stops gracefully on SIGINT or SIGTERM.
+// Beside FerretDB it keeps an index that makes lookups by _id use an index
+// (see idlookup.go). The server stops gracefully on SIGINT or SIGTERM.
 package main
 
 import (
@@ -26,6 +27,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
 )
@@ -43,17 +45,13 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, err
 }
 
-// sqliteURL makes the directory (if needed) and returns "file:/abs/dir/".
-func sqliteURL(dir string) (string, error) {
+// absDir makes the directory (if needed) and returns its absolute path.
+func absDir(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", err
 	}
-	if err = os.MkdirAll(abs, 0o755); err != nil {
-		return "", err
-	}
-	u := &url.URL{Scheme: "file", Opaque: filepath.ToSlash(abs) + "/"}
-	return u.String(), nil
+	return abs, os.MkdirAll(abs, 0o755)
 }
 
 func run() error {
@@ -69,10 +67,12 @@ func run() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(logger)
 
-	u, err := sqliteURL(*dir)
+	abs, err := absDir(*dir)
 	if err != nil {
 		return fmt.Errorf("sqlite dir %q: %w", *dir, err)
 	}
+	// FerretDB wants a "file:/abs/dir/" URL, with the trailing slash.
+	u := (&url.URL{Scheme: "file", Opaque: filepath.ToSlash(abs) + "/"}).String()
 
 	// Telemetry is disabled (and locked) by ferretdb.New itself; the embedded
 	// package starts no debug/metrics HTTP listener.
@@ -88,6 +88,8 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	go ensureIDLookupIndexes(ctx, abs, 2*time.Second, logger)
 
 	logger.Info("ferretdb starting", "listen", *listen, "sqlite_url", u)
 	if err = f.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {

@@ -1,0 +1,130 @@
+"""Running real aggregator processes on a topic of the test's own, so a test can kill,
+restart, add and remove them without touching the stack's aggregators."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts.event import PageView, encode_event
+from tests.stack import ROOT, Stack, eventually
+
+_next_port = 8400
+
+
+def free_port() -> int:
+    global _next_port
+    _next_port += 1
+    return _next_port
+
+
+@dataclass
+class TestTopic:
+    name: str
+    dead_letters: str
+    group: str
+    partitions: int
+
+
+async def create_topic(stack: Stack, partitions: int = 4) -> TestTopic:
+    suffix = uuid.uuid4().hex[:10]
+    topic = TestTopic(f"test-views-{suffix}", f"test-dlq-{suffix}", f"test-group-{suffix}",
+                      partitions)
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic.name, partitions, 1),
+                                   NewTopic(topic.dead_letters, 1, 1)])
+    finally:
+        await admin.close()
+    return topic
+
+
+async def produce(stack: Stack, topic: str, values: Sequence[tuple[bytes, bytes]]) -> None:
+    """(key, value) records, acknowledged by Kafka before returning."""
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=True,
+                                linger_ms=5, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in values]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_events(stack: Stack, topic: str, events: Sequence[PageView]) -> None:
+    await produce(stack, topic, [(e.kafka_key, encode_event(e)) for e in events])
+
+
+@dataclass
+class Aggregator:
+    """One ``python -m aggregator`` process with its own metrics port."""
+
+    stack: Stack
+    topic: TestTopic
+    log_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {**os.environ, **self.stack.env(), "KAFKA_TOPIC": self.topic.name,
+               "KAFKA_DEAD_LETTER_TOPIC": self.topic.dead_letters,
+               "AGGREGATOR_GROUP": self.topic.group, "PORT": str(self.port),
+               "INSTANCE": f"test-aggregator-{self.port}", "AGGREGATOR_BACKOFF_MAX_S": "0.5",
+               **self.extra_env}
+        log = (self.log_dir / f"aggregator-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "aggregator"], cwd=ROOT, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_consuming(self, http: aiohttp.ClientSession) -> None:
+        async def consuming() -> bool:
+            try:
+                async with http.get(f"{self.url}/readyz") as response:
+                    return bool((await response.json())["checks"]["consumer"])
+            except (aiohttp.ClientError, ValueError):
+                return False
+        await eventually(consuming, timeout_s=60, message=f"aggregator {self.port} consuming")
+
+    async def readiness(self, http: aiohttp.ClientSession) -> dict[str, bool]:
+        try:
+            async with http.get(f"{self.url}/readyz") as response:
+                checks: dict[str, bool] = (await response.json())["checks"]
+                return checks
+        except (aiohttp.ClientError, ValueError):
+            return {}
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def terminate(self) -> int:
+        """SIGTERM and the exit code (0 means it finished, committed and left the group)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, 60)
+
+    def log_tail(self) -> str:
+        return (self.log_dir / f"aggregator-{self.port}.log").read_text()[-3000:]

@@ -1,0 +1,85 @@
+"""What the aggregates must be, recounted straightforwardly from the events a test sent, and
+a reader that compares them with what Redis holds."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from aggregator.aggregate import expire_at
+from contracts.event import PageView
+from contracts.keys import SiteKeys
+from contracts.timebuckets import buckets_of
+
+HLL_TOLERANCE = 0.03  # HyperLogLog standard error is 0.81%; allow well over 3 sigma
+
+
+@dataclass
+class Expected:
+    total: int = 0
+    pages: Counter[str] = field(default_factory=Counter)
+    buckets: Counter[tuple[str, int]] = field(default_factory=Counter)
+    page_buckets: dict[tuple[str, int], Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter))
+    visitors: set[str] = field(default_factory=set)
+    page_visitors: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    day_visitors: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+
+def recount(events: Iterable[PageView]) -> Expected:
+    """Each distinct event id counted once: exactly what the pipeline promises."""
+    seen: set[str] = set()
+    out = Expected()
+    for e in events:
+        if e.event_id in seen:
+            continue
+        seen.add(e.event_id)
+        b = buckets_of(e.ts)
+        out.total += 1
+        out.pages[e.page_id] += 1
+        out.visitors.add(e.user_id)
+        out.page_visitors[e.page_id].add(e.user_id)
+        out.day_visitors[b.day].add(e.user_id)
+        for unit, bucket in (("m", b.minute), ("h", b.hour), ("d", b.day)):
+            out.buckets[(unit, bucket)] += 1
+            out.page_buckets[(unit, bucket)][e.page_id] += 1
+    return out
+
+
+async def total_views(redis: Redis, site_id: str) -> int:
+    return int(await redis.get(SiteKeys(site_id).total_views()) or 0)
+
+
+def close_to(estimate: int, exact: int) -> bool:
+    return abs(estimate - exact) <= max(1, HLL_TOLERANCE * exact)
+
+
+async def assert_redis_matches(redis: Redis, site_id: str, expected: Expected) -> None:
+    keys = SiteKeys(site_id)
+    assert await total_views(redis, site_id) == expected.total
+    pages = {p.decode(): int(s) for p, s in
+             await redis.zrange(keys.page_views(), 0, -1, withscores=True)}
+    assert pages == dict(expected.pages)
+    bucket_list = sorted(expected.buckets)
+    async with redis.pipeline(transaction=False) as pipe:
+        for unit, bucket in bucket_list:
+            pipe.get(keys.bucket_views(unit, bucket))
+            pipe.hgetall(keys.bucket_page_views(unit, bucket))
+        results = await pipe.execute()
+    now_s = time.time()
+    for i, (unit, bucket) in enumerate(bucket_list):
+        expires = expire_at(unit, bucket)
+        if expires and expires < now_s + 5:
+            continue  # past its retention (e.g. minutes older than 48 h): Redis drops it
+        assert int(results[2 * i] or 0) == expected.buckets[(unit, bucket)], (unit, bucket)
+        got = {k.decode(): int(v) for k, v in results[2 * i + 1].items()}
+        assert got == dict(expected.page_buckets[(unit, bucket)]), (unit, bucket)
+    assert close_to(await redis.pfcount(keys.visitors()), len(expected.visitors))
+    for page, users in expected.page_visitors.items():
+        assert close_to(await redis.pfcount(keys.page_visitors(page)), len(users)), page
+    for day, users in expected.day_visitors.items():
+        assert close_to(await redis.pfcount(keys.bucket_visitors("d", day)), len(users)), day

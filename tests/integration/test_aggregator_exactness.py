@@ -1,0 +1,266 @@
+"""The aggregator on real Kafka, MongoDB-wire server and Redis: every event counted exactly
+once through volume, crashes at any point, client retries, rebalances, store outages and
+poison records. Each test runs its own aggregator processes on a topic of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from pymongo.asynchronous.collection import AsyncCollection
+from redis.asyncio import Redis
+
+from contracts.event import PageView
+from tests.aggregator_harness import Aggregator, create_topic, produce, produce_events
+from tests.expectations import assert_redis_matches, recount, total_views
+from tests.kafka_tools import stop_quietly
+from tests.stack import Stack, eventually, restore, stop_part
+
+HOUR_MS = 3_600_000
+
+
+def make_events(site_id: str, n: int, seed: int = 7, pages: int = 200, users: int = 5000,
+                ) -> list[PageView]:
+    """Events over many pages and users, spread over the last three days (many buckets)."""
+    rng = random.Random(f"{site_id}-{seed}")  # ids unique to this test's site
+    now = int(time.time() * 1000)
+    return [PageView(event_id=str(uuid.UUID(int=rng.getrandbits(128))), site_id=site_id,
+                     page_id=f"/page/{rng.randrange(pages)}",
+                     user_id=f"user-{rng.randrange(users)}",
+                     ts=now - rng.randrange(72 * HOUR_MS), received_at=now)
+            for _ in range(n)]
+
+
+async def wait_for_total(redis: Redis, site_id: str, n: int, timeout_s: float = 180) -> None:
+    async def reached() -> int | None:
+        total = await total_views(redis, site_id)
+        assert total <= n, f"counted {total} > {n}: double count"
+        return total if total == n else None
+    await eventually(reached, timeout_s=timeout_s, interval_s=0.2, message=f"{n} views counted")
+
+
+async def committed_total(stack: Stack, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+
+
+async def test_fifty_thousand_events_are_counted_exactly(
+        stack: Stack, redis: Redis, mongo_events: AsyncCollection[dict[str, Any]], site_id: str,
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    topic = await create_topic(stack)
+    events = make_events(site_id, 50_000)
+    aggregator = Aggregator(stack, topic, tmp_path)
+    aggregator.start()
+    try:
+        await produce_events(stack, topic.name, events)
+        await wait_for_total(redis, site_id, len(events))
+    finally:
+        assert await aggregator.terminate() == 0, aggregator.log_tail()
+    await assert_redis_matches(redis, site_id, recount(events))
+    assert await mongo_events.count_documents({"site_id": site_id}) == 50_000
+
+
+async def test_sigkill_at_random_points_five_times_still_counts_exactly(
+        stack: Stack, redis: Redis, mongo_events: AsyncCollection[dict[str, Any]], site_id: str,
+        tmp_path: Path) -> None:
+    topic = await create_topic(stack)
+    events = make_events(site_id, 50_000, seed=11)
+    aggregator = Aggregator(stack, topic, tmp_path)
+    aggregator.start()
+    await produce_events(stack, topic.name, events)
+    rng = random.Random(20261128)
+    kills = 0
+    try:
+        while kills < 5:
+            before = await total_views(redis, site_id)
+
+            async def progressing(before: int = before) -> bool:
+                return await total_views(redis, site_id) > before
+
+            await eventually(progressing, timeout_s=60, message="the aggregator at work")
+            await asyncio.sleep(rng.uniform(0.0, 0.4))  # a random point in its work
+            if await total_views(redis, site_id) >= len(events):
+                break
+            aggregator.kill()
+            kills += 1
+            aggregator.start()
+        assert kills >= 5, f"only {kills} kills before the work was done: send more events"
+        await wait_for_total(redis, site_id, len(events))
+    finally:
+        assert await aggregator.terminate() == 0, aggregator.log_tail()
+    await assert_redis_matches(redis, site_id, recount(events))
+    assert await mongo_events.count_documents({"site_id": site_id}) == len(events)
+
+
+async def test_a_crash_between_mongo_and_redis_and_after_redis_counts_exactly(
+        stack: Stack, redis: Redis, mongo_events: AsyncCollection[dict[str, Any]], site_id: str,
+        tmp_path: Path) -> None:
+    topic = await create_topic(stack)
+    events = make_events(site_id, 8_000, seed=13)
+    await produce_events(stack, topic.name, events)
+    for point in ("after_mongo", "after_redis"):
+        crashing = Aggregator(stack, topic, tmp_path, extra_env={
+            "AGGREGATOR_CRASH_AT": point, "AGGREGATOR_CRASH_AT_BATCH": "2",
+            "AGGREGATOR_MAX_RECORDS": "500"})
+        crashing.start()
+        assert crashing.proc is not None
+        assert await asyncio.to_thread(crashing.proc.wait, 120) == 70, crashing.log_tail()
+        assert "crash_hook_fired" in crashing.log_tail()
+    survivor = Aggregator(stack, topic, tmp_path)
+    survivor.start()
+    try:
+        await wait_for_total(redis, site_id, len(events))
+    finally:
+        assert await survivor.terminate() == 0
+    await assert_redis_matches(redis, site_id, recount(events))
+    assert await mongo_events.count_documents({"site_id": site_id}) == len(events)
+
+
+async def test_a_client_retrying_a_thousand_events_with_the_same_ids_counts_once(
+        stack: Stack, http: aiohttp.ClientSession, redis: Redis,
+        mongo_events: AsyncCollection[dict[str, Any]], site_id: str) -> None:
+    events = [{"page_id": f"/p{i % 20}", "user_id": f"u{i % 100}", "site_id": site_id,
+               "event_id": str(uuid.uuid4())} for i in range(1000)]
+    for _attempt in range(3):  # the original and two full retries
+        async with http.post(f"{stack.http_url}/events", json=events) as response:
+            assert response.status == 202
+    await wait_for_total(redis, site_id, 1000, timeout_s=60)
+    assert await mongo_events.count_documents({"site_id": site_id}) == 1000
+    # Everything sent is in Kafka three times; once the stack's group is past it, still 1000.
+    await eventually(lambda: _stack_group_caught_up(stack), timeout_s=60)
+    assert await total_views(redis, site_id) == 1000
+
+
+async def _stack_group_caught_up(stack: Stack) -> bool:
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
+    await consumer.start()
+    try:
+        from tests.kafka_tools import partitions_of
+        partitions = await partitions_of(stack.kafka_bootstrap, stack.topic)
+        end = await consumer.end_offsets(partitions)
+    finally:
+        await stop_quietly(consumer)
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets("pageview-aggregators")
+    finally:
+        await admin.close()
+    return all(committed.get(tp) is not None and committed[tp].offset >= end[tp]
+               for tp in partitions)
+
+
+async def test_a_second_aggregator_joining_and_leaving_mid_stream_counts_exactly(
+        stack: Stack, redis: Redis, http: aiohttp.ClientSession, site_id: str,
+        tmp_path: Path) -> None:
+    topic = await create_topic(stack, partitions=6)
+    events = make_events(site_id, 30_000, seed=17)
+    first, second = Aggregator(stack, topic, tmp_path), Aggregator(stack, topic, tmp_path)
+    first.start()
+    try:
+        await produce_events(stack, topic.name, events[:10_000])
+        second.start()
+        await second.wait_consuming(http)
+        await produce_events(stack, topic.name, events[10_000:20_000])
+        await eventually(lambda: _more_than(redis, site_id, 10_000), timeout_s=120)
+        assert await second.terminate() == 0, second.log_tail()  # leaves mid-stream
+        await produce_events(stack, topic.name, events[20_000:])
+        await wait_for_total(redis, site_id, len(events))
+    finally:
+        assert await first.terminate() == 0, first.log_tail()
+    await assert_redis_matches(redis, site_id, recount(events))
+
+
+async def _more_than(redis: Redis, site_id: str, n: int) -> bool:
+    return await total_views(redis, site_id) > n
+
+
+async def _outage_round(stack: Stack, redis: Redis, http: aiohttp.ClientSession, site_id: str,
+                        tmp_path: Path, part: str, check: str) -> None:
+    topic = await create_topic(stack)
+    events = make_events(site_id, 6_000, seed=19)
+    aggregator = Aggregator(stack, topic, tmp_path)
+    aggregator.start()
+    try:
+        await produce_events(stack, topic.name, events[:3_000])
+        await wait_for_total(redis, site_id, 3_000)
+        committed_before = await committed_total(stack, topic.group)
+        assert committed_before == 3_000
+        stop_part(part)
+        try:
+            await produce_events(stack, topic.name, events[3_000:])
+
+            async def noticed() -> bool:
+                return (await aggregator.readiness(http)).get(check) is False
+
+            await eventually(noticed, timeout_s=30, message=f"aggregator sees {part} down")
+            assert await committed_total(stack, topic.group) == committed_before
+            assert aggregator.running()
+        finally:
+            restore()
+        await wait_for_total(redis, site_id, len(events))
+        await eventually(lambda: _committed(stack, topic.group, len(events)), timeout_s=30)
+    finally:
+        assert await aggregator.terminate() == 0, aggregator.log_tail()
+    await assert_redis_matches(redis, site_id, recount(events))
+
+
+async def _committed(stack: Stack, group: str, n: int) -> bool:
+    return await committed_total(stack, group) == n
+
+
+async def test_redis_stopped_then_back_counts_exactly_and_commits_nothing_early(
+        stack: Stack, redis: Redis, http: aiohttp.ClientSession, site_id: str,
+        tmp_path: Path) -> None:
+    await _outage_round(stack, redis, http, site_id, tmp_path, "redis", "redis")
+
+
+async def test_mongo_stopped_then_back_counts_exactly_and_commits_nothing_early(
+        stack: Stack, redis: Redis, http: aiohttp.ClientSession, site_id: str,
+        tmp_path: Path) -> None:
+    await _outage_round(stack, redis, http, site_id, tmp_path, "ferretdb", "mongo")
+
+
+async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_counted(
+        stack: Stack, redis: Redis, site_id: str, tmp_path: Path) -> None:
+    topic = await create_topic(stack, partitions=1)
+    events = make_events(site_id, 200, seed=23)
+    poison = [b"not json at all", b'{"v": 99, "page_id": "x"}', b'["an", "array"]']
+    await produce_events(stack, topic.name, events[:100])
+    await produce(stack, topic.name, [(b"poison", value) for value in poison])
+    await produce_events(stack, topic.name, events[100:])
+    aggregator = Aggregator(stack, topic, tmp_path)
+    aggregator.start()
+    try:
+        await wait_for_total(redis, site_id, 200)
+    finally:
+        assert await aggregator.terminate() == 0
+    await assert_redis_matches(redis, site_id, recount(events))
+
+    consumer = AIOKafkaConsumer(topic.dead_letters, bootstrap_servers=stack.kafka_bootstrap,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        dead: list[Any] = []
+        deadline = time.monotonic() + 30
+        while len(dead) < 3 and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                dead.extend(messages)
+    finally:
+        await stop_quietly(consumer)
+    assert [m.value for m in dead] == poison
+    reasons = [dict(m.headers)["reason"].decode() for m in dead]
+    assert "not JSON" in reasons[0] and "schema version" in reasons[1]
+    assert all(dict(m.headers)["source_topic"].decode() == topic.name for m in dead)
