@@ -17,7 +17,6 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure
-from redis.asyncio import Redis
 
 from aggregator.app import create_app
 from aggregator.dead_letters import KafkaDeadLetters
@@ -27,6 +26,7 @@ from aggregator.pipeline import CrashHook, Pipeline
 from aggregator.redis_sink import RedisSink
 from aggregator.source import KafkaSource
 from contracts.logs import configure_logging
+from contracts.redis_client import connect_redis
 from contracts.settings import AggregatorSettings
 
 log = logging.getLogger("aggregator")
@@ -61,7 +61,7 @@ async def serve(settings: AggregatorSettings) -> None:
         loop.add_signal_handler(sig, stopping.set)
 
     metrics = AggregatorMetrics()
-    redis = Redis.from_url(b.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    redis = connect_redis(b.redis_url, timeout_s=5.0)
     mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
         b.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
     source = KafkaSource.create(b.kafka_bootstrap, b.topic, settings.group_id,

@@ -6,9 +6,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from contracts.httpkit import HttpMetrics, error_middleware, healthz, metrics_handler
+from contracts.redis_client import connect_redis
 from contracts.settings import QuerySettings
 from query_api.auth import auth_middleware
 from query_api.redis_reader import RedisReader
@@ -31,8 +31,7 @@ def create_app(settings: QuerySettings) -> web.Application:
     add_routes(app)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.backends.redis_url, socket_timeout=2,
-                               socket_connect_timeout=1)
+        redis = connect_redis(settings.backends.redis_url)
         app[DEPS] = QueryDeps(settings=settings, reader=RedisReader(redis))
         yield
         await redis.aclose()

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from contracts.mongo import DATABASE as MONGO_DATABASE
 from contracts.mongo import EVENTS
+from contracts.redis_client import connect_redis
 from tests.stack import Stack, find_or_start, stack_cli
 
 
@@ -39,7 +40,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def redis(stack: Stack) -> AsyncIterator[Redis]:
-    client = Redis.from_url(stack.redis_url)
+    client = connect_redis(stack.redis_url, timeout_s=5.0)
     yield client
     await client.aclose()
 
