@@ -13,7 +13,6 @@ import signal
 
 import uvloop
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure
@@ -66,11 +65,10 @@ async def serve(settings: AggregatorSettings) -> None:
         b.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
     source = KafkaSource.create(b.kafka_bootstrap, b.topic, settings.group_id,
                                 settings.instance, settings.max_records)
-    producer = AIOKafkaProducer(bootstrap_servers=b.kafka_bootstrap, enable_idempotence=True,
-                                client_id=f"{settings.instance}-dlq")
     mongo_sink = MongoSink(mongo, b.mongo_db)
+    dead_letters = KafkaDeadLetters(b.kafka_bootstrap, b.dead_letter_topic, b.topic)
     pipeline = Pipeline(source=source, mongo=mongo_sink, redis=RedisSink(redis),
-                        dead_letters=KafkaDeadLetters(producer, b.dead_letter_topic, b.topic),
+                        dead_letters=dead_letters,
                         metrics=metrics, stopping=stopping, backoff_max_s=settings.backoff_max_s,
                         crash=CrashHook(settings.crash_at, settings.crash_at_batch))
     consuming = False
@@ -86,7 +84,6 @@ async def serve(settings: AggregatorSettings) -> None:
     reporter: asyncio.Task[None] | None = None
     try:
         if not (await _until_started("mongo", mongo_sink.ensure_indexes, stopping)
-                and await _until_started("dlq_producer", producer.start, stopping)
                 and await _until_started("consumer", source.start, stopping)):
             return
         consuming = True
@@ -100,7 +97,6 @@ async def serve(settings: AggregatorSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
         await source.stop()
-        await producer.stop()
         await redis.aclose()
         await mongo.close()
         await runner.cleanup()

@@ -23,22 +23,31 @@ class DeadLetters(Protocol):
 
 
 class KafkaDeadLetters:
-    def __init__(self, producer: AIOKafkaProducer, topic: str, source_topic: str) -> None:
-        self._producer = producer
+    """A producer per call: poison is rare, and a fresh producer never carries broken
+    idempotence state from an earlier broker outage."""
+
+    def __init__(self, bootstrap: str, topic: str, source_topic: str) -> None:
+        self._bootstrap = bootstrap
         self._topic = topic
         self._source_topic = source_topic
 
     async def send(self, poison: Sequence[Poison]) -> None:
-        futures = []
-        for p in poison:
-            headers = [("reason", p.reason[:1000].encode()),
-                       ("source_topic", self._source_topic.encode()),
-                       ("source_partition", str(p.record.partition).encode()),
-                       ("source_offset", str(p.record.offset).encode())]
-            futures.append(await self._producer.send(self._topic, p.record.value or b"",
-                                                     key=p.record.key, headers=headers))
-        for future in futures:
-            await future
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, enable_idempotence=True,
+                                    client_id="aggregator-dead-letters")
+        await producer.start()
+        try:
+            futures = []
+            for p in poison:
+                headers = [("reason", p.reason[:1000].encode()),
+                           ("source_topic", self._source_topic.encode()),
+                           ("source_partition", str(p.record.partition).encode()),
+                           ("source_offset", str(p.record.offset).encode())]
+                futures.append(await producer.send(self._topic, p.record.value or b"",
+                                                   key=p.record.key, headers=headers))
+            for future in futures:
+                await future
+        finally:
+            await producer.stop()
 
 
 class ListDeadLetters:

@@ -12,18 +12,32 @@ the app's cleanup context (``run`` keeps the producer connected).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from contracts.event import PageView, encode_event
 from contracts.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+# Errors after which an idempotent producer's sequence state is broken for good (for example
+# after the broker restarted while batches were in flight): only a new producer recovers.
+FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch,
+                         InvalidProducerIdMapping, ProducerFenced, ProducerClosed)
 
 
 class PublishUnavailable(Exception):
@@ -55,6 +69,7 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._connected = False
         self._last_failure = 0.0
+        self._broken = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -80,7 +95,22 @@ class KafkaPublisher:
         )
 
     async def run(self) -> None:
-        """Connect, and keep checking the connection; runs until cancelled."""
+        """Connect, keep checking the connection, and replace a producer whose state broke;
+        runs until cancelled."""
+        while True:
+            await self._connect()
+            while not self._broken.is_set():
+                self._connected = await self._probe()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._broken.wait(), timeout=1.0)
+            broken, self._producer, self._connected = self._producer, None, False
+            self._broken.clear()
+            log.warning("kafka_producer_replaced")
+            if broken is not None:  # its pending sends fail; their clients got 503s
+                with contextlib.suppress(TimeoutError, KafkaError):
+                    await asyncio.wait_for(broken.stop(), timeout=5.0)
+
+    async def _connect(self) -> None:
         delay = 0.2
         while self._producer is None:
             producer = self._new_producer()
@@ -96,9 +126,6 @@ class KafkaPublisher:
             self._producer = producer
             log.info("kafka_connected", extra={"fields": {
                 "bootstrap": self._settings.backends.kafka_bootstrap}})
-        while True:
-            self._connected = await self._probe()
-            await asyncio.sleep(1.0)
 
     async def _probe(self) -> bool:
         assert self._producer is not None
@@ -135,6 +162,8 @@ class KafkaPublisher:
                 await asyncio.gather(*futures)
         except (TimeoutError, KafkaError) as exc:
             self._last_failure = time.monotonic()
+            if isinstance(exc, FATAL_PRODUCER_ERRORS):
+                self._broken.set()
             log.warning("publish_failed", extra={"fields": {
                 "error": repr(exc), "events": len(events), "sent": len(futures)}})
             raise PublishUnavailable("kafka_timeout" if isinstance(exc, TimeoutError)

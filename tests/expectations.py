@@ -15,7 +15,10 @@ from contracts.event import PageView
 from contracts.keys import SiteKeys
 from contracts.timebuckets import buckets_of
 
-HLL_TOLERANCE = 0.03  # HyperLogLog standard error is 0.81%; allow well over 3 sigma
+# HyperLogLog's standard error is 0.81%; allow well over 3 sigma. Small sets are not exact
+# either: two visitors whose hashes land in the same register count once (seen: 48 for 50).
+HLL_TOLERANCE = 0.03
+HLL_SMALL_SET_SLACK = 3
 
 
 @dataclass
@@ -55,7 +58,7 @@ async def total_views(redis: Redis, site_id: str) -> int:
 
 
 def close_to(estimate: int, exact: int) -> bool:
-    return abs(estimate - exact) <= max(1, HLL_TOLERANCE * exact)
+    return abs(estimate - exact) <= max(HLL_SMALL_SET_SLACK, HLL_TOLERANCE * exact)
 
 
 async def assert_redis_matches(redis: Redis, site_id: str, expected: Expected) -> None:
