@@ -1,23 +1,65 @@
-"""The query API's app factory: one cleanup context per client, auth, routes."""
+"""The query API's app factory: one cleanup context per client, auth, routes.
+
+The clock is injectable (epoch milliseconds) so tests control "now"; the Redis and MongoDB
+clients are created in the cleanup context, never at import time.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
+from pymongo import AsyncMongoClient
 
-from contracts.httpkit import HttpMetrics, error_middleware, healthz, metrics_handler
+from contracts.httpkit import (
+    HttpMetrics,
+    error_middleware,
+    healthz,
+    json_response,
+    metrics_handler,
+)
+from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
 from contracts.settings import QuerySettings
 from query_api.auth import auth_middleware
+from query_api.docs import render_docs
+from query_api.model import StatsReader
+from query_api.mongo_reader import MongoReader
+from query_api.openapi import openapi_document
 from query_api.redis_reader import RedisReader
 from query_api.routes import DEPS, QueryDeps, add_routes
+from query_api.service import StatsService
 
 log = logging.getLogger(__name__)
+MONGO_TIMEOUT_MS = 2_000  # server selection and connect: fail fast when MongoDB is down
 
 
-def create_app(settings: QuerySettings) -> web.Application:
+def system_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def docs_routes(app: web.Application) -> None:
+    """``/openapi.json`` and ``/docs``, rendered once (they describe the code, not data)."""
+    document = openapi_document()
+    spec = json_response(document).body
+    page = render_docs(document)
+
+    async def openapi_json(_: web.Request) -> web.Response:
+        return web.Response(body=spec, content_type="application/json")
+
+    async def docs(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html", charset="utf-8")
+
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs)
+
+
+def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clock_ms,
+               readers: tuple[StatsReader, StatsReader] | None = None) -> web.Application:
+    """``readers`` (Redis-like, MongoDB-like) replaces the real clients in app tests."""
     metrics = HttpMetrics("query_api")
     middlewares = [error_middleware(metrics)]
     if settings.auth_disabled:
@@ -29,12 +71,22 @@ def create_app(settings: QuerySettings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
     add_routes(app)
+    docs_routes(app)
+    if readers is not None:
+        app[DEPS] = QueryDeps(settings=settings, service=StatsService(*readers, clock_ms))
+        return app
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         redis = connect_redis(settings.backends.redis_url)
-        app[DEPS] = QueryDeps(settings=settings, reader=RedisReader(redis))
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.backends.mongo_url, serverSelectionTimeoutMS=MONGO_TIMEOUT_MS,
+            connectTimeoutMS=MONGO_TIMEOUT_MS)
+        events = mongo[settings.backends.mongo_db][EVENTS]
+        service = StatsService(RedisReader(redis), MongoReader(events), clock_ms)
+        app[DEPS] = QueryDeps(settings=settings, service=service)
         yield
         await redis.aclose()
+        await mongo.close()
 
     app.cleanup_ctx.append(clients)
     return app

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from contracts.httpkit import error_response
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Probes and the API description are public; every stats answer needs a token.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 
 
 def auth_middleware(tokens: tuple[str, ...]

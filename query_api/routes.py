@@ -1,48 +1,304 @@
-"""The query API's handlers."""
+"""The query API's handlers: parse parameters, ask ``StatsService``, shape JSON or CSV.
+
+Each endpoint composes its answer from the four questions of ``model.StatsReader``, so the
+Redis and MongoDB answers have the same shape and numbers. Parameter errors are a 400 naming
+the parameter; neither store answering is a 503; never a 5xx for any input.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from contracts.httpkit import error_response, json_response, readiness_response
 from contracts.settings import QuerySettings
 from query_api import params
-from query_api.redis_reader import RedisReader
+from query_api.csv_out import Cell, csv_response
+from query_api.model import StatsReader, Totals
+from query_api.ranges import REALTIME_MINUTES, TimeRange, parse_range, period_range
+from query_api.service import StatsService, Unavailable
+from query_api.tiling import INTERVAL_UNITS, UNIT_MS, slot_count, slots
+
+RANGE_PARAMS = frozenset({"site_id", "period", "from", "to", "format"})
+# The query parameters each endpoint accepts (others are a 400); the OpenAPI test checks
+# that /openapi.json lists exactly these.
+ENDPOINT_PARAMS: dict[str, frozenset[str]] = {
+    "/stats": RANGE_PARAMS | {"page_id", "limit", "offset", "compare"},
+    "/stats/compare": RANGE_PARAMS | {"page_id"},
+    "/stats/pages/{page_id}": RANGE_PARAMS,
+    "/stats/timeseries": RANGE_PARAMS | {"page_id", "interval"},
+    "/stats/top": RANGE_PARAMS | {"by", "limit"},
+    "/stats/realtime": frozenset({"site_id", "format"}),
+}
+MAX_SERIES_POINTS = 10_000
+DEFAULT_TOP = 10
+MAX_RANKED_PAGES = 1_000_000  # ranking by visitors reads every page (up to this many)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
 class QueryDeps:
     settings: QuerySettings
-    reader: RedisReader
+    service: StatsService
 
 
 DEPS = web.AppKey("query_deps", QueryDeps)
 
 
-async def stats(request: web.Request) -> web.Response:
-    deps = request.app[DEPS]
-    try:
-        site = params.site_id(request.query)
-        limit = params.bounded_int(request.query, "limit", 100, 1, 10_000)
-        offset = params.bounded_int(request.query, "offset", 0, 0, 10_000_000)
-    except params.BadParameter as exc:
-        return error_response(400, "bad_parameter", str(exc),
-                              [{"field": exc.name, "reason": exc.reason}])
-    result = await deps.reader.all_time(site, limit, offset)
-    body = {"site_id": site, "from": None, "to": None, **asdict(result)}
-    return json_response(body, headers={"X-Stats-Source": "redis"})
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a handler produces: the JSON body, and the CSV rendering of its items."""
+
+    body: dict[str, Any]
+    columns: tuple[str, ...]
+    rows: list[dict[str, Cell]]
+    sources: tuple[str, ...]
+    name: str
+
+
+def endpoint(build: Callable[[web.Request, StatsService], Awaitable[Answer]]) -> Handler:
+    """Wraps a builder: format negotiation, 400s and 503s, the source header."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            fmt = params.output_format(request.query, request.headers.get("Accept", ""))
+            answer = await build(request, request.app[DEPS].service)
+        except params.BadParameter as exc:
+            return error_response(400, "bad_parameter", str(exc),
+                                  [{"field": exc.name, "reason": exc.reason}])
+        except Unavailable as exc:
+            return error_response(503, "unavailable", str(exc),
+                                  headers={"Retry-After": "5"})
+        headers = {"X-Stats-Source": ", ".join(dict.fromkeys(answer.sources)),
+                   "Cache-Control": "no-store", "Vary": "Accept"}
+        if fmt == "csv":
+            return csv_response(answer.columns, answer.rows, headers, answer.name)
+        return json_response(answer.body, headers=headers)
+
+    return handle
+
+
+def _range(request: web.Request, service: StatsService, default: str = "all") -> TimeRange:
+    return parse_range(request.query, service.clock_ms(), default)
+
+
+def _bounded(rng: TimeRange, name: str = "period") -> TimeRange:
+    if not rng.bounded:
+        raise params.BadParameter(name, "needs a bounded range: from/to, or a period other "
+                                        "than all")
+    return rng
+
+
+def _change(current: int, previous: int) -> dict[str, Any]:
+    percent = None if previous == 0 else round((current - previous) * 100 / previous, 2)
+    return {"absolute": current - previous, "percent": percent}
+
+
+def _comparison(rng: TimeRange, current: Totals, previous: Totals) -> dict[str, Any]:
+    prev_from, prev_to = rng.previous().iso()
+    return {
+        "previous": {"from": prev_from, "to": prev_to, "total_views": previous.views,
+                     "unique_visitors": previous.unique_visitors},
+        "change": {"total_views": _change(current.views, previous.views),
+                   "unique_visitors": _change(current.unique_visitors,
+                                              previous.unique_visitors)},
+    }
+
+
+def _comparison_rows(current: Totals, previous: Totals) -> list[dict[str, Cell]]:
+    rows: list[dict[str, Cell]] = []
+    for metric, now, before in (("total_views", current.views, previous.views),
+                                ("unique_visitors", current.unique_visitors,
+                                 previous.unique_visitors)):
+        change = _change(now, before)
+        rows.append({"metric": metric, "current": now, "previous": before,
+                     "change": change["absolute"], "change_percent": change["percent"]})
+    return rows
+
+
+COMPARE_COLUMNS = ("metric", "current", "previous", "change", "change_percent")
+PAGE_COLUMNS = ("page_id", "views", "unique_visitors")
+
+
+async def stats(request: web.Request, service: StatsService) -> Answer:
+    query = request.query
+    params.reject_unknown(query, ENDPOINT_PARAMS["/stats"])
+    site = params.site_id(query)
+    page = params.page_id(query.get("page_id"))
+    limit, offset = params.limit_offset(query)
+    compare = params.choice(query, "compare", ("previous_period",), None)
+    rng = _range(request, service)
+    if compare:
+        _bounded(rng, "compare")
+
+    async def ask(reader: StatsReader) -> tuple[Totals, int, list[dict[str, Any]]]:
+        if page is not None:
+            totals = await reader.totals(site, rng, page)
+            window = [(page, totals.views)] if totals.views and offset == 0 else []
+            total_pages = 1 if totals.views else 0
+            uniques = {page: totals.unique_visitors}
+        else:
+            totals, (total_pages, window) = await asyncio.gather(
+                reader.totals(site, rng, None), reader.ranked_pages(site, rng, offset, limit))
+            uniques = await reader.page_uniques(site, rng, [p for p, _ in window])
+        pages = [{"page_id": p, "views": v, "unique_visitors": uniques[p]} for p, v in window]
+        return totals, total_pages, pages
+
+    (totals, total_pages, pages), source = await service.answer([rng], True, ask)
+    sources = [source]
+    start, end = rng.iso()
+    body: dict[str, Any] = {
+        "site_id": site, "from": start, "to": end, "total_views": totals.views,
+        "unique_visitors": totals.unique_visitors, "total_pages": total_pages,
+        "limit": limit, "offset": offset, "pages": pages}
+    if page is not None:
+        body["page_id"] = page
+    if compare:
+        previous, prev_source = await service.answer(
+            [rng.previous()], page is not None,
+            lambda r: r.totals(site, rng.previous(), page))
+        sources.append(prev_source)
+        body.update(_comparison(rng, totals, previous))
+    return Answer(body, PAGE_COLUMNS, pages, tuple(sources), "stats")
+
+
+async def compare(request: web.Request, service: StatsService) -> Answer:
+    query = request.query
+    params.reject_unknown(query, ENDPOINT_PARAMS["/stats/compare"])
+    site = params.site_id(query)
+    page = params.page_id(query.get("page_id"))
+    rng = _bounded(_range(request, service, default="7d"))
+    prev = rng.previous()
+    one_page = page is not None  # a page's visitors need per-page HyperLogLogs
+    current, source = await service.answer([rng], one_page,
+                                           lambda r: r.totals(site, rng, page))
+    previous, prev_source = await service.answer([prev], one_page,
+                                                 lambda r: r.totals(site, prev, page))
+    start, end = rng.iso()
+    body: dict[str, Any] = {"site_id": site, "page_id": page, "from": start, "to": end,
+                            "total_views": current.views,
+                            "unique_visitors": current.unique_visitors,
+                            **_comparison(rng, current, previous)}
+    return Answer(body, COMPARE_COLUMNS, _comparison_rows(current, previous),
+                  (source, prev_source), "compare")
+
+
+async def page_stats(request: web.Request, service: StatsService) -> Answer:
+    query = request.query
+    params.reject_unknown(query, ENDPOINT_PARAMS["/stats/pages/{page_id}"])
+    site = params.site_id(query)
+    page = params.page_id(request.match_info["page_id"])
+    assert page is not None
+    rng = _range(request, service)
+    totals, source = await service.answer([rng], True, lambda r: r.totals(site, rng, page))
+    start, end = rng.iso()
+    row: dict[str, Cell] = {"page_id": page, "views": totals.views,
+                            "unique_visitors": totals.unique_visitors}
+    body = {"site_id": site, "from": start, "to": end, **row}
+    return Answer(body, PAGE_COLUMNS, [row], (source,), "page")
+
+
+def _default_interval(rng: TimeRange) -> str:
+    start, end = rng.bounds()
+    length = end - start
+    if length <= 3 * UNIT_MS["h"]:
+        return "minute"
+    return "hour" if length <= 3 * UNIT_MS["d"] else "day"
+
+
+async def timeseries(request: web.Request, service: StatsService) -> Answer:
+    query = request.query
+    params.reject_unknown(query, ENDPOINT_PARAMS["/stats/timeseries"])
+    site = params.site_id(query)
+    page = params.page_id(query.get("page_id"))
+    rng = _bounded(_range(request, service, default="7d"))
+    interval = params.choice(query, "interval", tuple(INTERVAL_UNITS), None)
+    interval = interval or _default_interval(rng)
+    if slot_count(rng, interval) > MAX_SERIES_POINTS:
+        raise params.BadParameter("interval", f"gives more than {MAX_SERIES_POINTS} buckets "
+                                              "for this range; choose a coarser one")
+    parts = slots(rng, interval)
+    series, source = await service.answer(
+        parts, page is not None, lambda r: r.series(site, parts, interval, page))
+    rows: list[dict[str, Cell]] = [
+        {"bucket": slot.iso()[0], "views": t.views, "unique_visitors": t.unique_visitors}
+        for slot, t in zip(parts, series, strict=True)]
+    start, end = rng.iso()
+    body = {"site_id": site, "page_id": page, "from": start, "to": end, "interval": interval,
+            "buckets": rows}
+    return Answer(body, ("bucket", "views", "unique_visitors"), rows, (source,), "timeseries")
+
+
+async def top(request: web.Request, service: StatsService) -> Answer:
+    query = request.query
+    params.reject_unknown(query, ENDPOINT_PARAMS["/stats/top"])
+    site = params.site_id(query)
+    by = params.choice(query, "by", ("views", "unique_visitors"), "views")
+    limit = params.bounded_int(query, "limit", DEFAULT_TOP, 1, params.MAX_LIMIT)
+    rng = _range(request, service)
+
+    async def ask(reader: StatsReader) -> list[dict[str, Cell]]:
+        if by == "views":
+            _, ranked = await reader.ranked_pages(site, rng, 0, limit)
+            views = dict(ranked)
+            chosen = [p for p, _ in ranked]
+            uniques = await reader.page_uniques(site, rng, chosen)
+        else:  # every page's visitors are needed to rank by them
+            _, ranked = await reader.ranked_pages(site, rng, 0, MAX_RANKED_PAGES)
+            views = dict(ranked)
+            uniques = await reader.page_uniques(site, rng, list(views))
+            chosen = sorted(views, key=lambda p: (-uniques[p], -views[p], p))[:limit]
+        return [{"rank": i + 1, "page_id": p, "views": views[p],
+                 "unique_visitors": uniques[p]} for i, p in enumerate(chosen)]
+
+    rows, source = await service.answer([rng], True, ask)
+    start, end = rng.iso()
+    body = {"site_id": site, "from": start, "to": end, "by": by, "pages": rows}
+    return Answer(body, ("rank", *PAGE_COLUMNS), rows, (source,), "top")
+
+
+async def realtime(request: web.Request, service: StatsService) -> Answer:
+    query = request.query
+    params.reject_unknown(query, ENDPOINT_PARAMS["/stats/realtime"])
+    site = params.site_id(query)
+    now = service.clock_ms()
+    last5 = period_range("realtime", now)
+    _, end = last5.bounds()
+    last1 = TimeRange(end - UNIT_MS["m"], end)
+
+    async def ask(reader: StatsReader) -> tuple[Totals, Totals]:
+        return (await reader.totals(site, last5, None), await reader.totals(site, last1, None))
+
+    (five, one), source = await service.answer([last5], False, ask)
+    start, _ = last5.iso()
+    row: dict[str, Cell] = {"visitors_last_5_minutes": five.unique_visitors,
+                            "views_last_minute": one.views,
+                            "views_last_5_minutes": five.views}
+    body = {"site_id": site, "from": start, "to": last5.iso()[1],
+            "window_minutes": REALTIME_MINUTES, **row}
+    return Answer(body, tuple(row), [row], (source,), "realtime")
 
 
 async def readyz(request: web.Request) -> web.Response:
-    try:
-        redis_ok = await request.app[DEPS].reader.ping()
-    except Exception:  # readiness reports, it never fails
-        redis_ok = False
-    return readiness_response({"redis": redis_ok})
+    service = request.app[DEPS].service
+    checks: dict[str, bool] = {}
+    for name, reader in (("redis", service.redis), ("mongo", service.mongo)):
+        try:
+            checks[name] = await reader.ping()
+        except Exception:  # readiness reports, it never fails
+            checks[name] = False
+    return readiness_response(checks)
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/stats", stats)
+    app.router.add_get("/stats", endpoint(stats))
+    app.router.add_get("/stats/compare", endpoint(compare))
+    app.router.add_get("/stats/pages/{page_id:.+}", endpoint(page_stats))
+    app.router.add_get("/stats/timeseries", endpoint(timeseries))
+    app.router.add_get("/stats/top", endpoint(top))
+    app.router.add_get("/stats/realtime", endpoint(realtime))
     app.router.add_get("/readyz", readyz)

@@ -1,0 +1,106 @@
+"""Answering from the raw events in MongoDB: exact, and available when Redis is not.
+
+Used when Redis is down, when a range needs buckets Redis no longer keeps (minutes older
+than 48 h, hours older than 90 days), and for per-page visitors at minute precision (Redis
+keeps per-page HyperLogLogs per hour and day only). Uniques here are exact.
+
+Written for FerretDB 1.24 as well as MongoDB: only ``$match``, ``$group`` and ``$count``;
+exactly one accumulator per ``$group`` (FerretDB computes only the first); no date operators
+(events carry their ``minute``/``hour``/``day`` bucket numbers as ints); distinct visitors
+with two ``$group`` stages; every aggregation carries ``maxTimeMS`` because FerretDB scans.
+
+Called by ``StatsService``; may block on the network; raises pymongo errors when MongoDB is
+down or too slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from query_api.model import Totals
+from query_api.ranges import TimeRange
+from query_api.tiling import INTERVAL_UNITS, UNIT_MS
+
+FIELD_OF_UNIT = {"m": "minute", "h": "hour", "d": "day"}
+MINUTE_MS = UNIT_MS["m"]
+
+
+def match_stage(site_id: str, rng: TimeRange, page_id: str | None = None,
+                pages: list[str] | None = None) -> dict[str, Any]:
+    """The ``$match`` of every query: the site, the range as whole epoch minutes, a page."""
+    query: dict[str, Any] = {"site_id": site_id}
+    if rng.bounded:
+        start, end = rng.bounds()
+        query["minute"] = {"$gte": start // MINUTE_MS, "$lt": end // MINUTE_MS}
+    if page_id is not None:
+        query["page_id"] = page_id
+    elif pages is not None:
+        query["page_id"] = {"$in": pages}
+    return {"$match": query}
+
+
+def count_by(key: str) -> list[dict[str, Any]]:
+    """Views per ``key`` (a field name, or ``None`` for one total)."""
+    return [{"$group": {"_id": None if key == "" else f"${key}", "n": {"$sum": 1}}}]
+
+
+def distinct_users_by(key: str) -> list[dict[str, Any]]:
+    """Distinct visitors per ``key``: group by (key, user), then count per key."""
+    first_id: Any = "$user_id" if key == "" else {"k": f"${key}", "u": "$user_id"}
+    return [{"$group": {"_id": first_id, "n": {"$sum": 1}}},
+            {"$group": {"_id": None if key == "" else "$_id.k", "n": {"$sum": 1}}}]
+
+
+class MongoReader:
+    source = "mongo"
+
+    def __init__(self, events: AsyncCollection[dict[str, Any]], max_time_ms: int = 20_000
+                 ) -> None:
+        self._events = events
+        self._max_time_ms = max_time_ms
+
+    async def ping(self) -> bool:
+        await self._events.database.command("ping")
+        return True
+
+    async def _grouped(self, pipeline: list[dict[str, Any]]) -> dict[Any, int]:
+        cursor = await self._events.aggregate(pipeline, maxTimeMS=self._max_time_ms)
+        return {doc["_id"]: int(doc["n"]) async for doc in cursor}
+
+    async def totals(self, site_id: str, rng: TimeRange, page_id: str | None) -> Totals:
+        match = match_stage(site_id, rng, page_id)
+        views, uniques = await asyncio.gather(self._grouped([match, *count_by("")]),
+                                              self._grouped([match, *distinct_users_by("")]))
+        return Totals(views.get(None, 0), uniques.get(None, 0))
+
+    async def ranked_pages(self, site_id: str, rng: TimeRange, offset: int, limit: int
+                           ) -> tuple[int, list[tuple[str, int]]]:
+        grouped = await self._grouped([match_stage(site_id, rng), *count_by("page_id")])
+        ranked = sorted(((str(p), n) for p, n in grouped.items() if n > 0),
+                        key=lambda pv: (-pv[1], pv[0]))
+        return len(ranked), ranked[offset:offset + limit]
+
+    async def page_uniques(self, site_id: str, rng: TimeRange, pages: list[str]
+                           ) -> dict[str, int]:
+        if not pages:
+            return {}
+        grouped = await self._grouped([match_stage(site_id, rng, pages=pages),
+                                       *distinct_users_by("page_id")])
+        return {page: grouped.get(page, 0) for page in pages}
+
+    async def series(self, site_id: str, slots: list[TimeRange], interval: str,
+                     page_id: str | None) -> list[Totals]:
+        if not slots:
+            return []
+        unit = INTERVAL_UNITS[interval]
+        field = FIELD_OF_UNIT[unit]
+        whole = TimeRange(slots[0].bounds()[0], slots[-1].bounds()[1])
+        match = match_stage(site_id, whole, page_id)
+        views, uniques = await asyncio.gather(self._grouped([match, *count_by(field)]),
+                                              self._grouped([match, *distinct_users_by(field)]))
+        size = UNIT_MS[unit]
+        numbers = [slot.bounds()[0] // size for slot in slots]
+        return [Totals(views.get(n, 0), uniques.get(n, 0)) for n in numbers]

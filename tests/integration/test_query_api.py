@@ -1,0 +1,361 @@
+"""The query API on the real stack: every endpoint's numbers equal a straightforward recount
+of the events the test sent through the gateway (several pages, users and hours, past
+timestamps), from Redis (uniques within the HyperLogLog bound) and from MongoDB (exact).
+
+The app runs in-process (aiohttp's test server) on the stack's Redis and MongoDB, so these
+tests exercise the code in this checkout, not the query API processes already running.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from contracts.event import PageView
+from contracts.keys import SiteKeys
+from contracts.mongo import EVENTS, event_document
+from contracts.settings import Backends, QuerySettings
+from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS, iso_z
+from query_api.app import create_app
+from tests.expectations import close_to
+from tests.stack import Stack, eventually
+
+pytestmark = pytest.mark.integration
+Client = TestClient[web.Request, web.Application]
+PAGES = ("home", "/pricing", "docs/a b", "=cmd")
+
+
+@dataclass(frozen=True)
+class Sent:
+    page_id: str
+    user_id: str
+    ts: int
+
+
+def recount(events: list[Sent], start: int | None = None, end: int | None = None,
+            page: str | None = None) -> tuple[int, int]:
+    """(views, exact unique visitors) of the events in [start, end), optionally one page."""
+    chosen = [e for e in events
+              if (start is None or e.ts >= start) and (end is None or e.ts < end)
+              and (page is None or e.page_id == page)]
+    return len(chosen), len({e.user_id for e in chosen})
+
+
+def pages_of(events: list[Sent], start: int | None = None, end: int | None = None
+             ) -> dict[str, tuple[int, int]]:
+    return {p: recount(events, start, end, p) for p in {e.page_id for e in events}
+            if recount(events, start, end, p)[0]}
+
+
+def settings_for(stack: Stack, mongo_db: str, redis_url: str | None = None) -> QuerySettings:
+    env = {**stack.env(), "MONGO_DB": mongo_db}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    return QuerySettings(backends=Backends.from_env(env), auth_disabled=True)
+
+
+async def start_client(settings: QuerySettings) -> Client:
+    client: Client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def mongo_db(stack: Stack) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
+    """A private MongoDB database for the fallback's answers.
+
+    FerretDB uses no index for queries: every aggregation scans the whole collection, and
+    the stack's shared ``pageviews.events`` holds whatever benchmarks and other tests wrote
+    (gigabytes on a busy machine). The test writes the very events it sent through the
+    gateway, in the aggregator's document shape, to a database of its own, and points the
+    API's ``MONGO_DB`` at it: the same queries on the same server, without the shared scan.
+    """
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
+    db = client[f"qtest_{uuid.uuid4().hex[:12]}"]
+    yield db
+    await client.drop_database(db.name)
+    await client.close()
+
+
+@pytest.fixture
+async def api(stack: Stack, mongo_db: AsyncDatabase[dict[str, Any]]) -> AsyncIterator[Client]:
+    client = await start_client(settings_for(stack, mongo_db.name))
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def mongo_only_api(stack: Stack, mongo_db: AsyncDatabase[dict[str, Any]]
+                         ) -> AsyncIterator[Client]:
+    """The API with a Redis that refuses connections: what it does when Redis is down."""
+    client = await start_client(settings_for(stack, mongo_db.name, "redis://127.0.0.1:1/0"))
+    yield client
+    await client.close()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    site_id: str
+    events: list[Sent]
+    hour0: int  # start of the first recent hour with events
+    old_hour: int  # an hour three days back: its minute buckets are past retention
+
+
+async def send(http: aiohttp.ClientSession, stack: Stack, site_id: str,
+               events: list[Sent]) -> list[PageView]:
+    body: list[dict[str, Any]] = [
+        {"site_id": site_id, "page_id": e.page_id, "user_id": e.user_id,
+         "event_id": str(uuid.uuid4()), "ts": e.ts} for e in events]
+    async with http.post(f"{stack.http_url}/events", json=body) as response:
+        assert response.status == 202, await response.text()
+    now = int(time.time() * 1000)
+    return [PageView(b["event_id"], site_id, b["page_id"], b["user_id"], b["ts"], now)
+            for b in body]
+
+
+@pytest.fixture
+async def scenario(stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+                   mongo_db: AsyncDatabase[dict[str, Any]]) -> Scenario:
+    now = int(time.time() * 1000)
+    hour0 = now // HOUR_MS * HOUR_MS - 5 * HOUR_MS
+    old_hour = now // HOUR_MS * HOUR_MS - 3 * DAY_MS
+    events: list[Sent] = []
+    for i in range(120):  # three recent hours, four pages, 15 users, uneven spread
+        hour = i % 3
+        ts = hour0 + hour * HOUR_MS + (i * 7 % 60) * MINUTE_MS + i * 13
+        events.append(Sent(PAGES[(i + i // 7) % 4 if i % 5 else 0], f"user-{i * 7 % 17}", ts))
+    for i in range(20):  # three days back, within the gateway's late window
+        events.append(Sent(PAGES[i % 3], f"old-{i % 6}", old_hour + (i * 3) * MINUTE_MS + i))
+    views = await send(http, stack, site_id, events)
+    await mongo_db[EVENTS].insert_many(
+        [event_document(v, partition=0, offset=i) for i, v in enumerate(views)])
+
+    async def counted() -> bool:
+        return int(await redis.get(SiteKeys(site_id).total_views()) or 0) == len(events)
+
+    await eventually(counted, timeout_s=60, interval_s=0.2, message="events counted in Redis")
+    return Scenario(site_id, events, hour0, old_hour)
+
+
+async def get(client: Client, path: str, **query: str) -> tuple[dict[str, Any], str]:
+    response = await client.get(path, params=query)
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body, response.headers["X-Stats-Source"]
+
+
+def assert_pages(got: list[dict[str, Any]], expected: dict[str, tuple[int, int]],
+                 exact: bool) -> None:
+    assert {p["page_id"]: p["views"] for p in got} == {p: v for p, (v, _) in expected.items()}
+    for p in got:
+        want = expected[p["page_id"]][1]
+        assert p["unique_visitors"] == want if exact else close_to(p["unique_visitors"], want)
+    views = [p["views"] for p in got]
+    assert views == sorted(views, reverse=True)
+
+
+async def test_stats_over_all_time_and_hour_ranges_match_a_recount_from_redis(
+        api: Client, scenario: Scenario) -> None:
+    s = scenario
+    body, source = await get(api, "/stats", site_id=s.site_id)
+    assert source == "redis"
+    views, uniques = recount(s.events)
+    assert (body["total_views"], body["total_pages"]) == (views, len(pages_of(s.events)))
+    assert close_to(body["unique_visitors"], uniques)
+    assert_pages(body["pages"], pages_of(s.events), exact=False)
+
+    start, end = s.hour0, s.hour0 + 2 * HOUR_MS
+    body, source = await get(api, "/stats", site_id=s.site_id, **{
+        "from": iso_z(start), "to": iso_z(end)})
+    assert source == "redis"
+    assert (body["from"], body["to"]) == (iso_z(start), iso_z(end))
+    assert body["total_views"] == recount(s.events, start, end)[0]
+    assert close_to(body["unique_visitors"], recount(s.events, start, end)[1])
+    assert_pages(body["pages"], pages_of(s.events, start, end), exact=False)
+
+    for page in PAGES:  # all time, one page: the running per-page totals
+        body, source = await get(api, "/stats", site_id=s.site_id, page_id=page)
+        views, uniques = recount(s.events, page=page)
+        assert source == "redis" and (body["total_views"], body["total_pages"]) == (views, 1)
+        assert close_to(body["pages"][0]["unique_visitors"], uniques)
+
+    body, _ = await get(api, "/stats", site_id=s.site_id, limit="2", offset="1")
+    ordered = sorted(pages_of(s.events).items(), key=lambda kv: (-kv[1][0], kv[0]))
+    assert [p["page_id"] for p in body["pages"]] == [p for p, _ in ordered[1:3]]
+
+
+def ms_of(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp).timestamp() * 1000)
+
+
+async def test_named_periods_match_a_recount_over_the_range_they_report(
+        api: Client, scenario: Scenario) -> None:
+    s = scenario
+    for period in ("today", "24h", "7d", "30d", "month"):
+        body, source = await get(api, "/stats", site_id=s.site_id, period=period)
+        start, end = ms_of(body["from"]), ms_of(body["to"])
+        assert source == "redis", period
+        assert body["total_views"] == recount(s.events, start, end)[0], period
+        assert close_to(body["unique_visitors"], recount(s.events, start, end)[1]), period
+        assert_pages(body["pages"], pages_of(s.events, start, end), exact=False)
+
+
+async def test_answers_follow_the_sites_generation_pointer(
+        api: Client, scenario: Scenario, redis: Redis) -> None:
+    keys = SiteKeys(scenario.site_id)
+    await redis.set(keys.generation_pointer(), "rebuild-1", ex=60)
+    try:
+        body, source = await get(api, "/stats", site_id=scenario.site_id)
+        assert source == "redis" and body["total_views"] == 0  # nothing in that generation
+    finally:
+        await redis.delete(keys.generation_pointer())
+    body, _ = await get(api, "/stats", site_id=scenario.site_id)
+    assert body["total_views"] == len(scenario.events)
+
+
+async def test_minute_precise_ranges_give_the_same_views_and_exact_uniques_from_mongo(
+        api: Client, scenario: Scenario) -> None:
+    s = scenario
+    start, end = s.hour0 + 10 * MINUTE_MS, s.hour0 + HOUR_MS + 25 * MINUTE_MS
+    body, source = await get(api, "/stats", site_id=s.site_id, **{
+        "from": iso_z(start), "to": iso_z(end)})
+    assert source == "mongo"  # per-page visitors at minute precision: only MongoDB has them
+    assert (body["total_views"], body["unique_visitors"]) == recount(s.events, start, end)
+    assert_pages(body["pages"], pages_of(s.events, start, end), exact=True)
+    # Site-level numbers at minute precision come from Redis's minute buckets.
+    series, source = await get(api, "/stats/timeseries", site_id=s.site_id, interval="minute",
+                               **{"from": iso_z(start), "to": iso_z(end)})
+    assert source == "redis"
+    assert len(series["buckets"]) == (end - start) // MINUTE_MS
+    for bucket in series["buckets"]:
+        b = ms_of(bucket["bucket"])
+        views, uniques = recount(s.events, b, b + MINUTE_MS)
+        assert bucket["views"] == views and close_to(bucket["unique_visitors"], uniques)
+
+
+async def test_page_timeseries_top_and_compare_match_a_recount(
+        api: Client, scenario: Scenario) -> None:
+    s = scenario
+    start, end = s.hour0, s.hour0 + 3 * HOUR_MS
+    window = {"from": iso_z(start), "to": iso_z(end)}
+    for page in PAGES:
+        body, source = await get(api, f"/stats/pages/{page}", site_id=s.site_id, **window)
+        views, uniques = recount(s.events, start, end, page)
+        assert source == "redis" and body["page_id"] == page and body["views"] == views
+        assert close_to(body["unique_visitors"], uniques)
+
+    body, source = await get(api, "/stats/timeseries", site_id=s.site_id, interval="hour",
+                             **window)
+    assert source == "redis"
+    assert [b["bucket"] for b in body["buckets"]] == [iso_z(start + i * HOUR_MS)
+                                                      for i in range(3)]
+    for i, bucket in enumerate(body["buckets"]):
+        views, uniques = recount(s.events, start + i * HOUR_MS, start + (i + 1) * HOUR_MS)
+        assert bucket["views"] == views and close_to(bucket["unique_visitors"], uniques)
+
+    for by in ("views", "unique_visitors"):
+        body, _ = await get(api, "/stats/top", site_id=s.site_id, by=by, limit="3", **window)
+        expected = pages_of(s.events, start, end)
+        key = 0 if by == "views" else 1
+        assert len(body["pages"]) == 3 and body["pages"][0]["rank"] == 1
+        best = max(v[key] for v in expected.values())
+        assert close_to(body["pages"][0][by], best)
+
+    current = {"from": iso_z(start + HOUR_MS), "to": iso_z(start + 2 * HOUR_MS)}
+    body, _ = await get(api, "/stats/compare", site_id=s.site_id, **current)
+    now_views = recount(s.events, start + HOUR_MS, start + 2 * HOUR_MS)[0]
+    before_views = recount(s.events, start, start + HOUR_MS)[0]
+    assert (body["total_views"], body["previous"]["total_views"]) == (now_views, before_views)
+    assert body["previous"]["from"] == iso_z(start)
+    assert body["change"]["total_views"]["absolute"] == now_views - before_views
+    stats, _ = await get(api, "/stats", site_id=s.site_id, compare="previous_period",
+                         **current)
+    assert stats["previous"] == body["previous"] and stats["change"] == body["change"]
+
+
+async def test_ranges_past_redis_retention_are_answered_exactly_from_mongo(
+        api: Client, scenario: Scenario) -> None:
+    s = scenario
+    start, end = s.old_hour, s.old_hour + HOUR_MS - 2 * MINUTE_MS  # needs minute buckets
+    window = {"from": iso_z(start), "to": iso_z(end)}
+    body, source = await get(api, "/stats", site_id=s.site_id, **window)
+    assert source == "mongo"
+    assert (body["total_views"], body["unique_visitors"]) == recount(s.events, start, end)
+    assert_pages(body["pages"], pages_of(s.events, start, end), exact=True)
+    series, source = await get(api, "/stats/timeseries", site_id=s.site_id,
+                               interval="minute", **window)
+    assert source == "mongo"
+    assert sum(b["views"] for b in series["buckets"]) == recount(s.events, start, end)[0]
+    # The whole hour is still in Redis (hour buckets live 90 days).
+    hour = {"from": iso_z(s.old_hour), "to": iso_z(s.old_hour + HOUR_MS)}
+    body, source = await get(api, "/stats", site_id=s.site_id, **hour)
+    assert source == "redis"
+    assert body["total_views"] == recount(s.events, s.old_hour, s.old_hour + HOUR_MS)[0]
+
+
+async def test_with_redis_down_every_endpoint_answers_from_mongo_with_exact_numbers(
+        mongo_only_api: Client, scenario: Scenario) -> None:
+    s, api = scenario, mongo_only_api
+    body, source = await get(api, "/stats", site_id=s.site_id)
+    assert source == "mongo"
+    assert (body["total_views"], body["unique_visitors"]) == recount(s.events)
+    assert_pages(body["pages"], pages_of(s.events), exact=True)
+    start, end = s.hour0, s.hour0 + 3 * HOUR_MS
+    window = {"from": iso_z(start), "to": iso_z(end)}
+    body, source = await get(api, "/stats/pages/home", site_id=s.site_id, **window)
+    assert source == "mongo"
+    assert (body["views"], body["unique_visitors"]) == recount(s.events, start, end, "home")
+    body, source = await get(api, "/stats/timeseries", site_id=s.site_id, interval="hour",
+                             page_id="/pricing", **window)
+    assert source == "mongo"
+    assert [(b["views"], b["unique_visitors"]) for b in body["buckets"]] == [
+        recount(s.events, start + i * HOUR_MS, start + (i + 1) * HOUR_MS, "/pricing")
+        for i in range(3)]
+    body, source = await get(api, "/stats/top", site_id=s.site_id, by="unique_visitors",
+                             **window)
+    expected = pages_of(s.events, start, end)
+    assert [(p["page_id"], p["views"], p["unique_visitors"]) for p in body["pages"]] == sorted(
+        ((p, v, u) for p, (v, u) in expected.items()), key=lambda t: (-t[2], -t[1], t[0]))
+
+
+async def test_realtime_counts_a_view_sent_just_now(
+        api: Client, stack: Stack, site_id: str, http: aiohttp.ClientSession) -> None:
+    async with http.post(f"{stack.http_url}/track", json={
+            "site_id": site_id, "page_id": "home", "user_id": "live-user"}) as response:
+        assert response.status == 202, await response.text()
+
+    async def live() -> dict[str, Any] | None:
+        body, source = await get(api, "/stats/realtime", site_id=site_id)
+        assert source == "redis"
+        return body if body["views_last_5_minutes"] == 1 else None
+
+    body = await eventually(live, timeout_s=30, message="the live view in /stats/realtime")
+    assert body is not None and body["visitors_last_5_minutes"] == 1
+
+
+async def test_csv_parses_to_the_same_numbers_as_json(api: Client, scenario: Scenario
+                                                      ) -> None:
+    s = scenario
+    body, _ = await get(api, "/stats", site_id=s.site_id)
+    response = await api.get("/stats", params={"site_id": s.site_id},
+                             headers={"Accept": "text/csv"})
+    assert response.status == 200 and response.content_type == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(await response.text())))
+    as_json = {p["page_id"]: (p["views"], p["unique_visitors"]) for p in body["pages"]}
+    as_csv = {r["page_id"].removeprefix("'"): (int(r["views"]), int(r["unique_visitors"]))
+              for r in rows}
+    assert as_csv == as_json

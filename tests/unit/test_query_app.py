@@ -1,0 +1,346 @@
+"""The query API through aiohttp's test client, with exact in-memory readers in place of
+Redis and MongoDB: routing between them, every endpoint's shape (checked against
+/openapi.json), CSV, 400s, 503, auth and the docs page, without servers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pymongo.errors import ServerSelectionTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from contracts.settings import QuerySettings
+from contracts.timebuckets import HOUR_MS, MINUTE_MS
+from query_api.app import create_app
+from query_api.model import Totals
+from query_api.openapi import openapi_document
+from query_api.ranges import TimeRange
+from query_api.routes import ENDPOINT_PARAMS
+
+Client = TestClient[web.Request, web.Application]
+NOW = 1_795_860_000_000 + 17 * MINUTE_MS + 42_500  # 2026-11-28T10:17:42.5Z
+HOUR = NOW // HOUR_MS * HOUR_MS
+SITE = "shop"
+# (page, user, ts): two recent hours, and one view a minute ago.
+EVENTS = [("home", "u1", HOUR - 50 * MINUTE_MS), ("home", "u2", HOUR - 40 * MINUTE_MS),
+          ("/pricing", "u1", HOUR - 30 * MINUTE_MS), ("home", "u1", HOUR + 2 * MINUTE_MS),
+          ("docs", "u3", HOUR + 5 * MINUTE_MS), ("=evil", "u4", NOW - MINUTE_MS)]
+
+
+class MemoryReader:
+    """Counts the events above exactly; can be told to fail like a store that is down."""
+
+    def __init__(self, source: str, error: Exception | None = None) -> None:
+        self.source = source
+        self.error = error
+        self.calls = 0
+
+    def _select(self, site_id: str, rng: TimeRange, page: str | None
+                ) -> list[tuple[str, str, int]]:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return [e for e in EVENTS if site_id == SITE
+                and (rng.start_ms is None or e[2] >= rng.start_ms)
+                and (rng.end_ms is None or e[2] < rng.end_ms) and page in (None, e[0])]
+
+    async def ping(self) -> bool:
+        self._select(SITE, TimeRange(None, None), None)
+        return True
+
+    async def totals(self, site_id: str, rng: TimeRange, page_id: str | None) -> Totals:
+        chosen = self._select(site_id, rng, page_id)
+        return Totals(len(chosen), len({u for _, u, _ in chosen}))
+
+    async def ranked_pages(self, site_id: str, rng: TimeRange, offset: int, limit: int
+                           ) -> tuple[int, list[tuple[str, int]]]:
+        out: dict[str, int] = {}
+        for page, _, _ in self._select(site_id, rng, None):
+            out[page] = out.get(page, 0) + 1
+        ranked = sorted(out.items(), key=lambda pv: (-pv[1], pv[0]))
+        return len(ranked), ranked[offset:offset + limit]
+
+    async def page_uniques(self, site_id: str, rng: TimeRange, pages: list[str]
+                           ) -> dict[str, int]:
+        return {p: (await self.totals(site_id, rng, p)).unique_visitors for p in pages}
+
+    async def series(self, site_id: str, slots: list[TimeRange], interval: str,
+                     page_id: str | None) -> list[Totals]:
+        return [await self.totals(site_id, s, page_id) for s in slots]
+
+
+Factory = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def make(aiohttp_client: Factory) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    async def build(redis: MemoryReader | None = None, mongo: MemoryReader | None = None,
+                    settings: QuerySettings | None = None) -> Client:
+        app = create_app(settings or QuerySettings(auth_disabled=True), clock_ms=lambda: NOW,
+                         readers=(redis or MemoryReader("redis"), mongo or MemoryReader("mongo")))
+        return await aiohttp_client(TestServer(app))
+    yield build
+
+
+@pytest.fixture
+async def client(make: Callable[..., Awaitable[Client]]) -> Client:
+    return await make()
+
+
+async def get_json(client: Client, path: str, **query: str) -> tuple[dict[str, Any], str]:
+    response = await client.get(path, params={"site_id": SITE, **query})
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body, response.headers["X-Stats-Source"]
+
+
+# A small JSON Schema check for what openapi.py uses; objects are closed (an undocumented
+# key in an answer is a failure, so the document cannot fall behind the code).
+DOCUMENT = openapi_document()
+
+
+def conforms(value: Any, schema: dict[str, Any], where: str = "$") -> None:
+    if "$ref" in schema:
+        schema = DOCUMENT["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds] if kinds else []
+    checks = {"string": lambda v: isinstance(v, str), "null": lambda v: v is None,
+              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+              "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list)}
+    assert not kinds or any(checks[k](value) for k in kinds), (where, value, kinds)
+    if "enum" in schema:
+        assert value in schema["enum"], (where, value)
+    if "minimum" in schema and value is not None:
+        assert value >= schema["minimum"], where
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        assert set(value) <= set(props), (where, set(value) - set(props))
+        assert set(schema.get("required", [])) <= set(value), where
+        for key, item in value.items():
+            conforms(item, props[key], f"{where}.{key}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            conforms(item, schema.get("items", {}), f"{where}[{i}]")
+
+
+def response_schema(path: str) -> dict[str, Any]:
+    content = DOCUMENT["paths"][path]["get"]["responses"]["200"]["content"]
+    schema: dict[str, Any] = content["application/json"]["schema"]
+    return schema
+
+
+LAST_2H = {"from": "2026-11-28T09:00:00Z", "to": "2026-11-28T11:00:00Z"}
+REQUESTS: list[tuple[str, str, dict[str, str]]] = [
+    ("/stats", "/stats", {}),
+    ("/stats", "/stats", {**LAST_2H, "compare": "previous_period"}),
+    ("/stats", "/stats", {"page_id": "home", "period": "today"}),
+    ("/stats/pages/{page_id}", "/stats/pages/home", LAST_2H),
+    ("/stats/timeseries", "/stats/timeseries", {**LAST_2H, "interval": "hour"}),
+    ("/stats/top", "/stats/top", {"by": "unique_visitors"}),
+    ("/stats/realtime", "/stats/realtime", {}),
+    ("/stats/compare", "/stats/compare", {"period": "24h", "page_id": "home"}),
+]
+
+
+@pytest.mark.parametrize(("spec_path", "path", "query"), REQUESTS)
+async def test_every_answer_matches_its_openapi_schema_and_parses_as_csv(
+        client: Client, spec_path: str, path: str, query: dict[str, str]) -> None:
+    body, _ = await get_json(client, path, **query)
+    conforms(body, response_schema(spec_path))
+    response = await client.get(path, params={"site_id": SITE, "format": "csv", **query})
+    assert response.status == 200 and response.content_type == "text/csv"
+    rows = list(csv.reader(io.StringIO(await response.text())))
+    assert len(rows[0]) >= 2 and all(len(r) == len(rows[0]) for r in rows)
+
+
+async def test_stats_pages_are_sorted_and_paged(client: Client) -> None:
+    body, source = await get_json(client, "/stats", limit="2", offset="1")
+    assert source == "redis"
+    assert (body["total_views"], body["unique_visitors"], body["total_pages"]) == (6, 4, 4)
+    assert body["pages"] == [{"page_id": "/pricing", "views": 1, "unique_visitors": 1},
+                             {"page_id": "=evil", "views": 1, "unique_visitors": 1}]
+
+
+async def test_page_path_accepts_slashes_and_encoded_slashes(client: Client) -> None:
+    for path in ("/stats/pages//pricing", "/stats/pages/%2Fpricing"):
+        body, _ = await get_json(client, path)
+        assert (body["page_id"], body["views"]) == ("/pricing", 1), path
+
+
+async def test_minute_precise_page_visitors_come_from_mongo_site_series_from_redis(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    redis, mongo = MemoryReader("redis"), MemoryReader("mongo")
+    client = await make(redis, mongo)
+    minutes = {"from": "2026-11-28T09:15:00Z", "to": "2026-11-28T10:10:00Z"}
+    _, source = await get_json(client, "/stats", **minutes)
+    assert source == "mongo" and redis.calls == 0
+    body, source = await get_json(client, "/stats/timeseries", interval="hour", **minutes)
+    assert source == "redis"
+    assert [(b["bucket"], b["views"]) for b in body["buckets"]] == [
+        ("2026-11-28T09:15:00Z", 2), ("2026-11-28T10:00:00Z", 2)]
+    _, source = await get_json(client, "/stats/realtime")
+    assert source == "redis"
+    _, source = await get_json(client, "/stats/compare", **minutes)
+    assert source == "redis"
+    _, source = await get_json(client, "/stats/compare", page_id="home", **minutes)
+    assert source == "mongo"  # a page's visitors at minute precision
+
+
+async def test_ranges_older_than_minute_retention_come_from_mongo(client: Client) -> None:
+    _, source = await get_json(client, "/stats/timeseries", interval="minute",
+                               **{"from": "2026-11-20T10:00:00Z", "to": "2026-11-20T11:00:00Z"})
+    assert source == "mongo"
+    _, source = await get_json(client, "/stats/timeseries", interval="hour",
+                               **{"from": "2026-11-20T10:00:00Z", "to": "2026-11-20T11:00:00Z"})
+    assert source == "redis"
+
+
+async def test_timeseries_fills_gaps_with_zeros(client: Client) -> None:
+    body, _ = await get_json(client, "/stats/timeseries", period="today", interval="hour")
+    assert len(body["buckets"]) == 24
+    assert sum(b["views"] for b in body["buckets"]) == 6
+    assert body["buckets"][9]["views"] == 3 and body["buckets"][11]["views"] == 0
+    assert body["buckets"][0] == {"bucket": "2026-11-28T00:00:00Z", "views": 0,
+                                  "unique_visitors": 0}
+
+
+async def test_realtime_counts_the_last_five_minutes(client: Client) -> None:
+    body, _ = await get_json(client, "/stats/realtime")
+    assert (body["views_last_5_minutes"], body["visitors_last_5_minutes"],
+            body["views_last_minute"]) == (1, 1, 0)
+
+
+async def test_compare_reports_the_previous_range_and_the_change(client: Client) -> None:
+    body, _ = await get_json(client, "/stats/compare", **{
+        "from": "2026-11-28T10:00:00Z", "to": "2026-11-28T10:30:00Z"})
+    assert body["previous"]["from"] == "2026-11-28T09:30:00Z"
+    assert (body["total_views"], body["previous"]["total_views"]) == (3, 1)
+    assert body["change"]["total_views"] == {"absolute": 2, "percent": 200.0}
+
+
+async def test_top_by_views_ranks_ties_by_page_id(client: Client) -> None:
+    body, _ = await get_json(client, "/stats/top", limit="2")
+    assert [(p["rank"], p["page_id"]) for p in body["pages"]] == [(1, "home"), (2, "/pricing")]
+
+
+async def test_csv_defuses_formulas_and_is_chosen_by_accept(client: Client) -> None:
+    response = await client.get("/stats", params={"site_id": SITE},
+                                headers={"Accept": "text/csv"})
+    rows = list(csv.DictReader(io.StringIO(await response.text())))
+    assert response.headers["X-Stats-Source"] == "redis"
+    assert {r["page_id"] for r in rows} == {"home", "/pricing", "docs", "'=evil"}
+
+
+@pytest.mark.parametrize(("path", "query", "name"), [
+    ("/stats", {"limit": "10001"}, "limit"),
+    ("/stats", {"limit": "x"}, "limit"),
+    ("/stats", {"offset": "-3"}, "offset"),
+    ("/stats", {"site_id": "bad site"}, "site_id"),
+    ("/stats", {"period": "1y"}, "period"),
+    ("/stats", {"from": "2026-02-30"}, "from"),
+    ("/stats", {"compare": "previous_period"}, "compare"),
+    ("/stats", {"compare": "yes", "period": "7d"}, "compare"),
+    ("/stats", {"format": "xlsx"}, "format"),
+    ("/stats", {"peroid": "7d"}, "peroid"),
+    ("/stats", {"page_id": "a\u0000b"}, "page_id"),
+    ("/stats/timeseries", {"period": "all"}, "period"),
+    ("/stats/timeseries", {"interval": "week"}, "interval"),
+    ("/stats/timeseries", {"period": "30d", "interval": "minute"}, "interval"),
+    ("/stats/top", {"by": "bounce_rate"}, "by"),
+    ("/stats/realtime", {"period": "7d"}, "period"),
+    ("/stats/compare", {"period": "all"}, "period"),
+    ("/stats/pages/home", {"limit": "5"}, "limit"),
+])
+async def test_bad_parameters_get_a_400_naming_them(client: Client, path: str,
+                                                    query: dict[str, str], name: str) -> None:
+    response = await client.get(path, params=query)
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"] == "bad_parameter" and body["details"][0]["field"] == name
+
+
+async def test_redis_down_falls_back_to_mongo_and_both_down_is_a_503(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    client = await make(MemoryReader("redis", RedisConnectionError("refused")))
+    body, source = await get_json(client, "/stats")
+    assert source == "mongo" and body["total_views"] == 6
+    client = await make(MemoryReader("redis", RedisConnectionError("refused")),
+                        MemoryReader("mongo", ServerSelectionTimeoutError("down")))
+    response = await client.get("/stats")
+    assert response.status == 503 and response.headers["Retry-After"]
+    assert (await response.json())["error"] == "unavailable"
+    response = await client.get("/readyz")
+    assert response.status == 503
+
+
+async def test_stats_need_a_valid_token_but_docs_do_not(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    client = await make(settings=QuerySettings(auth_tokens=("s3cret",)))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        response = await client.get("/stats", headers=headers)
+        assert response.status == 401 and "Bearer" in response.headers["WWW-Authenticate"]
+    response = await client.get("/stats", headers={"Authorization": "Bearer s3cret"})
+    assert response.status == 200
+    for path in ("/openapi.json", "/docs", "/healthz"):
+        assert (await client.get(path)).status == 200, path
+
+
+async def test_openapi_describes_every_route_and_exactly_the_accepted_parameters(
+        client: Client) -> None:
+    served = await (await client.get("/openapi.json")).json()
+    assert served == DOCUMENT and served["openapi"].startswith("3.1")
+    routes = {r.resource.canonical for r in client.app.router.routes()
+              if r.method == "GET" and r.resource is not None}
+    routes = {re.sub(r"\{page_id:.*\}", "{page_id}", r) for r in routes}
+    assert routes == set(served["paths"])
+    for path, accepted in ENDPOINT_PARAMS.items():
+        listed = {p["name"] for p in served["paths"][path]["get"]["parameters"]
+                  if p["in"] == "query"}
+        assert listed == accepted, path
+
+
+async def test_docs_page_lists_every_endpoint_and_loads_nothing_from_elsewhere(
+        client: Client) -> None:
+    response = await client.get("/docs")
+    page = await response.text()
+    assert response.content_type == "text/html"
+    for path in DOCUMENT["paths"]:
+        assert f"<code>{path}</code>" in page
+    assert not re.search(r"""(src|href)=["']?https?:""", page)
+
+
+HOSTILE = ["", " ", "9999-12-30", "8999-12-31T23:59:59Z", "-1", "0", "1", "10001",
+           "99999999999999999999", "1e3", "NaN", "\x00",
+           "\u00e9", "\U0001f4a5" * 300, "a" * 3000, "%", "../..", "2026-11-28",
+           "2026-11-28T10:00:00Z", "2026-11-28T10:00:00+14:00", "2026-11-28T10:00:00",
+           "9999-12-31", "9999-12-31T23:59:59Z", "0001-01-01", "1970-01-01", "all", "7d",
+           "realtime", "csv", "json", "hour", "minute", "day", "views", "unique_visitors",
+           "previous_period", "shop", "home"]
+
+
+async def test_no_parameter_value_gives_a_5xx_and_every_answer_fits_the_schema(
+        client: Client) -> None:
+    """A schemathesis-like sweep: every endpoint, every parameter (and an unknown one),
+    hostile values alone and in random combinations."""
+    rng = random.Random(5)
+    paths = {"/stats/pages/{page_id}": "/stats/pages/home"}
+    for spec_path, accepted in ENDPOINT_PARAMS.items():
+        path = paths.get(spec_path, spec_path)
+        names = sorted(accepted | {"bogus"})
+        queries = [{name: value} for name in names for value in HOSTILE]
+        sizes = [rng.randint(2, min(4, len(names))) for _ in range(150)]
+        queries += [{n: rng.choice(HOSTILE) for n in rng.sample(names, k)} for k in sizes]
+        for query in queries:
+            response = await client.get(path, params=query)
+            assert response.status in (200, 400), (path, query, await response.text())
+            if response.status == 200 and response.content_type == "application/json":
+                conforms(await response.json(), response_schema(spec_path))
