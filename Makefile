@@ -34,4 +34,4 @@ test-unit: venv ## Unit tests only (no servers)
 
 lint: venv ## ruff and mypy
 	$(PY) -m ruff check .
-	$(PY) -m mypy contracts ingest_gateway aggregator query_api
+	$(PY) -m mypy contracts ingest_gateway aggregator query_api tests

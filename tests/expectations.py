@@ -7,6 +7,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -64,8 +65,9 @@ def close_to(estimate: int, exact: int) -> bool:
 async def assert_redis_matches(redis: Redis, site_id: str, expected: Expected) -> None:
     keys = SiteKeys(site_id)
     assert await total_views(redis, site_id) == expected.total
-    pages = {p.decode(): int(s) for p, s in
-             await redis.zrange(keys.page_views(), 0, -1, withscores=True)}
+    ranked = cast(list[tuple[bytes, float]],
+                  await redis.zrange(keys.page_views(), 0, -1, withscores=True))
+    pages = {p.decode(): int(s) for p, s in ranked}
     assert pages == dict(expected.pages)
     bucket_list = sorted(expected.buckets)
     async with redis.pipeline(transaction=False) as pipe:

@@ -29,7 +29,7 @@ async def test_a_tracked_page_view_is_stored_and_shows_in_stats(
         return body if body["total_views"] == 1 else None
 
     body = await eventually(counted, timeout_s=15, message="the view in /stats")
-    assert body["unique_visitors"] == 1
+    assert body is not None and body["unique_visitors"] == 1
     assert body["pages"] == [{"page_id": "home", "views": 1, "unique_visitors": 1}]
 
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongo_url)
