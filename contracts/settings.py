@@ -160,6 +160,7 @@ class QuerySettings:
     port: int = 8201
     auth_tokens: tuple[str, ...] = ()
     auth_disabled: bool = False
+    mongo_query_timeout_ms: int = 20_000  # fallback queries give up (503) after this
     log_level: str = "INFO"
 
     @classmethod
@@ -171,6 +172,8 @@ class QuerySettings:
             port=env.integer("PORT", cls.port, minimum=1),
             auth_tokens=env.items("STATS_TOKENS"),
             auth_disabled=env.flag("STATS_AUTH_DISABLED", cls.auth_disabled),
+            mongo_query_timeout_ms=env.integer("MONGO_QUERY_TIMEOUT_MS",
+                                               cls.mongo_query_timeout_ms, minimum=100),
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
         )
         if not settings.auth_disabled and not settings.auth_tokens:

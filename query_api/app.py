@@ -82,7 +82,8 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
             settings.backends.mongo_url, serverSelectionTimeoutMS=MONGO_TIMEOUT_MS,
             connectTimeoutMS=MONGO_TIMEOUT_MS)
         events = mongo[settings.backends.mongo_db][EVENTS]
-        service = StatsService(RedisReader(redis), MongoReader(events), clock_ms)
+        fallback = MongoReader(events, settings.mongo_query_timeout_ms)
+        service = StatsService(RedisReader(redis), fallback, clock_ms)
         app[DEPS] = QueryDeps(settings=settings, service=service)
         yield
         await redis.aclose()
