@@ -297,7 +297,7 @@ async def readyz(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/stats", endpoint(stats))
     app.router.add_get("/stats/compare", endpoint(compare))
-    app.router.add_get("/stats/pages/{page_id:.+}", endpoint(page_stats))
+    app.router.add_get("/stats/pages/{page_id:(?s:.+)}", endpoint(page_stats))  # (?s): "\n" too
     app.router.add_get("/stats/timeseries", endpoint(timeseries))
     app.router.add_get("/stats/top", endpoint(top))
     app.router.add_get("/stats/realtime", endpoint(realtime))
