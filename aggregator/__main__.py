@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 
 import uvloop
 from aiohttp import web
@@ -31,12 +32,13 @@ from contracts.settings import AggregatorSettings
 log = logging.getLogger("aggregator")
 
 
-async def _until_started(name: str, start: object, stopping: asyncio.Event) -> bool:
-    """Retry a start-up coroutine factory with backoff; False if shutdown came first."""
+async def _until_started(name: str, start: Callable[[], Awaitable[object]],
+                         stopping: asyncio.Event) -> bool:
+    """Retry a start-up step with backoff; False if shutdown came first."""
     delay = 0.2
     while not stopping.is_set():
         try:
-            await start()  # type: ignore[operator]
+            await start()
             return True
         except (KafkaError, OSError, ConnectionFailure) as exc:
             log.warning("start_retry", extra={"fields": {"part": name, "error": repr(exc)}})

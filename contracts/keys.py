@@ -15,8 +15,7 @@ from dataclasses import dataclass
 PREFIX = "pv"
 MINUTE_TTL_S = 48 * 3600
 HOUR_TTL_S = 90 * 24 * 3600
-REALTIME_TTL_S = 15 * 60
-REALTIME_WINDOW_MINUTES = 5
+REALTIME_WINDOW_MINUTES = 5  # "visitors right now": the last five minute buckets
 DEFAULT_GENERATION = "0"
 
 

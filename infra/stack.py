@@ -181,24 +181,20 @@ class Part:
 
 
 def start_time(pid: int) -> str | None:
-    """The kernel's start time of a pid: together with the pid it names one process."""
+    """The kernel's start time of a live (not zombie) pid: with the pid it names one process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return None if fields[0] == "Z" else fields[19]
 
 
 def running_pid(name: str) -> int | None:
-    pid_file = PIDS / f"{name}.pid"
     try:
-        pid_text, started = pid_file.read_text().split()
+        pid_text, started = (PIDS / f"{name}.pid").read_text().split()
     except (OSError, ValueError):
         return None
-    pid = int(pid_text)
-    if start_time(pid) != started or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-        return None
-    return pid
+    return int(pid_text) if start_time(int(pid_text)) == started else None
 
 
 def spawn(part: Part, base_env: dict[str, str]) -> int:
@@ -232,16 +228,14 @@ def stop(name: str, timeout_s: float = 20.0) -> bool:
     (PIDS / f"{name}.pid").unlink(missing_ok=True)
     if pid is None:
         return False
+    started = start_time(pid)
+    if started is None:  # it exited meanwhile
+        return True
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while start_time(pid) is not None and time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-                break
-        except OSError:
-            break
+    while start_time(pid) == started and time.monotonic() < deadline:
         time.sleep(0.1)
-    if start_time(pid) is not None:
+    if start_time(pid) == started:
         os.kill(pid, signal.SIGKILL)
     return True
 
@@ -397,8 +391,10 @@ def nginx_part(tools: Tools, ports: Ports) -> Part:
     def write_conf() -> None:
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (RUN / "nginx" / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-        servers = lambda base, n: "\n".join(  # noqa: E731
-            f"        server 127.0.0.1:{base + i} max_fails=1 fail_timeout=2s;" for i in range(n))
+        def servers(base: int, n: int) -> str:
+            return "\n".join(f"        server 127.0.0.1:{base + i} max_fails=1 fail_timeout=2s;"
+                             for i in range(n))
+
         render(INFRA / "nginx" / "nginx.conf.in", conf, {
             "RUN": str(RUN), "MIME_TYPES": "/etc/nginx/mime.types",
             "ROUTES": str(INFRA / "nginx" / "routes.conf"), "HTTP_PORT": str(ports.http),

@@ -18,11 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from contracts.keys import REALTIME_WINDOW_MINUTES
 from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS, datetime_to_ms, iso_z
 from query_api.params import BadParameter
 
 PERIODS = ("realtime", "today", "24h", "7d", "30d", "month", "all")
-REALTIME_MINUTES = 5
+REALTIME_MINUTES = REALTIME_WINDOW_MINUTES
 MAX_RANGE_DAYS = 3660  # ten years: bounds the number of buckets one answer reads
 LATEST_MS = 221_845_392_000_000  # 9000-01-01: far enough, and its range ends stay printable
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")

@@ -120,6 +120,14 @@ def _comparison_rows(current: Totals, previous: Totals) -> list[dict[str, Cell]]
     return rows
 
 
+async def _previous_totals(service: StatsService, rng: TimeRange, site: str,
+                           page: str | None) -> tuple[Totals, str]:
+    """The totals of the range of equal length just before ``rng``, and their source."""
+    previous = rng.previous()
+    return await service.answer([previous], page is not None,
+                                lambda r: r.totals(site, previous, page))
+
+
 COMPARE_COLUMNS = ("metric", "current", "previous", "change", "change_percent")
 PAGE_COLUMNS = ("page_id", "views", "unique_visitors")
 
@@ -158,9 +166,7 @@ async def stats(request: web.Request, service: StatsService) -> Answer:
     if page is not None:
         body["page_id"] = page
     if compare:
-        previous, prev_source = await service.answer(
-            [rng.previous()], page is not None,
-            lambda r: r.totals(site, rng.previous(), page))
+        previous, prev_source = await _previous_totals(service, rng, site, page)
         sources.append(prev_source)
         body.update(_comparison(rng, totals, previous))
     return Answer(body, PAGE_COLUMNS, pages, tuple(sources), "stats")
@@ -172,12 +178,10 @@ async def compare(request: web.Request, service: StatsService) -> Answer:
     site = params.site_id(query)
     page = params.page_id(query.get("page_id"))
     rng = _bounded(_range(request, service, default="7d"))
-    prev = rng.previous()
-    one_page = page is not None  # a page's visitors need per-page HyperLogLogs
-    current, source = await service.answer([rng], one_page,
+    # A page's visitors need per-page HyperLogLogs, hence ``page is not None``.
+    current, source = await service.answer([rng], page is not None,
                                            lambda r: r.totals(site, rng, page))
-    previous, prev_source = await service.answer([prev], one_page,
-                                                 lambda r: r.totals(site, prev, page))
+    previous, prev_source = await _previous_totals(service, rng, site, page)
     start, end = rng.iso()
     body: dict[str, Any] = {"site_id": site, "page_id": page, "from": start, "to": end,
                             "total_views": current.views,

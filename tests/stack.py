@@ -8,6 +8,7 @@ stop a real part and bring it back.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -110,7 +111,6 @@ def poll_until(check: Callable[[], T], timeout_s: float = 20.0, interval_s: floa
 async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 20.0,
                      interval_s: float = 0.05, message: str = "condition") -> T:
     """Async ``poll_until``: await ``check`` until truthy, or fail after the deadline."""
-    import asyncio
     deadline = time.monotonic() + timeout_s
     last = await check()
     while not last:
