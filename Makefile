@@ -25,6 +25,9 @@ down: ## Stop every process `make up` started, and nothing else
 status: ## Which parts of the stack run
 	@python3 infra/stack.py status
 
+replay: venv ## Rebuild the Redis aggregates from Kafka with no downtime (ARGS="--verify", "--site S", "--help")
+	@set -a && . .run/stack.env && set +a && $(PY) -m aggregator.replay $(ARGS)
+
 test: venv ## Unit tests, then integration and e2e tests on the local stack (started if needed)
 	$(PY) -m pytest tests/unit -q
 	$(PY) -m pytest tests/integration tests/e2e -q

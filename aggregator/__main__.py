@@ -20,11 +20,13 @@ from pymongo.errors import ConnectionFailure
 
 from aggregator.app import create_app
 from aggregator.dead_letters import KafkaDeadLetters
+from aggregator.loss_watch import LossWatch
 from aggregator.metrics import AggregatorMetrics
 from aggregator.mongo_sink import MongoSink
 from aggregator.pipeline import CrashHook, Pipeline
 from aggregator.redis_sink import RedisSink
 from aggregator.source import KafkaSource
+from aggregator.topic_reader import TopicReader
 from contracts.logs import configure_logging
 from contracts.redis_client import connect_redis
 from contracts.settings import AggregatorSettings
@@ -83,21 +85,25 @@ async def serve(settings: AggregatorSettings) -> None:
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("aggregator_starting", extra={"fields": {"port": settings.port,
                                                       "group": settings.group_id}})
-    reporter: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
     try:
         if not (await _until_started("mongo", mongo_sink.ensure_indexes, stopping)
                 and await _until_started("consumer", source.start, stopping)):
             return
         consuming = True
-        reporter = asyncio.create_task(lag_reporter(source, metrics))
+        background.append(asyncio.create_task(lag_reporter(source, metrics)))
+        if settings.auto_rebuild:
+            watch = LossWatch(redis, lambda: TopicReader(b.kafka_bootstrap, b.topic),
+                              settings.instance, metrics)
+            background.append(asyncio.create_task(watch.run(stopping)))
         log.info("aggregator_consuming", extra={"fields": {"topic": b.topic}})
         await pipeline.run(settings.max_records, settings.max_wait_ms)
     finally:
         consuming = False
-        if reporter is not None:
-            reporter.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+                await task
         await source.stop()
         await redis.aclose()
         await mongo.close()

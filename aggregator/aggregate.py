@@ -64,13 +64,15 @@ def expire_at(unit: str, bucket: int) -> int:
 class RedisOps:
     """Keys and compact operations for the apply script (see ``redis_sink.APPLY_SCRIPT``).
 
-    Ops reference keys by 1-based index into ``keys`` (index 1 is the offsets hash):
+    Ops reference keys by 1-based index into ``keys`` (index 1 is the offsets hash, 2 the
+    site's generation pointer; ``generation`` is the one the keys belong to):
     ``["i", k, n, expire_at]`` INCRBY, ``["z", k, member, n]`` ZINCRBY,
     ``["h", k, field, n, expire_at]`` HINCRBY, ``["p", k, expire_at, *members]`` PFADD.
     """
 
     keys: list[str]
     ops: list[list[object]]
+    generation: str
     _index: dict[str, int] = field(default_factory=dict)
 
     def key(self, name: str) -> int:
@@ -81,8 +83,9 @@ class RedisOps:
 
 
 def to_ops(site: SiteKeys, delta: SiteDelta) -> RedisOps:
-    out = RedisOps(keys=[], ops=[])
+    out = RedisOps(keys=[], ops=[], generation=site.generation)
     out.key(site.applied_offsets())
+    out.key(site.generation_pointer())
     out.ops.append(["i", out.key(site.total_views()), delta.total, 0])
     pages_key = out.key(site.page_views())
     for page, n in delta.pages.items():

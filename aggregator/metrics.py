@@ -25,3 +25,8 @@ class AggregatorMetrics(HttpMetrics):
                          ["partition"], registry=r)
         self.store_up = Gauge("store_up", "1 when the store answered the last call",
                               ["store"], registry=r)
+        self.redis_intact = Gauge("redis_aggregates_intact",
+                                  "1 while Redis holds every aggregate (0: lost, rebuilding)",
+                                  registry=r)
+        self.rebuilds = Counter("rebuilds_total", "Rebuilds this process ran after Redis lost "
+                                "its aggregates", registry=r)

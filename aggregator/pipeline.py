@@ -39,6 +39,7 @@ from aggregator.aggregate import RedisOps, aggregate, to_ops
 from aggregator.dead_letters import DeadLetters, Poison
 from aggregator.metrics import AggregatorMetrics
 from aggregator.mongo_sink import Located
+from aggregator.redis_sink import GenerationMoved
 from aggregator.source import Record, RecordSource
 from contracts.event import UndecodableRecord, decode_event
 from contracts.keys import SiteKeys
@@ -62,9 +63,12 @@ class EventStore(Protocol):
 class AggregateStore(Protocol):
     """The aggregates and their applied offsets (``redis_sink.RedisSink``)."""
 
+    async def current(self, site_ids: Iterable[str]) -> dict[str, SiteKeys]: ...
+
     async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]: ...
 
-    async def apply(self, ops: RedisOps, partition: int, first: int, last: int) -> int | None: ...
+    async def apply(self, ops: RedisOps, partition: int, first: int, last: int,
+                    live: bool = True) -> int | None: ...
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None: ...
 
@@ -101,6 +105,7 @@ class Pipeline:
     crash: CrashHook = field(default_factory=CrashHook)
     healthy: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(TRANSIENT, True))
     batches: int = 0
+    known_sites: set[str] = field(default_factory=set)  # already in ``sites_key()``
 
     async def run(self, max_records: int, max_wait_ms: int) -> None:
         """Poll and process until ``stopping`` is set; the batch in hand is always finished."""
@@ -122,7 +127,8 @@ class Pipeline:
             log.warning("dead_lettered", extra={"fields": {
                 "records": len(poison), "first_reason": poison[0].reason}})
 
-        sites = {r.event.site_id: SiteKeys(r.event.site_id) for r in located}
+        site_ids = {r.event.site_id for r in located}
+        sites = await self._retry("redis", lambda: self.redis.current(site_ids))
         applied = await self._retry("redis", lambda: self.redis.applied_offsets(sites.values()))
         fresh = [r for r in located
                  if r.offset > applied.get((r.event.site_id, r.partition), -1)]
@@ -132,10 +138,13 @@ class Pipeline:
         self.metrics.skipped.labels("client_retry").inc(len(fresh) - len(counting))
         self.crash.maybe_crash("after_mongo", self.batches)
 
-        await self._retry("redis", lambda: self.redis.remember_sites(sites))
+        new_sites = site_ids - self.known_sites
+        if new_sites:
+            await self._retry("redis", lambda: self.redis.remember_sites(new_sites))
+            self.known_sites |= new_sites
         counted = {(r.partition, r.offset) for r in counting}
         for (site_id, partition), group in group_by_site_partition(fresh).items():
-            await self._apply(sites[site_id], partition, group, counted)
+            await self._apply(sites, site_id, partition, group, counted)
         self.crash.maybe_crash("after_redis", self.batches)
 
         next_offsets: dict[int, int] = {}
@@ -145,14 +154,23 @@ class Pipeline:
         self.metrics.batch_size.observe(len(records))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    async def _apply(self, site: SiteKeys, partition: int, group: list[Located],
-                     counted: set[tuple[int, int]]) -> None:
+    async def _apply(self, sites: dict[str, SiteKeys], site_id: str, partition: int,
+                     group: list[Located], counted: set[tuple[int, int]]) -> None:
+        """Apply one site's records of one partition to its current generation; when a
+        rebuild switched generations meanwhile, re-read the pointer and apply what the new
+        generation does not hold yet (its stored offset says)."""
         while group:
             events = [r.event for r in group if (r.partition, r.offset) in counted]
-            ops = to_ops(site, aggregate(events))
+            ops = to_ops(sites[site_id], aggregate(events))
             first, last = group[0].offset, group[-1].offset
-            stored = await self._retry(
-                "redis", lambda: self.redis.apply(ops, partition, first, last))  # noqa: B023
+            try:
+                stored = await self._retry(
+                    "redis", lambda: self.redis.apply(ops, partition, first, last))  # noqa: B023
+            except GenerationMoved:
+                sites.update(await self._retry("redis", lambda: self.redis.current([site_id])))
+                log.info("generation_switched", extra={"fields": {
+                    "site": site_id, "generation": sites[site_id].generation}})
+                continue
             if stored is None:
                 self.metrics.applied.inc(len(events))
                 return

@@ -3,7 +3,11 @@
 One Lua script per site and partition: it refuses to apply when the stored offset shows
 that part of the range was already applied (a redelivery, or another aggregator after a
 rebalance) and returns that offset, so the caller re-filters and applies only the rest.
-Every key is passed in KEYS and carries the site's hash tag: one slot, Cluster-ready.
+Live counting also refuses when the site's generation pointer no longer names the
+generation the keys were built for (a rebuild switched it): the caller re-reads the pointer
+and applies to the new generation, whose offsets then tell what it already holds. A rebuild
+writes its own generation with the same script, without that check. Every key is passed in
+KEYS and carries the site's hash tag: one slot, Cluster-ready.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ from redis.asyncio import Redis
 from aggregator.aggregate import RedisOps
 from contracts.keys import SiteKeys, sites_key
 
-# KEYS[1]: offsets hash. ARGV: partition, first offset, last offset, ops as JSON.
+# KEYS[1]: offsets hash, KEYS[2]: the site's generation pointer. ARGV: partition, first
+# offset, last offset, ops as JSON, the generation of KEYS, "live" or "build".
 APPLY_SCRIPT = """
+if ARGV[6] == 'live' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then
+  return -3
+end
 local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if stored >= tonumber(ARGV[2]) then
   return stored
@@ -42,6 +50,11 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return -2
 """
 APPLIED = -2
+GENERATION_MOVED = -3
+
+
+class GenerationMoved(Exception):
+    """The site's pointer names another generation now; nothing was applied."""
 
 
 class RedisSink:
@@ -51,6 +64,16 @@ class RedisSink:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._apply = redis.register_script(APPLY_SCRIPT)
+
+    async def current(self, site_ids: Iterable[str]) -> dict[str, SiteKeys]:
+        """Each site's keys in its current generation, in one round trip."""
+        ids = list(site_ids)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for site_id in ids:
+                pipe.get(SiteKeys(site_id).generation_pointer())
+            pointers = await pipe.execute()
+        return {site_id: SiteKeys(site_id, g.decode()) if g else SiteKeys(site_id)
+                for site_id, g in zip(ids, pointers, strict=True)}
 
     async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]:
         """(site, partition) -> last offset applied, for every given site, in one round trip."""
@@ -65,12 +88,17 @@ class RedisSink:
                 applied[(site.site_id, int(partition))] = int(offset)
         return applied
 
-    async def apply(self, ops: RedisOps, partition: int, first: int, last: int) -> int | None:
+    async def apply(self, ops: RedisOps, partition: int, first: int, last: int,
+                    live: bool = True) -> int | None:
         """Apply atomically. Returns None when applied, or the stored offset when some of
-        ``first..last`` was already applied (nothing was changed then)."""
-        result = await self._apply(keys=ops.keys,
-                                   args=[partition, first, last, orjson.dumps(ops.ops)])
-        return None if int(result) == APPLIED else int(result)
+        ``first..last`` was already applied (nothing was changed then). Live counting raises
+        ``GenerationMoved`` when the site's current generation is no longer ``ops``'s."""
+        result = int(await self._apply(keys=ops.keys, args=[
+            partition, first, last, orjson.dumps(ops.ops), ops.generation,
+            "live" if live else "build"]))
+        if result == GENERATION_MOVED:
+            raise GenerationMoved(ops.generation)
+        return None if result == APPLIED else result
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None:
         ids = list(site_ids)

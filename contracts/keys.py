@@ -19,9 +19,30 @@ REALTIME_WINDOW_MINUTES = 5  # "visitors right now": the last five minute bucket
 DEFAULT_GENERATION = "0"
 
 
+# Keys about Redis as a whole share a hash tag no site id can take (site ids are
+# [A-Za-z0-9._-]), so a script may touch them together on a cluster.
+_META = f"{PREFIX}:{{!meta}}"
+
+
 def sites_key() -> str:
     """A set of every site id seen; not part of any site's atomic step (SADD is idempotent)."""
     return f"{PREFIX}:sites"
+
+
+def intact_key() -> str:
+    """Present while Redis holds every aggregate: set when a rebuild completes. Redis
+    restarted empty or flushed loses it, which is how its loss is detected."""
+    return f"{_META}:intact"
+
+
+def build_marker_key(generation: str) -> str:
+    """Exists while a rebuild fills ``generation``: gone means Redis lost it midway."""
+    return f"{_META}:building:{generation}"
+
+
+def rebuild_lock_key() -> str:
+    """Held (with an expiry the holder keeps renewing) by the one process rebuilding."""
+    return f"{_META}:rebuild"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +53,15 @@ class SiteKeys:
     @property
     def _base(self) -> str:
         return f"{PREFIX}:{{{self.site_id}}}:g{self.generation}"
+
+    def generation_match(self) -> str:
+        """SCAN pattern for every key of this generation (site ids hold no glob characters)."""
+        return f"{self._base}:*"
+
+    def suffix_of(self, key: str) -> str:
+        """A key of this generation without its generation prefix: the same aggregate's
+        name in any generation (``views:h:490000``)."""
+        return key.removeprefix(f"{self._base}:")
 
     def generation_pointer(self) -> str:
         """Which generation of this site's aggregates is current (a string)."""

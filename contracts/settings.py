@@ -134,6 +134,7 @@ class AggregatorSettings:
     log_level: str = "INFO"
     crash_at: str | None = None  # test-only fault hook: "after_mongo" or "after_redis"
     crash_at_batch: int = 0
+    auto_rebuild: bool = True  # rebuild Redis from the topic when it lost the aggregates
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AggregatorSettings:
@@ -150,6 +151,7 @@ class AggregatorSettings:
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
             crash_at=env.text("AGGREGATOR_CRASH_AT", "") or None,
             crash_at_batch=env.integer("AGGREGATOR_CRASH_AT_BATCH", 0),
+            auto_rebuild=env.flag("AGGREGATOR_AUTO_REBUILD", cls.auto_rebuild),
         )
 
 

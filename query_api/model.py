@@ -36,6 +36,11 @@ class StatsReader(Protocol):
         """Whether the store answers (for ``/readyz``)."""
         ...
 
+    async def complete(self) -> bool:
+        """Whether the store holds every count (Redis does not after it lost its state,
+        until a rebuild completes)."""
+        ...
+
     async def totals(self, site_id: str, rng: TimeRange, page_id: str | None) -> Totals:
         """Views and unique visitors of the site (or of one page) over the range."""
         ...

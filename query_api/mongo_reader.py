@@ -66,6 +66,9 @@ class MongoReader:
         await self._events.database.command("ping")
         return True
 
+    async def complete(self) -> bool:
+        return True  # every raw event, whatever happened to Redis
+
     async def _grouped(self, pipeline: list[dict[str, Any]]) -> dict[Any, int]:
         cursor = await self._events.aggregate(pipeline, maxTimeMS=self._max_time_ms)
         return {doc["_id"]: int(doc["n"]) async for doc in cursor}

@@ -15,15 +15,17 @@ MongoDB). Which ranges Redis can answer at all is decided by the service, not he
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis.asyncio import Redis
 
-from contracts.keys import SiteKeys
+from contracts.keys import SiteKeys, intact_key
 from query_api.model import Totals
 from query_api.ranges import TimeRange
 from query_api.tiling import Bucket, tile
 
+INTACT_CHECK_S = 1.0
 PIPELINE_CHUNK = 2000  # commands per round trip when asking about many pages
 
 # Ranks pages by views inside Redis, so only the page of results crosses the network:
@@ -74,9 +76,21 @@ class RedisReader:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._rank = redis.register_script(RANK_SCRIPT)
+        self._intact = False
+        self._intact_checked = float("-inf")
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
+
+    async def complete(self) -> bool:
+        """Redis lost its state (flushed, restarted empty) until a rebuild marks it intact
+        again. Asked at most once per ``INTACT_CHECK_S``: losing state is rare, and a
+        request should not pay a round trip for it."""
+        now = time.monotonic()
+        if now - self._intact_checked >= INTACT_CHECK_S:
+            self._intact = bool(await self._redis.exists(intact_key()))
+            self._intact_checked = now
+        return self._intact
 
     async def _site_keys(self, site_id: str) -> SiteKeys:
         """The keys of the site's current generation (a rebuild fills a new generation and

@@ -3,7 +3,8 @@
 Why one place: the rules are easy to get subtly wrong when spread over handlers. Redis
 answers when every bucket the ranges need still exists there (and, for per-page visitors,
 when no minute bucket is needed: Redis keeps per-page visitor HyperLogLogs per hour and day
-only). Otherwise, or when Redis raises a connection-level error, MongoDB answers exactly.
+only). Otherwise, when Redis raises a connection-level error, or while Redis is known to
+have lost its state (a rebuild is under way), MongoDB answers exactly.
 MongoDB failing too is ``Unavailable`` (the handler answers 503).
 
 Called by the handlers; may block on both stores.
@@ -63,7 +64,8 @@ class StatsService:
         source (``redis`` or ``mongo``)."""
         if redis_can_answer(ranges, self.clock_ms(), page_visitors):
             try:
-                return await query(self.redis), self.redis.source
+                if await self.redis.complete():
+                    return await query(self.redis), self.redis.source
             except (RedisError, OSError) as exc:
                 log.warning("redis_unavailable_falling_back", extra={"fields": {
                     "error": repr(exc)}})

@@ -85,6 +85,7 @@ class Aggregator:
                "KAFKA_DEAD_LETTER_TOPIC": self.topic.dead_letters,
                "AGGREGATOR_GROUP": self.topic.group, "PORT": str(self.port),
                "INSTANCE": f"test-aggregator-{self.port}", "AGGREGATOR_BACKOFF_MAX_S": "0.5",
+               "AGGREGATOR_AUTO_REBUILD": "false",  # Redis reflects the stack's topic, not ours
                **self.extra_env}
         log = (self.log_dir / f"aggregator-{self.port}.log").open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "aggregator"], cwd=ROOT, env=env,

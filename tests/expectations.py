@@ -70,8 +70,8 @@ async def hll_estimate(redis: Redis, site_id: str, members: Iterable[str]) -> in
     A HyperLogLog's registers depend only on the set added, not on order or repeats, so the
     pipeline's counter must report this number exactly; comparing against it catches a
     missing or extra visitor that a tolerance would hide. The scratch key shares the site's
-    hash tag so it lives in the same cluster slot."""
-    scratch = f"{SiteKeys(site_id).prefix}:test-hll:{uuid.uuid4().hex}"
+    hash tag (a scratch generation) so it lives in the same cluster slot."""
+    scratch = SiteKeys(site_id, generation=f"test{uuid.uuid4().hex}").visitors()
     try:
         batch = list(members)
         for i in range(0, len(batch), 5000):

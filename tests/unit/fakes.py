@@ -14,7 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aggregator.aggregate import RedisOps
 from aggregator.mongo_sink import Located
-from contracts.keys import SiteKeys
+from aggregator.redis_sink import GenerationMoved
+from contracts.keys import DEFAULT_GENERATION, SiteKeys
 
 
 class FakeEventStore:
@@ -43,19 +44,28 @@ class FakeAggregateStore:
         self.hashes: dict[str, Counter[str]] = defaultdict(Counter)
         self.sets: dict[str, set[str]] = defaultdict(set)
         self.failures = 0
+        self.pointers: dict[str, str] = {}  # site -> current generation, when not the default
 
     def _maybe_fail(self) -> None:
         if self.failures:
             self.failures -= 1
             raise RedisConnectionError("fake outage")
 
+    async def current(self, site_ids: Iterable[str]) -> dict[str, SiteKeys]:
+        self._maybe_fail()
+        return {s: SiteKeys(s, self.pointers.get(s, DEFAULT_GENERATION)) for s in site_ids}
+
     async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]:
         self._maybe_fail()
         return {(s.site_id, p): o for s in sites
                 for p, o in self.offsets[s.applied_offsets()].items()}
 
-    async def apply(self, ops: RedisOps, partition: int, first: int, last: int) -> int | None:
+    async def apply(self, ops: RedisOps, partition: int, first: int, last: int,
+                    live: bool = True) -> int | None:
         self._maybe_fail()
+        site_id = ops.keys[1].split("{")[1].split("}")[0]
+        if live and self.pointers.get(site_id, DEFAULT_GENERATION) != ops.generation:
+            raise GenerationMoved(ops.generation)
         marker = self.offsets[ops.keys[0]]
         if marker.get(partition, -1) >= first:
             return marker[partition]

@@ -133,3 +133,35 @@ async def test_counts_do_not_depend_on_batch_size(batch: int) -> None:
     assert views(redis) == 5
     pages = redis.sorted_sets[SiteKeys("s").page_views()]
     assert sum(pages.values()) == 5
+
+
+async def test_a_generation_switch_mid_stream_moves_counting_to_the_new_generation() -> None:
+    """A rebuild filled generation "r1" up to offset 5 and switched: the next batch goes there,
+    and what "r1" already holds is not added again."""
+    pipeline, source, _, redis, _ = make([record(i, f"e{i}") for i in range(10)])
+    await pipeline.process(await source.poll(3, 0))  # offsets 0..2 into generation 0
+    rebuilt = SiteKeys("s", "r1")
+    redis.counters[rebuilt.total_views()] = 6
+    redis.offsets[rebuilt.applied_offsets()][0] = 5
+    redis.pointers["s"] = "r1"
+    await drain(pipeline, source)
+    assert redis.counters[rebuilt.total_views()] == 10
+    assert views(redis) == 3  # the old generation stopped at the switch
+
+
+async def test_a_switch_between_reading_the_pointer_and_applying_is_caught() -> None:
+    pipeline, source, _, redis, _ = make([record(i, f"e{i}") for i in range(4)])
+    rebuilt = SiteKeys("s", "r1")
+    read_pointer = redis.current
+
+    async def switch_right_after_reading(site_ids: object) -> dict[str, SiteKeys]:
+        current = await read_pointer(site_ids)  # type: ignore[arg-type]
+        redis.counters[rebuilt.total_views()] = 2  # offsets 0 and 1, already rebuilt
+        redis.offsets[rebuilt.applied_offsets()][0] = 1
+        redis.pointers["s"] = "r1"
+        return current
+
+    redis.current = switch_right_after_reading  # type: ignore[method-assign]
+    await pipeline.process(await source.poll(4, 0))
+    assert redis.counters[rebuilt.total_views()] == 4
+    assert views(redis) == 0

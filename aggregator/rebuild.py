@@ -1,0 +1,213 @@
+"""Recomputing the aggregates from the topic into a new generation, then switching to it
+(rebuild) or comparing it with the live one (verify).
+
+Why it is exact while live counting goes on:
+
+- Every event id counts once, at its first occurrence in the topic (a client retry carries
+  the same key, so it sits later in the same partition): the rule live counting follows
+  through MongoDB's first write.
+- The new generation is written with the live apply script, so it carries applied offsets
+  per site and partition like the live one. The switch (``generations.SWITCH_SCRIPT``)
+  happens only once the rebuild has read at least as far as live counting on every
+  partition, atomically with live counting; from then on live counting writes the new
+  generation and skips what the rebuild already put there. Sites are switched one by one;
+  nothing more is applied by the rebuild to a site once it is switched.
+- A rebuild that dies leaves the pointer alone: the current generation is untouched, and a
+  new rebuild starts over in a fresh generation. A marker key per run detects a Redis that
+  lost the half-built generation (flushed or restarted) before anything switches to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from aggregator.aggregate import aggregate, to_ops
+from aggregator.generations import Generations, kind_of
+from aggregator.pipeline import decode_all, group_by_site_partition
+from aggregator.redis_sink import RedisSink
+from aggregator.source import Record
+from aggregator.topic_reader import TopicReader
+from contracts.keys import SiteKeys, build_marker_key, sites_key
+
+log = logging.getLogger(__name__)
+READ_BATCH = 5000
+SETTLE_TIMEOUT_S = 30.0
+
+
+class RebuildLost(RuntimeError):
+    """Redis lost the generation being built (flushed or restarted empty) midway."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    site_id: str
+    aggregate: str  # the key without its generation, e.g. ``views:h:490000``
+    field: str  # page id for per-page aggregates, "" otherwise
+    live: int
+    rebuilt: int
+
+
+@dataclass
+class Outcome:
+    generation: str
+    records: int = 0
+    counted: int = 0
+    seconds: float = 0.0
+    switched: list[str] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
+    unsettled: list[str] = field(default_factory=list)  # busy sites verify could not compare
+
+
+Progress = Callable[[int, int], None]  # (records read, records to read)
+
+
+class Builder:
+    """Applies records to the new generation of every site they belong to."""
+
+    def __init__(self, sink: RedisSink, generation: str, site: str | None) -> None:
+        self._sink = sink
+        self.generation = generation
+        self._only_site = site
+        self._seen: set[str] = set()
+        self.sites: dict[str, SiteKeys] = {}
+        self.switched: set[str] = set()
+        self.last_seen: dict[str, dict[int, int]] = defaultdict(dict)  # site -> partition
+        self.counted = 0
+
+    async def add(self, records: list[Record]) -> None:
+        located, _undecodable = decode_all(records)  # live counting dead-lettered those
+        if self._only_site is not None:
+            located = [r for r in located if r.event.site_id == self._only_site]
+        for (site_id, partition), group in group_by_site_partition(located).items():
+            if site_id in self.switched:
+                continue  # live counting owns it now
+            site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
+            events = []
+            for r in group:
+                if r.event.event_id not in self._seen:
+                    self._seen.add(r.event.event_id)
+                    events.append(r.event)
+            self.last_seen[site_id][partition] = group[-1].offset
+            self.counted += len(events)
+            await self._sink.apply(to_ops(site, aggregate(events)), partition,
+                                   group[0].offset, group[-1].offset, live=False)
+
+
+class Rebuild:
+    """One run: ``run()`` reads, then switches (or verifies) every site it found."""
+
+    def __init__(self, redis: Redis, reader: TopicReader, site: str | None = None,
+                 verify: bool = False, progress: Progress | None = None) -> None:
+        self._redis = redis
+        self._reader = reader
+        self._gens = Generations(redis)
+        self._verify = verify
+        generation = f"{'v' if verify else 'r'}{int(time.time() * 1000)}"
+        self._builder = Builder(RedisSink(redis), generation, site)
+        self._progress = progress or (lambda done, total: None)
+        self.outcome = Outcome(generation)
+
+    async def run(self, since_ms: int | None = None) -> Outcome:
+        started = time.perf_counter()
+        marker = build_marker_key(self.outcome.generation)
+        await self._redis.set(marker, "1")
+        await self._reader.start(since_ms)
+        try:
+            await self._read_to_end()
+            if not await self._redis.exists(marker):
+                raise RebuildLost(self.outcome.generation)
+            for site_id in sorted(self._builder.sites):
+                if self._verify:
+                    await self._compare(site_id)
+                else:
+                    await self._switch(site_id)
+            if self._builder.sites and not self._verify:
+                await self._redis.sadd(sites_key(), *self._builder.sites)
+        finally:
+            await self._reader.stop()
+            if self._verify:
+                for site in self._builder.sites.values():
+                    await self._gens.delete(site)
+            await self._redis.delete(marker)
+        self.outcome.records = sum(self._reader.positions[p] - self._reader.started_at[p]
+                                   for p in self._reader.positions)
+        self.outcome.counted = self._builder.counted
+        self.outcome.seconds = time.perf_counter() - started
+        return self.outcome
+
+    async def _read_to_end(self) -> None:
+        """Read up to the topic's end as it is now (new records keep arriving)."""
+        targets = await self._reader.end_offsets()
+        total = sum(targets[p] - self._reader.started_at.get(p, 0) for p in targets)
+        while not self._reader.reached(targets):
+            records = await self._reader.read(READ_BATCH, targets)
+            await self._builder.add(records)
+            done = sum(self._reader.positions[p] - self._reader.started_at[p]
+                       for p in self._reader.positions)
+            self._progress(done, total)
+
+    async def _switch(self, site_id: str) -> None:
+        new = self._builder.sites[site_id]
+        while True:
+            current = await self._gens.current(site_id)
+            outcome = await self._gens.switch(current, new, self._reader.positions)
+            if outcome.switched:
+                self._builder.switched.add(site_id)
+                deleted = await self._gens.delete(current)
+                self.outcome.switched.append(site_id)
+                log.info("generation_switched", extra={"fields": {
+                    "site": site_id, "from": current.generation, "to": new.generation,
+                    "old_keys_deleted": deleted}})
+                return
+            if outcome.lost:
+                raise RebuildLost(new.generation)
+            if outcome.lagging:
+                await self._read_to_end()  # live counting is ahead on some partition
+
+    async def _compare(self, site_id: str) -> None:
+        """Compare once live counting has applied exactly the records the rebuild read for
+        this site: on each partition, its offset must lie between the last record of the
+        site the rebuild saw and the rebuild's read position."""
+        scratch = self._builder.sites[site_id]
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            live = await self._gens.current(site_id)
+            names = ({live.suffix_of(k) for k in await self._gens.keys_of(live)}
+                     | {scratch.suffix_of(k) for k in await self._gens.keys_of(scratch)})
+            suffixes = sorted(names - {"offsets"})
+            now = await self._gens.snapshot(live, suffixes)
+            seen = self._builder.last_seen[site_id]
+            applied: dict[int, int] = now["offsets"]
+            if any(applied.get(p, -1) >= self._reader.positions.get(p, 0) for p in applied):
+                await self._read_to_end()  # live counting read further: so must we
+                continue
+            if any(applied.get(p, -1) < offset for p, offset in seen.items()):
+                await asyncio.sleep(0.2)  # live counting has not caught up yet
+                continue
+            rebuilt = await self._gens.snapshot(scratch, suffixes)
+            self.outcome.differences += diff(site_id, now, rebuilt, suffixes)
+            return
+        self.outcome.unsettled.append(site_id)
+
+
+def diff(site_id: str, live: dict[str, Any], rebuilt: dict[str, Any], suffixes: list[str]
+         ) -> list[Difference]:
+    out: list[Difference] = []
+    for suffix in suffixes:
+        a, b = live[suffix], rebuilt[suffix]
+        if kind_of(suffix) in ("zset", "hash"):
+            for name in sorted(set(a) | set(b)):
+                if a.get(name, 0) != b.get(name, 0):
+                    out.append(Difference(site_id, suffix, name, a.get(name, 0),
+                                          b.get(name, 0)))
+        elif a != b:
+            out.append(Difference(site_id, suffix, "", a, b))
+    return out

@@ -1,0 +1,143 @@
+"""``python -m aggregator.replay``: rebuild the Redis aggregates from the Kafka topic, or
+audit them (``--verify``), on a running system.
+
+The rebuild fills a new generation while the live aggregators keep counting and the query
+API keeps answering from the current one, then switches each site atomically and deletes
+the old generation (see ``aggregator.rebuild``). Interrupting it (Ctrl-C, SIGKILL) leaves
+the current generation untouched; run it again. Progress goes to stderr, a JSON summary to
+stdout. Exit status: 0 done (verify: no difference), 1 verify found differences, 2 usage,
+3 verify could not settle a busy site, 4 Redis lost the generation midway (run again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TextIO
+
+import orjson
+
+from aggregator.rebuild import Outcome, Rebuild, RebuildLost
+from aggregator.topic_reader import TopicReader
+from contracts.event import SITE_ID_RE
+from contracts.redis_client import connect_redis
+from contracts.settings import Backends
+
+EXIT_DIFFERENT, EXIT_UNSETTLED, EXIT_LOST = 1, 3, 4
+
+
+class ProgressBar:
+    """Records done, rate and time left on one redrawn line (a line every few seconds when
+    stderr is not a terminal, so CI logs stay short)."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < (0.2 if self._tty else 5.0) and done < total:
+            return
+        self._last = now
+        elapsed = max(now - self._started, 1e-6)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else 0.0
+        width = 30
+        filled = int(width * done / total) if total else width
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} records "
+                f"{rate:,.0f}/s  {int(left) // 60}:{int(left) % 60:02d} left")
+        self._stream.write(f"\r{line}" if self._tty else f"{line}\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._tty:
+            self._stream.write("\n")
+
+
+def parse_time(text: str) -> int:
+    """RFC 3339 date or date-time (UTC when no offset) -> epoch ms."""
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 date or time: {text!r}") from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return int(stamp.timestamp() * 1000)
+
+
+def site_id(text: str) -> str:
+    if not SITE_ID_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError("a site id is [A-Za-z0-9._-]{1,64}")
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m aggregator.replay", description=(
+            "Recompute the Redis aggregates from the Kafka topic into a new generation and "
+            "switch to it atomically, with no downtime; or, with --verify, compare a "
+            "recompute with the live aggregates. Settings (KAFKA_BOOTSTRAP, REDIS_URL, "
+            "KAFKA_TOPIC) come from the environment, as for the services."))
+    p.add_argument("--site", type=site_id, help="only this site (default: every site)")
+    p.add_argument("--since", type=parse_time, metavar="TIME", help=(
+        "start at the first record the topic received at or after TIME (RFC 3339) "
+        "instead of the beginning: the new generation then counts only those records, "
+        "so use it when the earlier ones must not count"))
+    p.add_argument("--verify", action="store_true", help=(
+        "recompute into a scratch generation, print every difference from the live "
+        "aggregates (site, aggregate, page), delete the scratch; exit 1 if any differ"))
+    return p
+
+
+async def replay(args: argparse.Namespace, backends: Backends) -> tuple[int, Outcome]:
+    redis = connect_redis(backends.redis_url, timeout_s=10.0)
+    bar = ProgressBar()
+    try:
+        run = Rebuild(redis, TopicReader(backends.kafka_bootstrap, backends.topic),
+                      site=args.site, verify=args.verify, progress=bar)
+        try:
+            outcome = await run.run(args.since)
+        except RebuildLost:
+            bar.finish()
+            print("Redis lost the generation being built (flushed or restarted); "
+                  "nothing was switched. Run again.", file=sys.stderr)
+            return EXIT_LOST, run.outcome
+        bar.finish()
+    finally:
+        await redis.aclose()
+    for d in outcome.differences:
+        print(f"DIFF site={d.site_id} aggregate={d.aggregate}"
+              f"{f' page={d.field}' if d.field else ''} live={d.live} rebuilt={d.rebuilt}",
+              file=sys.stderr)
+    for site in outcome.unsettled:
+        print(f"UNSETTLED site={site}: live counting did not hold still long enough to "
+              "compare; run again in a quieter moment", file=sys.stderr)
+    if outcome.differences:
+        return EXIT_DIFFERENT, outcome
+    return (EXIT_UNSETTLED if outcome.unsettled else 0), outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    status, outcome = asyncio.run(replay(args, Backends.from_env(os.environ)))
+    summary = {
+        "generation": outcome.generation, "verify": args.verify, "site": args.site,
+        "records": outcome.records, "counted": outcome.counted,
+        "seconds": round(outcome.seconds, 3),
+        "records_per_s": round(outcome.records / outcome.seconds) if outcome.seconds else 0,
+        "sites": len(outcome.switched) if not args.verify else None,
+        "differences": len(outcome.differences), "unsettled": outcome.unsettled,
+        "status": status,
+    }
+    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
