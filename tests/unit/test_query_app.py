@@ -42,6 +42,7 @@ class MemoryReader:
         self.source = source
         self.error = error
         self.calls = 0
+        self.intact = True
 
     def _select(self, site_id: str, rng: TimeRange, page: str | None
                 ) -> list[tuple[str, str, int]]:
@@ -55,6 +56,9 @@ class MemoryReader:
     async def ping(self) -> bool:
         self._select(SITE, TimeRange(None, None), None)
         return True
+
+    async def complete(self) -> bool:
+        return self.intact
 
     async def totals(self, site_id: str, rng: TimeRange, page_id: str | None) -> Totals:
         chosen = self._select(site_id, rng, page_id)
@@ -193,6 +197,16 @@ async def test_minute_precise_page_visitors_come_from_mongo_site_series_from_red
     assert source == "redis"
     _, source = await get_json(client, "/stats/compare", page_id="home", **minutes)
     assert source == "mongo"  # a page's visitors at minute precision
+
+
+async def test_while_redis_is_known_to_have_lost_its_state_mongo_answers(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    redis, mongo = MemoryReader("redis"), MemoryReader("mongo")
+    redis.intact = False
+    client = await make(redis, mongo)
+    response = await client.get("/stats", params={"site_id": SITE})
+    assert response.status == 200 and response.headers["X-Stats-Source"] == "mongo"
+    assert redis.calls == 0 and (await response.json())["total_views"] == len(EVENTS)
 
 
 async def test_ranges_older_than_minute_retention_come_from_mongo(client: Client) -> None:
