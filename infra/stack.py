@@ -37,7 +37,8 @@ RUN = ROOT / ".run"
 PIDS, LOGS, DATA = RUN / "pids", RUN / "logs", RUN / "data"
 CACHE = Path(os.environ.get("PAGEVIEWS_CACHE", Path.home() / ".cache" / "pageviews"))
 APT_PACKAGES = {"redis-server": "redis-server", "nginx": "nginx-light",
-                "redis-benchmark": "redis-tools", "wrk": "wrk"}
+                "redis-benchmark": "redis-tools", "wrk": "wrk",
+                "chromium": "chromium"}  # the dashboard's browser test (tests/e2e)
 
 
 def env_int(name: str, default: int) -> int:

@@ -25,6 +25,7 @@ from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
 from contracts.settings import QuerySettings
 from query_api.auth import auth_middleware
+from query_api.dashboard import dashboard_routes
 from query_api.docs import render_docs
 from query_api.model import StatsReader
 from query_api.mongo_reader import MongoReader
@@ -32,6 +33,7 @@ from query_api.openapi import openapi_document
 from query_api.redis_reader import RedisReader
 from query_api.routes import DEPS, QueryDeps, add_routes
 from query_api.service import StatsService
+from query_api.sites import SITES, FixedSites, SiteDirectory, SiteLister
 
 log = logging.getLogger(__name__)
 MONGO_TIMEOUT_MS = 2_000  # server selection and connect: fail fast when MongoDB is down
@@ -58,8 +60,10 @@ def docs_routes(app: web.Application) -> None:
 
 
 def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clock_ms,
-               readers: tuple[StatsReader, StatsReader] | None = None) -> web.Application:
-    """``readers`` (Redis-like, MongoDB-like) replaces the real clients in app tests."""
+               readers: tuple[StatsReader, StatsReader] | None = None,
+               sites: SiteLister | None = None) -> web.Application:
+    """``readers`` (Redis-like, MongoDB-like) and ``sites`` replace the real clients in app
+    tests."""
     metrics = HttpMetrics("query_api")
     middlewares = [error_middleware(metrics)]
     if settings.auth_disabled:
@@ -72,8 +76,10 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
     add_routes(app)
     docs_routes(app)
+    dashboard_routes(app)
     if readers is not None:
         app[DEPS] = QueryDeps(settings=settings, service=StatsService(*readers, clock_ms))
+        app[SITES] = sites or FixedSites()
         return app
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
@@ -85,6 +91,7 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
         fallback = MongoReader(events, settings.mongo_query_timeout_ms)
         service = StatsService(RedisReader(redis), fallback, clock_ms)
         app[DEPS] = QueryDeps(settings=settings, service=service)
+        app[SITES] = SiteDirectory(redis, events, settings.mongo_query_timeout_ms)
         yield
         await redis.aclose()
         await mongo.close()

@@ -9,8 +9,10 @@ from aiohttp import web
 
 from contracts.httpkit import error_response
 
-# Probes and the API description are public; every stats answer needs a token.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+# Probes, the API description and the dashboard page (static: its script sends the token
+# the person types with each stats request) are public; every stats answer needs a token.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
+                          "/dashboard"})
 
 
 def auth_middleware(tokens: tuple[str, ...]

@@ -13,7 +13,7 @@ from typing import Any
 
 from query_api.params import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from query_api.ranges import MAX_RANGE_DAYS, PERIODS
-from query_api.routes import DEFAULT_TOP, ENDPOINT_PARAMS, MAX_SERIES_POINTS
+from query_api.routes import DEFAULT_TOP, ENDPOINT_PARAMS, MAX_SERIES_POINTS, MAX_SITES
 
 UNIQUES_NOTE = (
     "Unique visitors from Redis are HyperLogLog estimates (standard error 0.81%); from "
@@ -110,6 +110,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                      "views": COUNT, "unique_visitors": COUNT})}}),
     "Realtime": _obj({**RANGE, "window_minutes": COUNT, "visitors_last_5_minutes": COUNT,
                       "views_last_minute": COUNT, "views_last_5_minutes": COUNT}),
+    "Sites": _obj({"total_sites": COUNT, "sites": {"type": "array",
+                                                   "items": {"type": "string"}}}),
 }
 
 ENDPOINTS: dict[str, tuple[str, str, str]] = {
@@ -134,7 +136,12 @@ ENDPOINTS: dict[str, tuple[str, str, str]] = {
                        "Totals of the range, of the previous range of equal length, and the "
                        "change (`percent` is null when the previous value is 0). CSV: one row "
                        "per metric."),
+    "/stats/sites": ("Sites", "Every site", f"The ids of every site with events, sorted (at "
+                     f"most {MAX_SITES}; `total_sites` counts them all), as the dashboard's "
+                     "site picker lists them. CSV: one row per site."),
 }
+# Answers without visitor counts, so without the note about how they are counted.
+NO_VISITORS = frozenset({"/stats/sites"})
 
 ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
@@ -147,7 +154,9 @@ def _operation(path: str) -> dict[str, Any]:
         parameters.insert(0, _param("page_id", {"type": "string", "minLength": 1,
                                                 "maxLength": 512}, "The page.", "path", True))
     return {"get": {
-        "summary": summary, "description": f"{description}\n\n{UNIQUES_NOTE}",
+        "summary": summary,
+        "description": (description if path in NO_VISITORS
+                        else f"{description}\n\n{UNIQUES_NOTE}"),
         "operationId": path.strip("/").replace("/", "_").replace("{", "").replace("}", ""),
         "parameters": parameters,
         "responses": {
@@ -177,6 +186,10 @@ def openapi_document() -> dict[str, Any]:
     paths["/metrics"] = _probe("Metrics", "Prometheus metrics.", "text/plain")
     paths["/openapi.json"] = _probe("OpenAPI", "This document.")
     paths["/docs"] = _probe("Docs", "This document as a web page.", "text/html")
+    paths["/dashboard"] = _probe(
+        "Dashboard", "A live dashboard of these stats, for a browser. The page is public and "
+        "holds no data: its script asks the stats endpoints, sending the token the person "
+        "enters (kept in the browser tab's session storage).", "text/html")
     return {
         "openapi": "3.1.0",
         "info": {"title": "pageviews query API", "version": "1",

@@ -21,6 +21,7 @@ from query_api.csv_out import Cell, csv_response
 from query_api.model import StatsReader, Totals
 from query_api.ranges import REALTIME_MINUTES, TimeRange, parse_range, period_range
 from query_api.service import StatsService, Unavailable
+from query_api.sites import SITES
 from query_api.tiling import INTERVAL_UNITS, UNIT_MS, slot_count, slots
 
 RANGE_PARAMS = frozenset({"site_id", "period", "from", "to", "format"})
@@ -33,10 +34,12 @@ ENDPOINT_PARAMS: dict[str, frozenset[str]] = {
     "/stats/timeseries": RANGE_PARAMS | {"page_id", "interval"},
     "/stats/top": RANGE_PARAMS | {"by", "limit"},
     "/stats/realtime": frozenset({"site_id", "format"}),
+    "/stats/sites": frozenset({"format"}),
 }
 MAX_SERIES_POINTS = 10_000
 DEFAULT_TOP = 10
 MAX_RANKED_PAGES = 1_000_000  # ranking by visitors reads every page (up to this many)
+MAX_SITES = 10_000  # site ids per /stats/sites answer; total_sites counts them all
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -287,6 +290,15 @@ async def realtime(request: web.Request, service: StatsService) -> Answer:
     return Answer(body, tuple(row), [row], (source,), "realtime")
 
 
+async def sites(request: web.Request, _: StatsService) -> Answer:
+    params.reject_unknown(request.query, ENDPOINT_PARAMS["/stats/sites"])
+    found, source = await request.app[SITES].sites()
+    shown = found[:MAX_SITES]
+    rows: list[dict[str, Cell]] = [{"site_id": s} for s in shown]
+    body = {"total_sites": len(found), "sites": shown}
+    return Answer(body, ("site_id",), rows, (source,), "sites")
+
+
 async def readyz(request: web.Request) -> web.Response:
     service = request.app[DEPS].service
     checks: dict[str, bool] = {}
@@ -305,4 +317,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/stats/timeseries", endpoint(timeseries))
     app.router.add_get("/stats/top", endpoint(top))
     app.router.add_get("/stats/realtime", endpoint(realtime))
+    app.router.add_get("/stats/sites", endpoint(sites))
     app.router.add_get("/readyz", readyz)
