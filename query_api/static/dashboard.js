@@ -514,6 +514,11 @@
   async function boot() {
     readUrl();
     bind();
+    if (state.site) { // the site is known: show it now, and load the picker's list alongside
+      start();
+      if (running) sitesPoller.start();
+      return;
+    }
     try {
       await loadSites();
     } catch (err) {
