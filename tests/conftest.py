@@ -15,12 +15,13 @@ from redis.asyncio import Redis
 from contracts.mongo import DATABASE as MONGO_DATABASE
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
-from tests.stack import Stack, find_or_start, stack_cli
+from tests.stack import Stack, find_or_start, stack_cli, wait_until_aggregates_intact
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     found, started_here = find_or_start()
+    wait_until_aggregates_intact(found)
     yield found
     if started_here:
         stack_cli("down")

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from redis import Redis as SyncRedis
+
+from contracts.keys import intact_key
+
 ROOT = Path(__file__).resolve().parent.parent
 STACK_ENV = ROOT / ".run" / "stack.env"
 T = TypeVar("T")
@@ -83,6 +87,17 @@ def find_or_start() -> tuple[Stack, bool]:
             return stack, False
     stack_cli("up")
     return Stack.from_mapping(read_env_file(STACK_ENV)), True
+
+
+def wait_until_aggregates_intact(stack: Stack, timeout_s: float = 300.0) -> None:
+    """Redis answers only once the aggregators marked it intact (a first start, or a Redis
+    that lost its state, rebuilds from the topic first)."""
+    client = SyncRedis.from_url(stack.redis_url)
+    try:
+        poll_until(lambda: client.exists(intact_key()), timeout_s=timeout_s, interval_s=0.2,
+                   message="Redis aggregates rebuilt and marked intact")
+    finally:
+        client.close()
 
 
 def restore() -> None:

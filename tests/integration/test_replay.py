@@ -1,0 +1,252 @@
+"""Replay and recompute on the real stack: rebuilding a site while events keep arriving, a
+replay killed midway, ``--verify`` on a healthy and on a corrupted site, and a Redis that
+lost everything (flushed), detected, answered from MongoDB meanwhile and rebuilt exactly.
+
+Replays read the whole page-view topic (every test's events) and apply only the test's
+site, so other tests' sites are untouched; the flush test is the exception by nature: it
+empties Redis for everyone and waits until the aggregators rebuilt all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from contracts.event import PageView
+from contracts.keys import intact_key, rebuild_lock_key
+from contracts.timebuckets import HOUR_MS, buckets_of
+from tests.aggregator_harness import produce_events
+from tests.expectations import assert_redis_matches, current_keys, recount, total_views
+from tests.stack import ROOT, Stack, eventually
+
+pytestmark = pytest.mark.integration
+REPLAY_TIMEOUT_S = 600
+
+
+def make_events(site_id: str, n: int, rng: random.Random) -> list[PageView]:
+    """Views over the last few hours, a handful of pages and users; ids from the client."""
+    now = int(time.time() * 1000)
+    return [PageView(str(uuid.uuid4()), site_id, f"/p{rng.randrange(12)}",
+                     f"u{rng.randrange(300)}", now - rng.randrange(4 * HOUR_MS), now)
+            for _ in range(n)]
+
+
+async def post(http: aiohttp.ClientSession, stack: Stack, events: list[PageView]) -> None:
+    body = [{"site_id": e.site_id, "page_id": e.page_id, "user_id": e.user_id,
+             "event_id": e.event_id, "ts": e.ts} for e in events]
+    for start in range(0, len(body), 500):
+        async with http.post(f"{stack.http_url}/events", data=orjson.dumps(
+                body[start:start + 500]), headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 202, await r.text()
+
+
+async def counted(redis: Redis, site_id: str, n: int, timeout_s: float = 120) -> None:
+    async def done() -> bool:
+        return await total_views(redis, site_id) == n
+    await eventually(done, timeout_s=timeout_s, interval_s=0.2,
+                     message=f"{n} views of {site_id} counted")
+
+
+@dataclass
+class Replay:
+    """``python -m aggregator.replay`` as an operator runs it."""
+
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, stack: Stack, *args: str) -> Replay:
+        return cls(subprocess.Popen(
+            [sys.executable, "-m", "aggregator.replay", *args], cwd=ROOT,
+            env={**os.environ, **stack.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+
+    async def finish(self) -> tuple[int, dict[str, Any], str]:
+        out, err = await asyncio.to_thread(self.proc.communicate, timeout=REPLAY_TIMEOUT_S)
+        summary = orjson.loads(out.splitlines()[-1]) if out.strip() else {}
+        return self.proc.returncode, summary, err.decode(errors="replace")
+
+
+async def replay(stack: Stack, *args: str) -> tuple[int, dict[str, Any], str]:
+    return await Replay.start(stack, *args).finish()
+
+
+MIDWAY_RECORDS = 30_000
+
+
+async def ensure_topic_holds(stack: Stack, records: int, rng: random.Random) -> None:
+    """Top the page-view topic up to ``records`` with events of a filler site."""
+    consumer = AIOKafkaConsumer(stack.topic, bootstrap_servers=stack.kafka_bootstrap)
+    await consumer.start()  # subscribed without a group: every partition, metadata loaded
+    try:
+        partitions = [TopicPartition(stack.topic, p)
+                      for p in consumer.partitions_for_topic(stack.topic) or ()]
+        assert partitions
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+    finally:
+        await consumer.stop()
+    missing = records - sum(ends[tp] - starts[tp] for tp in partitions)
+    if missing > 0:
+        await produce_events(stack, stack.topic,
+                             make_events(f"filler-{uuid.uuid4().hex[:8]}", missing, rng))
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(42)
+
+
+async def test_replay_while_events_keep_arriving_counts_every_event_exactly_once(
+        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+        rng: random.Random) -> None:
+    sent = make_events(site_id, 2000, rng)
+    sent += sent[:50]  # client retries: the same event ids again
+    await post(http, stack, sent)
+    await counted(redis, site_id, 2000)
+    before = await current_keys(redis, site_id)
+
+    stop = asyncio.Event()
+
+    async def keep_posting() -> None:
+        while not stop.is_set():
+            batch = make_events(site_id, 40, rng)
+            await post(http, stack, batch)
+            sent.extend(batch)
+
+    load = asyncio.create_task(keep_posting())
+    try:
+        status, summary, err = await replay(stack, "--site", site_id)
+    finally:
+        stop.set()
+        await load
+    assert status == 0, err
+    assert summary["sites"] == 1 and summary["counted"] >= 2000
+
+    expected = recount(sent)
+    assert expected.total > 2000  # the load ran during the replay
+    await counted(redis, site_id, expected.total)
+    after = await current_keys(redis, site_id)
+    assert after.generation == summary["generation"] != before.generation
+    await assert_redis_matches(redis, site_id, expected)
+    leftovers = [k async for k in redis.scan_iter(match=before.generation_match(), count=1000)]
+    assert leftovers == []  # the old generation is deleted
+
+
+async def test_a_replay_killed_midway_changes_nothing_and_can_run_again(
+        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+        rng: random.Random) -> None:
+    sent = make_events(site_id, 1500, rng)
+    await post(http, stack, sent)
+    await counted(redis, site_id, len(sent))
+    before = await current_keys(redis, site_id)
+    await ensure_topic_holds(stack, MIDWAY_RECORDS, rng)  # so "midway" is a long way
+
+    run = Replay.start(stack, "--site", site_id)
+    assert run.proc.stderr is not None
+    first_progress = await asyncio.to_thread(run.proc.stderr.readline)
+    assert b"records" in first_progress, first_progress  # reading, not finished
+    run.proc.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(run.proc.communicate, timeout=30)  # reaps it, closes the pipes
+    assert run.proc.returncode == -signal.SIGKILL
+
+    assert (await current_keys(redis, site_id)).generation == before.generation
+    await assert_redis_matches(redis, site_id, recount(sent))
+
+    status, summary, err = await replay(stack, "--site", site_id)
+    assert status == 0, err
+    assert (await current_keys(redis, site_id)).generation == summary["generation"]
+    await assert_redis_matches(redis, site_id, recount(sent))
+
+
+async def test_verify_finds_no_difference_on_a_healthy_site_and_finds_a_corrupted_counter(
+        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+        rng: random.Random) -> None:
+    sent = make_events(site_id, 800, rng)
+    await post(http, stack, sent)
+    await counted(redis, site_id, len(sent))
+
+    status, summary, err = await replay(stack, "--verify", "--site", site_id)
+    assert (status, summary["differences"]) == (0, 0), err
+
+    hour = buckets_of(sent[0].ts).hour
+    keys = await current_keys(redis, site_id)
+    right = int(await redis.get(keys.bucket_views("h", hour)) or 0)
+    await redis.incrby(keys.bucket_views("h", hour), 7)
+    await redis.hincrby(keys.bucket_page_views("h", hour), sent[0].page_id, -1)
+    try:
+        status, summary, err = await replay(stack, "--verify", "--site", site_id)
+    finally:
+        await redis.incrby(keys.bucket_views("h", hour), -7)
+        await redis.hincrby(keys.bucket_page_views("h", hour), sent[0].page_id, 1)
+    assert (status, summary["differences"]) == (1, 2), err
+    assert (f"DIFF site={site_id} aggregate=views:h:{hour} live={right + 7} rebuilt={right}"
+            in err)
+    assert f"aggregate=pages:h:{hour} page={sent[0].page_id}" in err
+    scratch = [k async for k in redis.scan_iter(match=f"pv:{{{site_id}}}:gv*", count=1000)]
+    assert scratch == []  # the scratch generation is deleted
+
+
+@pytest.fixture
+async def flush_guard(stack: Stack, redis: Redis) -> AsyncIterator[None]:
+    """Whatever happens in the flush test, leave Redis rebuilt for the tests after it."""
+    yield
+    await redis.delete(rebuild_lock_key())
+    await eventually(lambda: redis.exists(intact_key()), timeout_s=300, interval_s=0.5,
+                     message="Redis rebuilt after the flush test")
+
+
+async def test_a_flushed_redis_is_answered_from_mongo_then_rebuilt_exactly(
+        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+        rng: random.Random, flush_guard: None) -> None:
+    sent = make_events(site_id, 600, rng)
+    await post(http, stack, sent)
+    await counted(redis, site_id, len(sent))
+
+    # Hold the rebuild lock, as a slow rebuild would, so the answers in between are seen.
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.flushall()
+        pipe.set(rebuild_lock_key(), "test-holds-the-rebuild", px=120_000)
+        await pipe.execute()
+    during = make_events(site_id, 200, rng)
+    await post(http, stack, during)
+    sent += during
+
+    async def stats() -> tuple[str, dict[str, Any]]:
+        async with http.get(f"{stack.http_url}/stats", params={"site_id": site_id}) as r:
+            assert r.status == 200, await r.text()
+            return r.headers["X-Stats-Source"], await r.json()
+
+    async def from_mongo_with_everything() -> bool:
+        source, body = await stats()
+        return source == "mongo" and body["total_views"] == len(sent)
+
+    await eventually(from_mongo_with_everything, timeout_s=60, interval_s=0.2,
+                     message="exact answers from MongoDB while Redis is lost")
+    source, body = await stats()
+    assert source == "mongo"
+    assert body["unique_visitors"] == len({e.user_id for e in sent})  # exact, from MongoDB
+
+    await redis.delete(rebuild_lock_key())  # let the aggregators rebuild
+
+    async def from_redis() -> bool:
+        return (await stats())[0] == "redis"
+
+    await eventually(from_redis, timeout_s=300, interval_s=0.5,
+                     message="answers from Redis again after the rebuild")
+    source, body = await stats()
+    assert body["total_views"] == len(sent)
+    await assert_redis_matches(redis, site_id, recount(sent))
