@@ -37,4 +37,21 @@ test-unit: venv ## Unit tests only (no servers)
 
 lint: venv ## ruff and mypy
 	$(PY) -m ruff check .
-	$(PY) -m mypy contracts ingest_gateway aggregator query_api tests
+	$(PY) -m mypy contracts ingest_gateway aggregator query_api tests bench
+
+# Benchmarks (not part of `make test`): BENCH_SECONDS=N shortens every measurement.
+BENCH := $(PY) -m bench
+bench: venv ## Every benchmark against the running stack (< 10 min), one table; JSON in bench/results
+	$(BENCH) all
+bench-ingest: venv ## POST /track and /events through NGINX at several concurrencies
+	$(BENCH) ingest
+bench-query: venv ## The stats endpoints through NGINX, idle and during ingestion
+	$(BENCH) query
+bench-e2e: venv ## Freshness (202 to visible in /stats) at a steady and the highest sustained rate
+	$(BENCH) e2e
+bench-aggregator: venv ## Drain rate of a pre-loaded topic with one and with two aggregators
+	$(BENCH) aggregator
+bench-replay: venv ## Rate of python -m aggregator.replay rebuilding from the topic
+	$(BENCH) replay
+bench-report: venv ## PNG charts of the latest results (bench/results/*.png)
+	$(BENCH) report

@@ -1,0 +1,33 @@
+"""Synthetic page views for benchmarks: realistic shape (a few sites, a long tail of
+pages, many visitors), unique ids, timestamps within the last minutes. Pure and seeded,
+so a run is reproducible; the clock is passed in.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+
+from contracts.event import PageView, encode_event
+
+
+def page_views(count: int, sites: list[str], now_ms: int, seed: int = 7, pages: int = 200,
+               users: int = 20_000, spread_ms: int = 5 * 60_000) -> Iterator[PageView]:
+    """``count`` events over ``sites``; pages follow a rough power law (a few popular)."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        page = int(pages * rng.random() ** 3)
+        yield PageView(event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                       site_id=rng.choice(sites), page_id=f"/bench/page-{page}",
+                       user_id=f"user-{rng.randrange(users)}",
+                       ts=now_ms - rng.randrange(spread_ms), received_at=now_ms)
+
+
+def gateway_record_size() -> int:
+    """Bytes of one Kafka record value as the gateway writes it for the wrk scripts' events
+    (the record size Kafka's producer tool is run with)."""
+    sample = PageView(event_id="0190f5a4-7b1c-7aa8-9fcb-dabe4e44e77e", site_id="bench",
+                      page_id="/bench/42", user_id="u4242", ts=1_780_000_000_000,
+                      received_at=1_780_000_000_000)
+    return len(encode_event(sample))

@@ -1,0 +1,1 @@
+-- wrk script: plain GET of the URL given on the command line (static 204, stats queries).
