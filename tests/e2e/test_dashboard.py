@@ -20,6 +20,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,7 +28,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
 
 from query_api.routes import MAX_SITES
-from tests.stack import ROOT, Stack, answers, poll_until
+from tests.stack import ROOT, Stack, answers, eventually, poll_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = ROOT / "test-output" / "dashboard"
@@ -177,10 +178,16 @@ async def test_the_site_picker_lists_sites_and_switches_to_the_chosen_one(
     await post_views(http, stack, site_id, [("home", "u1"), ("home", "u2")])
     other = f"{site_id}-b"
     await post_views(http, stack, other, [("home", "u9")])
+
+    async def listed() -> dict[str, Any] | None:  # before the page loads its list
+        async with http.get(f"{stack.http_url}/stats/sites") as response:
+            body: dict[str, Any] = await response.json()
+        return body if site_id in body["sites"] or body["total_sites"] > MAX_SITES else None
+
+    known = await eventually(listed, timeout_s=LIVE_MS / 1000, message="the site listed")
+    assert known is not None
     await page.goto(f"{stack.http_url}/dashboard?site={other}")
     await shows(page, "#views", 1)
-    async with http.get(f"{stack.http_url}/stats/sites") as response:
-        known = await response.json()
     # The picker lists the first MAX_SITES site ids (sorted) and always the shown one.
     if known["total_sites"] <= MAX_SITES:
         picker = page.locator("#site")
