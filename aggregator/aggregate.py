@@ -46,7 +46,6 @@ def aggregate(events: Iterable[PageView]) -> SiteDelta:
             delta.increments[(unit, bucket)] += 1
             delta.page_increments[(unit, bucket, e.page_id)] += 1
             delta.visitors[(unit, bucket)].add(e.user_id)
-        for unit, bucket in (("h", b.hour), ("d", b.day)):
             delta.page_visitors[(unit, bucket, e.page_id)].add(e.user_id)
     return delta
 

@@ -98,7 +98,7 @@ class SiteKeys:
         return f"{self._base}:uv:{unit}:{bucket}"
 
     def bucket_page_visitors(self, unit: str, bucket: int, page_id: str) -> str:
-        """HyperLogLog of one page's visitors in one hour or day bucket."""
+        """HyperLogLog of one page's visitors in one minute, hour or day bucket."""
         return f"{self._base}:uv:{unit}:{bucket}:p:{page_id}"
 
 

@@ -127,8 +127,7 @@ async def _previous_totals(service: StatsService, rng: TimeRange, site: str,
                            page: str | None) -> tuple[Totals, str]:
     """The totals of the range of equal length just before ``rng``, and their source."""
     previous = rng.previous()
-    return await service.answer([previous], page is not None,
-                                lambda r: r.totals(site, previous, page))
+    return await service.answer([previous], lambda r: r.totals(site, previous, page))
 
 
 COMPARE_COLUMNS = ("metric", "current", "previous", "change", "change_percent")
@@ -159,7 +158,7 @@ async def stats(request: web.Request, service: StatsService) -> Answer:
         pages = [{"page_id": p, "views": v, "unique_visitors": uniques[p]} for p, v in window]
         return totals, total_pages, pages
 
-    (totals, total_pages, pages), source = await service.answer([rng], True, ask)
+    (totals, total_pages, pages), source = await service.answer([rng], ask)
     sources = [source]
     start, end = rng.iso()
     body: dict[str, Any] = {
@@ -182,8 +181,7 @@ async def compare(request: web.Request, service: StatsService) -> Answer:
     page = params.page_id(query.get("page_id"))
     rng = _bounded(_range(request, service, default="7d"))
     # A page's visitors need per-page HyperLogLogs, hence ``page is not None``.
-    current, source = await service.answer([rng], page is not None,
-                                           lambda r: r.totals(site, rng, page))
+    current, source = await service.answer([rng], lambda r: r.totals(site, rng, page))
     previous, prev_source = await _previous_totals(service, rng, site, page)
     start, end = rng.iso()
     body: dict[str, Any] = {"site_id": site, "page_id": page, "from": start, "to": end,
@@ -201,7 +199,7 @@ async def page_stats(request: web.Request, service: StatsService) -> Answer:
     page = params.page_id(request.match_info["page_id"])
     assert page is not None
     rng = _range(request, service)
-    totals, source = await service.answer([rng], True, lambda r: r.totals(site, rng, page))
+    totals, source = await service.answer([rng], lambda r: r.totals(site, rng, page))
     start, end = rng.iso()
     row: dict[str, Cell] = {"page_id": page, "views": totals.views,
                             "unique_visitors": totals.unique_visitors}
@@ -230,7 +228,7 @@ async def timeseries(request: web.Request, service: StatsService) -> Answer:
                                               "for this range; choose a coarser one")
     parts = slots(rng, interval)
     series, source = await service.answer(
-        parts, page is not None, lambda r: r.series(site, parts, interval, page))
+        parts, lambda r: r.series(site, parts, interval, page))
     rows: list[dict[str, Cell]] = [
         {"bucket": slot.iso()[0], "views": t.views, "unique_visitors": t.unique_visitors}
         for slot, t in zip(parts, series, strict=True)]
@@ -262,7 +260,7 @@ async def top(request: web.Request, service: StatsService) -> Answer:
         return [{"rank": i + 1, "page_id": p, "views": views[p],
                  "unique_visitors": uniques[p]} for i, p in enumerate(chosen)]
 
-    rows, source = await service.answer([rng], True, ask)
+    rows, source = await service.answer([rng], ask)
     start, end = rng.iso()
     body = {"site_id": site, "from": start, "to": end, "by": by, "pages": rows}
     return Answer(body, ("rank", *PAGE_COLUMNS), rows, (source,), "top")
@@ -280,7 +278,7 @@ async def realtime(request: web.Request, service: StatsService) -> Answer:
     async def ask(reader: StatsReader) -> tuple[Totals, Totals]:
         return (await reader.totals(site, last5, None), await reader.totals(site, last1, None))
 
-    (five, one), source = await service.answer([last5], False, ask)
+    (five, one), source = await service.answer([last5], ask)
     start, _ = last5.iso()
     row: dict[str, Cell] = {"visitors_last_5_minutes": five.unique_visitors,
                             "views_last_minute": one.views,

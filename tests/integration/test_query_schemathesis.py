@@ -33,23 +33,6 @@ MAX_EXAMPLES = 50  # fuzzed examples per operation (coverage cases come on top)
 REQUEST_TIMEOUT_S = 10.0  # a slower answer fails the test (real answers take milliseconds)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
-# Answers with some page's unique visitors at minute precision come from MongoDB (Redis keeps
-# per-page visitor HyperLogLogs per hour and day only). The native stack's FerretDB answers
-# them only by scanning every event, which on a stack that has ingested a benchmark's worth
-# of events exceeds the query API's 20 s limit: the 503 query_api/README.md documents, after
-# 30 s through NGINX (two upstreams x 15 s). Those requests are not sent; all others are.
-PER_PAGE_PATHS = frozenset({"/stats", "/stats/pages/{page_id}", "/stats/top"})
-
-
-def needs_minute_page_visitors(case: OperationCase) -> bool:
-    query = case.query or {}
-    minutes = (query.get("period") == "realtime" or query.get("interval") == "minute"
-               or (case.operation.path == "/stats/timeseries" and "interval" not in query
-                   and query.get("period") == "today"))  # up to 3 h long: minute buckets
-    per_page = case.operation.path in PER_PAGE_PATHS or "page_id" in query
-    return bool(minutes and per_page)
-
-
 @pytest.fixture(autouse=True)
 def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
     """schemathesis 4.32.5's fixture-based loader reads and rewrites ``item._nodeid`` to name
@@ -72,6 +55,4 @@ schema = schemathesis.pytest.from_fixture("query_api_schema")
 @settings(max_examples=MAX_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 def test_query_api_conforms_to_its_openapi_document(case: OperationCase) -> None:
-    if needs_minute_page_visitors(case):
-        return
     case.call_and_validate(checks=CHECKS, timeout=REQUEST_TIMEOUT_S)

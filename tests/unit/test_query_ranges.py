@@ -132,18 +132,14 @@ def test_minute_buckets_are_gone_48_hours_after_they_end_and_days_stay() -> None
     assert retained(Bucket("d", 1), NOW)
 
 
-def test_redis_answers_hour_aligned_ranges_even_with_page_visitors() -> None:
-    assert redis_can_answer([period_range("24h", NOW), period_range("30d", NOW)], NOW, True)
-    assert redis_can_answer([ALL_TIME], NOW, True)
-
-
-def test_minute_edges_need_mongo_for_page_visitors_only() -> None:
-    realtime = period_range("realtime", NOW)
-    assert redis_can_answer([realtime], NOW, False)
-    assert not redis_can_answer([realtime], NOW, True)
+def test_redis_answers_named_periods_and_minute_edges_inside_its_retention() -> None:
+    assert redis_can_answer([period_range("24h", NOW), period_range("30d", NOW)], NOW)
+    assert redis_can_answer([ALL_TIME], NOW)
+    assert redis_can_answer([period_range("realtime", NOW)], NOW)
+    assert redis_can_answer([TimeRange(DAY + 7 * MINUTE_MS, DAY + 3 * HOUR_MS)], NOW)
 
 
 def test_ranges_past_minute_retention_need_mongo() -> None:
     old = TimeRange(DAY - 3 * DAY_MS + 5 * MINUTE_MS, DAY - 2 * DAY_MS)
-    assert not redis_can_answer([old], NOW, False)
-    assert redis_can_answer([TimeRange(DAY - 3 * DAY_MS, DAY - 2 * DAY_MS)], NOW, False)
+    assert not redis_can_answer([old], NOW)
+    assert redis_can_answer([TimeRange(DAY - 3 * DAY_MS, DAY - 2 * DAY_MS)], NOW)
