@@ -78,6 +78,9 @@ GATEWAYS = env_int("GATEWAYS", 3)
 AGGREGATORS = env_int("AGGREGATORS", 2)
 QUERY_APIS = env_int("QUERY_APIS", 2)
 PARTITIONS = env_int("KAFKA_PARTITIONS", 6)
+# How long the topic keeps records: replay rebuilds from them (-1: for ever). Applied when
+# the topic is created.
+RETENTION_MS = env_int("KAFKA_RETENTION_MS", 30 * 24 * 3600 * 1000)
 TOPIC = os.environ.get("KAFKA_TOPIC", "page-views")
 RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 100)  # requests/s per client (burst 200)
 
@@ -341,7 +344,7 @@ def kafka_part(tools: Tools, ports: Ports) -> Part:
 def create_topics(ports: Ports) -> None:
     """Idempotent: creates the page-view and dead-letter topics when missing."""
     run([str(ROOT / ".venv" / "bin" / "python"), str(INFRA / "topics.py"),
-         f"127.0.0.1:{ports.kafka}", TOPIC, str(PARTITIONS)])
+         f"127.0.0.1:{ports.kafka}", TOPIC, str(PARTITIONS), str(RETENTION_MS)])
 
 
 def redis_part(tools: Tools, ports: Ports) -> Part:

@@ -1,6 +1,6 @@
 """Create the page-view and dead-letter topics when missing (idempotent).
 
-    python infra/topics.py BOOTSTRAP [TOPIC] [PARTITIONS]
+    python infra/topics.py BOOTSTRAP [TOPIC] [PARTITIONS] [RETENTION_MS]
 
 Used by ``infra/stack.py`` after Kafka is ready, and by docker-compose's init container.
 Retries while the broker is still electing its controller.
@@ -18,11 +18,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from contracts.topics import DEFAULT_PARTITIONS, dead_letter_topic, page_views_topic
+from contracts.topics import (
+    DEFAULT_PARTITIONS,
+    DEFAULT_RETENTION_MS,
+    dead_letter_topic,
+    page_views_topic,
+)
 
 
-async def ensure_topics(bootstrap: str, topic: str, partitions: int) -> list[str]:
-    specs = [page_views_topic(topic, partitions), dead_letter_topic(f"{topic}-dead-letters")]
+async def ensure_topics(bootstrap: str, topic: str, partitions: int,
+                        retention_ms: int = DEFAULT_RETENTION_MS) -> list[str]:
+    specs = [page_views_topic(topic, partitions, retention_ms),
+             dead_letter_topic(f"{topic}-dead-letters")]
     deadline = time.monotonic() + 60
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -49,7 +56,8 @@ def main() -> None:
     bootstrap = sys.argv[1]
     topic = sys.argv[2] if len(sys.argv) > 2 else "page-views"
     partitions = int(sys.argv[3]) if len(sys.argv) > 3 else DEFAULT_PARTITIONS
-    created = asyncio.run(ensure_topics(bootstrap, topic, partitions))
+    retention_ms = int(sys.argv[4]) if len(sys.argv) > 4 else DEFAULT_RETENTION_MS
+    created = asyncio.run(ensure_topics(bootstrap, topic, partitions, retention_ms))
     print(f"topics: created {created}" if created else "topics: already present")
 
 
