@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from bench.cpu import CpuWindow, busiest, stack_groups
-from bench.drain import wait_for_stack
+from bench.drain import wait_for_redis_answers, wait_for_stack
 from bench.progress import say
 from bench.results import Figure, Limit, Run
 from bench.settings import BenchSettings
@@ -179,6 +179,9 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
     run.add_limit(Limit(FRESHNESS_SLO, s.freshness_slo_s * 1000, "ms",
                         "guarantee 3 of the design: an accepted event shows in /stats within "
                         "a second (p99); a target, not a machine limit"))
+    if not await wait_for_redis_answers(s, SUITE):
+        run.notes.append("e2e: the query API did not answer from Redis; freshness not measured")
+        return
     await wait_for_stack(s, SUITE)
     steps: list[tuple[Step, dict[str, float]]] = []
     for target in (s.e2e_steady_rate, *s.e2e_rates):

@@ -18,7 +18,7 @@ import orjson
 
 from bench import wrk
 from bench.cpu import busiest
-from bench.drain import wait_for_stack
+from bench.drain import wait_for_redis_answers, wait_for_stack
 from bench.limits import AIOHTTP_VIA_NGINX, NGINX_STATIC
 from bench.progress import say
 from bench.results import Figure, Run
@@ -105,6 +105,9 @@ async def _measure(s: BenchSettings, run: Run, condition: str, sources: dict[str
 
 
 async def run_suite(s: BenchSettings, run: Run) -> None:
+    if not await wait_for_redis_answers(s, SUITE):
+        run.notes.append("query: the query API did not answer from Redis; not measured")
+        return
     await seed(s)
     sources = await _sources(s)
     await _measure(s, run, "idle", sources)

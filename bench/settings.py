@@ -68,7 +68,7 @@ class BenchSettings:
     events_connections: tuple[int, ...] = (4, 16)
     wrk_threads: int = 2
     e2e_steady_rate: int = 200
-    e2e_rates: tuple[int, ...] = (1000, 2000, 3000, 4500)
+    e2e_rates: tuple[int, ...] = (1000, 2000, 3000)
     freshness_slo_s: float = 1.0
     aggregator_events: int = 0  # 0: scaled with ``seconds`` (see ``aggregator_event_count``)
     bench_mongo_db: str = "pageviews_bench"
@@ -104,7 +104,7 @@ class BenchSettings:
                                      "BENCH_EVENTS_CONNECTIONS"),
             wrk_threads=int(_number(env, "BENCH_WRK_THREADS", cls.wrk_threads)),
             e2e_steady_rate=int(_number(env, "BENCH_E2E_RATE", cls.e2e_steady_rate)),
-            e2e_rates=_ints(env.get("BENCH_E2E_RATES", "1000,2000,3000,4500"),
+            e2e_rates=_ints(env.get("BENCH_E2E_RATES", "1000,2000,3000"),
                             "BENCH_E2E_RATES"),
             freshness_slo_s=_number(env, "BENCH_FRESHNESS_SLO_S", cls.freshness_slo_s),
             aggregator_events=int(_ints(events, "BENCH_AGGREGATOR_EVENTS")[0]) if events else 0,

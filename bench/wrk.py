@@ -47,6 +47,8 @@ def parse(output: str, cpu_cores: float = 0.0) -> WrkResult:
         if line.startswith(MARK):
             raw = orjson.loads(line[len(MARK):])
             errors = sum(int(raw[k]) for k in ("connect", "read", "write", "status", "timeout"))
+            if int(raw["requests"]) == 0:
+                errors = max(errors, 1)  # nothing answered within the run: not "0 errors"
             return WrkResult(
                 requests=int(raw["requests"]), seconds=raw["duration_us"] / 1e6, errors=errors,
                 latency=Latency(raw["p50_us"] / 1000, raw["p99_us"] / 1000,
