@@ -4,8 +4,9 @@ Why its own module: it is no stats question over a range (those are ``model.Stat
 just a directory. The aggregator adds every site it applies events for to the Redis set
 ``contracts.keys.sites_key()``. When Redis is down, or has lost its state (no
 ``contracts.keys.intact_key()`` marker: flushed or restarted empty, its set may list only
-the sites seen since), or that set is empty, MongoDB's distinct site ids answer instead,
-with the same time limit as the other fallback queries.
+the sites seen since), or that set is empty, MongoDB's distinct site ids answer instead:
+a ``$group`` aggregation, which (unlike ``distinct`` on FerretDB) takes the same time limit as
+the other fallback queries.
 
 Called by the ``/stats/sites`` handler; may block on both stores; raises ``Unavailable``
 when neither answers.
@@ -55,7 +56,9 @@ class SiteDirectory:
             log.warning("redis_unavailable_falling_back", extra={"fields": {
                 "error": repr(exc)}})
         try:
-            found = await self._events.distinct("site_id", maxTimeMS=self._mongo_timeout_ms)
+            cursor = await self._events.aggregate([{"$group": {"_id": "$site_id"}}],
+                                                  maxTimeMS=self._mongo_timeout_ms)
+            found = [doc["_id"] async for doc in cursor]
         except PyMongoError as exc:
             log.warning("mongo_unavailable", extra={"fields": {"error": repr(exc)}})
             raise Unavailable("neither Redis nor MongoDB could answer") from exc

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -111,12 +111,17 @@ class FakeEvents:
         self.error = error
         self.asked: list[dict[str, Any]] = []
 
-    async def distinct(self, field: str, **options: Any) -> list[str]:
-        assert field == "site_id"
+    async def aggregate(self, pipeline: list[dict[str, Any]], **options: Any
+                        ) -> AsyncIterator[dict[str, Any]]:
+        assert pipeline == [{"$group": {"_id": "$site_id"}}]
         self.asked.append(options)
         if self.error:
             raise self.error
-        return self.site_ids
+
+        async def cursor() -> AsyncIterator[dict[str, Any]]:
+            for site_id in self.site_ids:
+                yield {"_id": site_id}
+        return cursor()
 
 
 def directory(redis: FakeRedis, events: FakeEvents) -> SiteDirectory:
