@@ -16,7 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.results import load_latest
+from bench.results import latest_by_suite
+from bench.table import markdown, rows
 
 
 def _throughput_latency(data: dict[str, Any], out: Path) -> Path:
@@ -79,8 +80,15 @@ def _ratios(data: dict[str, Any], out: Path) -> Path:
     return path
 
 
+SUITES = ("query", "e2e", "ingest", "aggregator", "replay")
+
+
 def draw(results_dir: Path) -> list[Path]:
-    """Charts of the newest results file, next to it in ``results_dir``."""
-    _, data = load_latest(results_dir)
-    return [_throughput_latency(data, results_dir), _freshness(data, results_dir),
+    """Charts of the newest results of each suite, PNGs in ``results_dir``, and the same
+    figures as a Markdown table (``latest.md``) for the README."""
+    data = latest_by_suite(results_dir, SUITES)
+    md = results_dir / "latest.md"
+    sources = ", ".join(f"{suite}: {src['file']}" for suite, src in data["sources"].items())
+    md.write_text(f"{markdown(rows(data))}\n\nFrom {sources}.\n")
+    return [md, _throughput_latency(data, results_dir), _freshness(data, results_dir),
             _ratios(data, results_dir)]

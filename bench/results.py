@@ -109,3 +109,24 @@ def load_latest(directory: Path, suite: str | None = None) -> tuple[Path, dict[s
         if suite is None or suite in data.get("suites", []):
             return path, data
     raise FileNotFoundError(f"no benchmark results in {directory}; run `make bench` first")
+
+
+def latest_by_suite(directory: Path, suites: tuple[str, ...]) -> dict[str, Any]:
+    """One document from the newest results of each suite (a suite re-run alone replaces
+    only its own figures). Each figure keeps the ratio computed in its own run; the limits
+    are those of the files used, the newest winning; ``sources`` names the files."""
+    merged: dict[str, Any] = {"figures": [], "limits": {}, "sources": {}, "notes": []}
+    for suite in suites:
+        try:
+            path, data = load_latest(directory, suite)
+        except FileNotFoundError:
+            continue
+        for f in data["figures"]:
+            if f["suite"] == suite:
+                own = data.get("limits", {}).get(f.get("limit") or "")
+                merged["figures"].append({**f, "own_limit": own})  # its own run's limit
+        merged["limits"] = {**data.get("limits", {}), **merged["limits"]}
+        merged["sources"][suite] = {"file": path.name, "started_at": data["started_at"],
+                                    "machine": data["machine"]}
+        merged["notes"] += [n for n in data.get("notes", []) if n not in merged["notes"]]
+    return merged

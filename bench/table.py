@@ -35,7 +35,7 @@ def rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
     for f in data.get("figures", []):
         lat = f.get("latency") or {}
-        limit = limits.get(f.get("limit") or "")
+        limit = f.get("own_limit") or limits.get(f.get("limit") or "")
         limit_text = (f"{f['limit']} {number(limit['value'])} {limit['unit']}" if limit
                       else "-")
         out.append((f["suite"], f["name"], f"{number(f['value'])} {f['unit']}",
