@@ -7,10 +7,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+import orjson
 from aiohttp import web
 
 from contracts.httpkit import error_middleware, healthz, metrics_handler
 from contracts.ids import event_id_factory
+from contracts.ingest_openapi import ingest_document
 from contracts.settings import GatewaySettings
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import KafkaPublisher, Publisher
@@ -36,6 +38,12 @@ def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
     add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
+    document = orjson.dumps(ingest_document())  # describes the code: rendered once
+
+    async def openapi_json(_: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi_json)
     if owned and kafka is not None:
         app.cleanup_ctx.append(_producer_ctx(kafka))
     return app

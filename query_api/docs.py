@@ -48,27 +48,36 @@ def _parameters(parameters: list[dict[str, Any]]) -> str:
             f"{rows}</table>")
 
 
-def _example(path: str) -> str:
+def _example(method: str, path: str) -> str:
     url = "http://127.0.0.1:8080" + path.replace("{page_id}", "home")
+    if method == "post":
+        event = '{"page_id":"home","user_id":"u1"}'
+        body = event if path == "/track" else f"[{event}]"
+        return f"curl -X POST '{url}' -H 'Content-Type: application/json' -d '{body}'"
     if path.startswith("/stats"):
         url += "?site_id=default"
     return f"curl -H 'Authorization: Bearer $TOKEN' '{url}'"
 
 
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method, path, op) for path, item in document["paths"].items()
+            for method, op in item.items()]
+
+
 def render_docs(document: dict[str, Any]) -> str:
     info = document["info"]
     sections = []
-    for path, item in document["paths"].items():
-        op = item["get"]
+    for method, path, op in _operations(document):
         responses = "".join(f"<li><b>{escape(code)}</b>: {_text(r['description'])}</li>"
                             for code, r in op["responses"].items())
         sections.append(
-            f"<h2 id=\"{escape(op['operationId'])}\">GET <code>{escape(path)}</code> — "
+            f"<h2 id=\"{escape(op['operationId'])}\">{method.upper()} "
+            f"<code>{escape(path)}</code> — "
             f"{escape(op['summary'])}</h2><p>{_text(op['description'])}</p>"
             f"{_parameters(op.get('parameters', []))}<ul>{responses}</ul>"
-            f"<pre>{escape(_example(path))}</pre>")
-    toc = "".join(f"<li><a href=\"#{escape(item['get']['operationId'])}\">{escape(path)}"
-                  "</a></li>" for path, item in document["paths"].items())
+            f"<pre>{escape(_example(method, path))}</pre>")
+    toc = "".join(f"<li><a href=\"#{escape(op['operationId'])}\">{method.upper()} "
+                  f"{escape(path)}</a></li>" for method, path, op in _operations(document))
     return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(info['title'])}</title><style>{STYLE}</style></head><body>"
             f"<h1>{escape(info['title'])}</h1><p>{_text(info['description'])}</p>"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from contracts.ingest_openapi import INGEST_SCHEMAS, ingest_paths
 from query_api.params import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from query_api.ranges import MAX_RANGE_DAYS, PERIODS
 from query_api.routes import DEFAULT_TOP, ENDPOINT_PARAMS, MAX_SERIES_POINTS, MAX_SITES
@@ -186,6 +187,7 @@ def openapi_document() -> dict[str, Any]:
     paths["/metrics"] = _probe("Metrics", "Prometheus metrics.", "text/plain")
     paths["/openapi.json"] = _probe("OpenAPI", "This document.")
     paths["/docs"] = _probe("Docs", "This document as a web page.", "text/html")
+    paths.update(ingest_paths())  # the same front door (NGINX) serves the gateway's
     paths["/dashboard"] = _probe(
         "Dashboard", "A live dashboard of these stats, for a browser. The page is public and "
         "holds no data: its script asks the stats endpoints, sending the token the person "
@@ -197,7 +199,7 @@ def openapi_document() -> dict[str, Any]:
                                 "Redis, exact from MongoDB. " + UNIQUES_NOTE},
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": {"schemas": SCHEMAS, "securitySchemes": {
+        "components": {"schemas": {**SCHEMAS, **INGEST_SCHEMAS}, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "A token from STATS_TOKENS."}}},
     }

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from contracts.event import PageView
+from contracts.event import KNOWN_FIELDS, PageView
 from contracts.settings import GatewaySettings
 from ingest_gateway.app import AUTO_DECOMPRESS, create_app
 from ingest_gateway.publisher import PublishUnavailable
@@ -232,3 +232,16 @@ async def test_metrics_count_accepted_and_rejected_events(client: Client) -> Non
     assert "events_accepted_total 3.0" in text
     assert 'events_rejected_total{reason="malformed_json"} 1.0' in text
     assert 'http_requests_total{method="POST",route="/events",status="202"} 1.0' in text
+
+
+async def test_openapi_document_describes_exactly_the_routes_served(client: Client) -> None:
+    response = await client.get("/openapi.json")
+    document = await response.json()
+    assert response.status == 200 and document["openapi"].startswith("3.1")
+    served = {(r.method.lower(), r.resource.canonical) for r in client.app.router.routes()
+              if r.resource is not None and r.method in ("GET", "POST")}
+    described = {(method, path) for path, item in document["paths"].items()
+                 for method in item}
+    assert served == described
+    event = document["components"]["schemas"]["PageView"]
+    assert set(event["properties"]) == KNOWN_FIELDS and event["additionalProperties"] is False

@@ -1,0 +1,112 @@
+"""The OpenAPI 3.1 description of the ingestion endpoints (``POST /track``, ``POST /events``).
+
+Why in ``contracts``: it is derived from the v1 event contract next door, the gateway serves
+it as its own ``/openapi.json``, and the query API merges it into the front door's document
+(NGINX serves one ``/openapi.json`` for both), without either service importing the other.
+Pure data; no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contracts.event import MAX_EVENT_ID, MAX_PAGE_ID, MAX_USER_ID
+from contracts.settings import GatewaySettings
+
+MAX_BATCH_EVENTS = GatewaySettings.max_batch_events  # the default; a deployment may lower it
+
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A page view (v1). Unknown fields are rejected.",
+    "required": ["page_id", "user_id"],
+    "additionalProperties": False,
+    "properties": {
+        "page_id": {"type": "string", "minLength": 1, "maxLength": MAX_PAGE_ID,
+                    "description": "The page (path or name); no control characters."},
+        "user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID,
+                    "description": "The visitor (pseudonymous id)."},
+        "site_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
+                    "default": "default"},
+        "event_id": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID,
+                     "description": "Make retries safe: an event id is counted once. "
+                                    "Assigned (time-ordered UUIDv7) when absent."},
+        "ts": {"type": ["integer", "string"], "description": (
+            "When it happened: epoch milliseconds or an RFC 3339 date-time with a zone; "
+            "default now. At most 5 minutes ahead, at most the late window (7 days) back.")},
+    },
+}
+
+_ERROR: dict[str, Any] = {"content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/IngestError"}}}}
+
+INGEST_SCHEMAS: dict[str, Any] = {
+    "PageView": EVENT_SCHEMA,
+    "Accepted": {
+        "type": "object", "required": ["accepted", "event_ids"],
+        "properties": {"accepted": {"type": "integer", "minimum": 1},
+                       "event_ids": {"type": "array", "items": {"type": "string"}}}},
+    "IngestError": {
+        "type": "object", "required": ["error"],
+        "properties": {
+            "error": {"type": "string"}, "message": {"type": "string"},
+            "reason": {"type": "string"},
+            "event_ids": {"type": "array", "items": {"type": "string"},
+                          "description": "503 only: retry with these ids."},
+            "details": {"type": "array", "items": {
+                "type": "object", "properties": {
+                    "index": {"type": "integer"}, "field": {"type": "string"},
+                    "reason": {"type": "string"}}}}}},
+}
+
+
+def _post(summary: str, description: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary, "description": description, "security": [],
+        "operationId": summary.lower().replace(" ", "_"),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "202": {"description": "Kafka acknowledged every event.", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+            "400": {"description": "Malformed JSON or invalid events; `details` lists each "
+                                   "by index and field. Nothing was accepted.", **_ERROR},
+            "403": {"description": "An event is for a site this deployment does not serve.",
+                    **_ERROR},
+            "413": {"description": "Body over 1 MiB (after decompression) or too many events.",
+                    **_ERROR},
+            "415": {"description": "Unsupported Content-Type or Content-Encoding.", **_ERROR},
+            "429": {"description": "Too many requests from this client (NGINX).", **_ERROR},
+            "503": {"description": "Kafka did not acknowledge in time (`Retry-After`); "
+                                   "retry with the returned `event_ids`.", **_ERROR}}}}
+
+
+ENCODINGS = (" Also accepted: `text/plain` with the same JSON (`navigator.sendBeacon`), and "
+             "`Content-Encoding: gzip` or `deflate`. CORS: any origin by default.")
+
+
+def ingest_paths() -> dict[str, Any]:
+    return {
+        "/track": _post("Track", "One page view. Answered after Kafka acknowledged it."
+                        + ENCODINGS, {"$ref": "#/components/schemas/PageView"}),
+        "/events": _post(
+            "Track batch", f"Up to {MAX_BATCH_EVENTS} page views, all or nothing: a JSON "
+            "array, or NDJSON with `Content-Type: application/x-ndjson`." + ENCODINGS,
+            {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_EVENTS,
+             "items": {"$ref": "#/components/schemas/PageView"}}),
+    }
+
+
+def ingest_document() -> dict[str, Any]:
+    """The gateway's own document (its probes included)."""
+    probe = {"security": [], "responses": {"200": {"description": "OK"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pageviews ingest gateway", "version": "1",
+                 "description": "Page views in, acknowledged by Kafka before the answer."},
+        "paths": {**ingest_paths(),
+                  "/healthz": {"get": {"summary": "Liveness", **probe}},
+                  "/readyz": {"get": {"summary": "Readiness: the Kafka producer is "
+                                                 "connected (503 otherwise)", **probe}},
+                  "/metrics": {"get": {"summary": "Prometheus metrics", **probe}},
+                  "/openapi.json": {"get": {"summary": "This document", **probe}}},
+        "components": {"schemas": INGEST_SCHEMAS},
+    }
