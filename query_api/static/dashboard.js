@@ -127,15 +127,6 @@
       : { period: state.period };
   }
 
-  // Per-page visitors at minute precision would need a scan of the raw events, so the last
-  // 5 minutes' top pages are those of this hour and the last (whole hours: fast).
-  function topParams() {
-    if (state.period !== "realtime") return rangeParams();
-    const hour = Math.floor(Date.now() / HOUR_MS) * HOUR_MS;
-    const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
-    return { from: iso(hour - HOUR_MS), to: iso(hour + HOUR_MS) };
-  }
-
   // ---- loading ------------------------------------------------------------------------
 
   async function loadSites() {
@@ -164,7 +155,7 @@
     const answers = await Promise.allSettled([
       api("/stats/compare", { ...site, ...rangeParams() }),
       api("/stats/timeseries", series),
-      api("/stats/top", { ...site, ...topParams(), limit: "10" }),
+      api("/stats/top", { ...site, ...rangeParams(), limit: "10" }),
     ]);
     if (key !== viewKey()) return;
     const [compare, timeseries, top] = answers;
@@ -261,8 +252,7 @@
       made.push(tr);
     }
     tbody.replaceChildren(...made);
-    $("top-title").textContent = state.period === "realtime"
-      ? `Top pages · since ${timeLabel(body.from, "hour")}` : `Top pages · ${LABELS[state.period]}`;
+    $("top-title").textContent = `Top pages · ${LABELS[state.period]}`;
   }
 
   function cell(tr, className, text) {

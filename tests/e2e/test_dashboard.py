@@ -168,7 +168,8 @@ async def test_the_dashboard_shows_posted_views_live_in_numbers_chart_and_table(
     await shows(page, "#views", 5)
     await expect(page.locator("#chart svg")).to_have_attribute("data-interval", "minute")
     await chart_shows(page, 5)
-    await expect(page.locator("#top-title")).to_contain_text("since")
+    await expect(page.locator("#top tr")).to_have_count(3)
+    await expect(page.locator("#top-title")).to_contain_text("last 5 minutes")
     await expect(page.locator("#banner")).to_be_hidden()
 
 
