@@ -6,7 +6,8 @@ switch is one script per site, so live counting (whose apply script checks the p
 either the old generation or the new one, never half of each. It first raises the new
 generation's applied offsets to the rebuild's read positions (the rebuild has applied every
 record below them, whichever site they belong to), then switches only when, on every
-partition, the new generation has applied at least as far as the current one: live counting
+partition, the new generation has applied at least as far as the current one (partition -1
+counts events a rebuild took from MongoDB, not a partition: it is ignored): live counting
 then skips what the new generation holds and adds only the rest. Otherwise it reports the
 partitions that lag, and the rebuild reads further and tries again.
 """
@@ -36,7 +37,8 @@ end
 local lagging = {'lagging'}
 local current = redis.call('HGETALL', KEYS[3])
 for i = 1, #current, 2 do
-  if tonumber(redis.call('HGET', KEYS[2], current[i]) or '-1') < tonumber(current[i + 1]) then
+  if tonumber(current[i]) >= 0
+     and tonumber(redis.call('HGET', KEYS[2], current[i]) or '-1') < tonumber(current[i + 1]) then
     lagging[#lagging + 1] = current[i]
   end
 end

@@ -27,18 +27,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
 from aggregator.aggregate import aggregate, to_ops
 from aggregator.generations import Generations, kind_of
+from aggregator.history import stored_events
 from aggregator.pipeline import decode_all, group_by_site_partition
 from aggregator.redis_sink import RedisSink
 from aggregator.source import Record
 from aggregator.topic_reader import TopicReader
+from contracts.event import PageView
 from contracts.keys import SiteKeys, build_marker_key, sites_key
 
 log = logging.getLogger(__name__)
 READ_BATCH = 5000
+STORED_PARTITION = -1
 SETTLE_TIMEOUT_S = 30.0
 
 
@@ -58,6 +62,7 @@ class Difference:
 @dataclass
 class Outcome:
     generation: str
+    stored: int = 0  # events read from MongoDB (``--source mongo``)
     records: int = 0
     counted: int = 0
     seconds: float = 0.0
@@ -67,6 +72,15 @@ class Outcome:
 
 
 Progress = Callable[[int, int], None]  # (records read, records to read)
+
+
+@dataclass
+class MongoHistory:
+    """Start from the raw events in MongoDB below the group's committed offsets, then read
+    the topic from those offsets (``aggregator.history``)."""
+
+    events: AsyncCollection[dict[str, Any]]
+    committed: dict[int, int]
 
 
 class Builder:
@@ -81,6 +95,22 @@ class Builder:
         self.switched: set[str] = set()
         self.last_seen: dict[str, dict[int, int]] = defaultdict(dict)  # site -> partition
         self.counted = 0
+        self._stored_batches = 0
+
+    async def add_stored(self, events: list[PageView]) -> None:
+        """Stored events are each a first occurrence; they are applied under partition -1
+        (a counter no live partition uses), as their offsets come in no particular order."""
+        by_site: dict[str, list[PageView]] = defaultdict(list)
+        for e in events:
+            if self._only_site is None or e.site_id == self._only_site:
+                self._seen.add(e.event_id)
+                by_site[e.site_id].append(e)
+        for site_id, group in by_site.items():
+            site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
+            self._stored_batches += 1
+            self.counted += len(group)
+            await self._sink.apply(to_ops(site, aggregate(group)), STORED_PARTITION,
+                                   self._stored_batches, self._stored_batches, live=False)
 
     async def add(self, records: list[Record]) -> None:
         located, _undecodable = decode_all(records)  # live counting dead-lettered those
@@ -110,17 +140,21 @@ class Rebuild:
         self._reader = reader
         self._gens = Generations(redis)
         self._verify = verify
+        self._site = site
         generation = f"{'v' if verify else 'r'}{int(time.time() * 1000)}"
         self._builder = Builder(RedisSink(redis), generation, site)
         self._progress = progress or (lambda done, total: None)
         self.outcome = Outcome(generation)
 
-    async def run(self, since_ms: int | None = None) -> Outcome:
+    async def run(self, since_ms: int | None = None, history: MongoHistory | None = None
+                  ) -> Outcome:
         started = time.perf_counter()
         marker = build_marker_key(self.outcome.generation)
         await self._redis.set(marker, "1")
-        await self._reader.start(since_ms)
         try:
+            if history is not None:
+                await self._read_history(history)
+            await self._reader.start(since_ms, history.committed if history else None)
             await self._read_to_end()
             if not await self._redis.exists(marker):
                 raise RebuildLost(self.outcome.generation)
@@ -142,6 +176,14 @@ class Rebuild:
         self.outcome.counted = self._builder.counted
         self.outcome.seconds = time.perf_counter() - started
         return self.outcome
+
+    async def _read_history(self, history: MongoHistory) -> None:
+        done = 0
+        async for batch in stored_events(history.events, history.committed, self._site):
+            await self._builder.add_stored(batch)
+            done += len(batch)
+            self._progress(done, -1)
+        self.outcome.stored = done
 
     async def _read_to_end(self) -> None:
         """Read up to the topic's end as it is now (new records keep arriving)."""
@@ -185,7 +227,7 @@ class Rebuild:
             suffixes = sorted(names - {"offsets"})
             now = await self._gens.snapshot(live, suffixes)
             seen = self._builder.last_seen[site_id]
-            applied: dict[int, int] = now["offsets"]
+            applied = {p: o for p, o in now["offsets"].items() if p != STORED_PARTITION}
             if any(applied.get(p, -1) >= self._reader.positions.get(p, 0) for p in applied):
                 await self._read_to_end()  # live counting read further: so must we
                 continue

@@ -17,15 +17,19 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
+from pymongo import AsyncMongoClient
 
-from aggregator.rebuild import Outcome, Rebuild, RebuildLost
+from aggregator.history import committed_offsets
+from aggregator.rebuild import MongoHistory, Outcome, Rebuild, RebuildLost
 from aggregator.topic_reader import TopicReader
 from contracts.event import SITE_ID_RE
+from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
 from contracts.settings import Backends
+from contracts.topics import AGGREGATOR_GROUP
 
 EXIT_DIFFERENT, EXIT_UNSETTLED, EXIT_LOST = 1, 3, 4
 
@@ -41,17 +45,24 @@ class ProgressBar:
         self._last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        """``total`` < 0: unknown (events read from MongoDB)."""
         now = time.monotonic()
-        if now - self._last < (0.2 if self._tty else 5.0) and done < total:
+        if now - self._last < (0.2 if self._tty else 5.0) and (total < 0 or done < total):
             return
         self._last = now
         elapsed = max(now - self._started, 1e-6)
         rate = done / elapsed
+        if total < 0:
+            self._write(f"{done:,} stored events read from MongoDB  {rate:,.0f}/s")
+            return
         left = (total - done) / rate if rate > 0 else 0.0
         width = 30
         filled = int(width * done / total) if total else width
         line = (f"[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} records "
                 f"{rate:,.0f}/s  {int(left) // 60}:{int(left) % 60:02d} left")
+        self._write(line)
+
+    def _write(self, line: str) -> None:
         self._stream.write(f"\r{line}" if self._tty else f"{line}\n")
         self._stream.flush()
 
@@ -82,27 +93,39 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m aggregator.replay", description=(
             "Recompute the Redis aggregates from the Kafka topic into a new generation and "
             "switch to it atomically, with no downtime; or, with --verify, compare a "
-            "recompute with the live aggregates. Settings (KAFKA_BOOTSTRAP, REDIS_URL, "
-            "KAFKA_TOPIC) come from the environment, as for the services."))
+            "recompute with the live aggregates. Settings (KAFKA_BOOTSTRAP, KAFKA_TOPIC, "
+            "REDIS_URL, MONGO_URL, MONGO_DB, AGGREGATOR_GROUP) come from the environment, as "
+            "for the services (make replay reads .run/stack.env)."))
     p.add_argument("--site", type=site_id, help="only this site (default: every site)")
     p.add_argument("--since", type=parse_time, metavar="TIME", help=(
         "start at the first record the topic received at or after TIME (RFC 3339) "
         "instead of the beginning: the new generation then counts only those records, "
         "so use it when the earlier ones must not count"))
+    p.add_argument("--source", choices=("topic", "mongo"), default="topic", help=(
+        "topic (default): every record the topic keeps; mongo: the raw events MongoDB holds "
+        "below the aggregator group's committed offsets, then the topic from there on - for "
+        "history older than the topic's retention"))
     p.add_argument("--verify", action="store_true", help=(
         "recompute into a scratch generation, print every difference from the live "
         "aggregates (site, aggregate, page), delete the scratch; exit 1 if any differ"))
     return p
 
 
-async def replay(args: argparse.Namespace, backends: Backends) -> tuple[int, Outcome]:
+async def replay(args: argparse.Namespace, backends: Backends, group: str
+                 ) -> tuple[int, Outcome]:
     redis = connect_redis(backends.redis_url, timeout_s=10.0)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(backends.mongo_url)
     bar = ProgressBar()
     try:
+        history = None
+        if args.source == "mongo":
+            history = MongoHistory(
+                mongo[backends.mongo_db][EVENTS],
+                await committed_offsets(backends.kafka_bootstrap, group, backends.topic))
         run = Rebuild(redis, TopicReader(backends.kafka_bootstrap, backends.topic),
                       site=args.site, verify=args.verify, progress=bar)
         try:
-            outcome = await run.run(args.since)
+            outcome = await run.run(args.since, history)
         except RebuildLost:
             bar.finish()
             print("Redis lost the generation being built (flushed or restarted); "
@@ -111,6 +134,7 @@ async def replay(args: argparse.Namespace, backends: Backends) -> tuple[int, Out
         bar.finish()
     finally:
         await redis.aclose()
+        await mongo.close()
     for d in outcome.differences:
         print(f"DIFF site={d.site_id} aggregate={d.aggregate}"
               f"{f' page={d.field}' if d.field else ''} live={d.live} rebuilt={d.rebuilt}",
@@ -125,9 +149,13 @@ async def replay(args: argparse.Namespace, backends: Backends) -> tuple[int, Out
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    status, outcome = asyncio.run(replay(args, Backends.from_env(os.environ)))
+    if args.source == "mongo" and args.since is not None:
+        parser().error("--since reads the topic from a time; it does not go with --source mongo")
+    group = os.environ.get("AGGREGATOR_GROUP", AGGREGATOR_GROUP)
+    status, outcome = asyncio.run(replay(args, Backends.from_env(os.environ), group))
     summary = {
         "generation": outcome.generation, "verify": args.verify, "site": args.site,
+        "source": args.source, "stored": outcome.stored,
         "records": outcome.records, "counted": outcome.counted,
         "seconds": round(outcome.seconds, 3),
         "records_per_s": round(outcome.records / outcome.seconds) if outcome.seconds else 0,

@@ -23,7 +23,10 @@ class TopicReader:
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.started_at: dict[int, int] = {}
 
-    async def start(self, since_ms: int | None = None) -> None:
+    async def start(self, since_ms: int | None = None,
+                    from_offsets: dict[int, int] | None = None) -> None:
+        """Read from the beginning, from the first record at or after ``since_ms``, or from
+        the given offset of each partition (the beginning for any not given)."""
         await self._consumer.start()
         # The consumer keeps metadata only for subscribed topics; ask the cluster directly.
         cluster = await self._consumer._client.fetch_all_metadata()
@@ -39,6 +42,9 @@ class TopicReader:
                 dict.fromkeys(self._partitions, since_ms))
             starts = {tp: (at.offset if at is not None else ends[tp])
                       for tp, at in found_at.items()}
+        if from_offsets is not None:
+            starts = {tp: max(offset, from_offsets.get(tp.partition, offset))
+                      for tp, offset in starts.items()}
         for tp, offset in starts.items():
             self._consumer.seek(tp, offset)
             self.positions[tp.partition] = offset

@@ -25,11 +25,15 @@ import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
+from aggregator.history import committed_offsets
 from contracts.event import PageView
 from contracts.keys import intact_key, rebuild_lock_key
+from contracts.mongo import event_document
 from contracts.timebuckets import HOUR_MS, buckets_of
+from contracts.topics import AGGREGATOR_GROUP
 from tests.aggregator_harness import produce_events
 from tests.expectations import assert_redis_matches, current_keys, recount, total_views
 from tests.stack import ROOT, Stack, eventually
@@ -198,6 +202,34 @@ async def test_verify_finds_no_difference_on_a_healthy_site_and_finds_a_corrupte
     assert f"aggregate=pages:h:{hour} page={sent[0].page_id}" in err
     scratch = [k async for k in redis.scan_iter(match=f"pv:{{{site_id}}}:gv*", count=1000)]
     assert scratch == []  # the scratch generation is deleted
+
+
+async def test_a_rebuild_from_mongodb_recovers_history_the_topic_no_longer_holds(
+        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+        rng: random.Random, mongo_events: AsyncCollection[dict[str, Any]]) -> None:
+    await ensure_topic_holds(stack, MIDWAY_RECORDS, rng)
+
+    async def committed_past_old_offsets() -> bool:
+        committed = await committed_offsets(stack.kafka_bootstrap, AGGREGATOR_GROUP,
+                                            stack.topic)
+        return committed.get(0, 0) > 300
+
+    await eventually(committed_past_old_offsets, timeout_s=120, interval_s=0.5,
+                     message="the aggregators past offset 300 of partition 0")
+    # Events whose records have left the topic (retention): only MongoDB still has them.
+    history = make_events(site_id, 300, rng)
+    await mongo_events.insert_many(
+        [event_document(e, partition=0, offset=i) for i, e in enumerate(history)])
+    recent = make_events(site_id, 200, rng)
+    await post(http, stack, recent)
+    await counted(redis, site_id, len(recent))  # live counting only saw the topic's part
+
+    status, summary, err = await replay(stack, "--source", "mongo", "--site", site_id)
+    assert status == 0, err
+    assert summary["stored"] >= len(history)
+    expected = recount(history + recent)
+    await counted(redis, site_id, expected.total)
+    await assert_redis_matches(redis, site_id, expected)
 
 
 @pytest.fixture
