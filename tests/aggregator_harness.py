@@ -12,15 +12,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from pymongo import AsyncMongoClient
 
 from contracts.event import PageView, encode_event
-from contracts.mongo import EVENTS
 from tests.stack import ROOT, Stack, eventually
 
 _next_port = 8400
@@ -34,20 +31,16 @@ def free_port() -> int:
 
 @dataclass
 class TestTopic:
-    """A topic, dead-letter topic, consumer group and MongoDB database of one test: its
-    aggregators write their raw events apart, so the stack's collection stays small."""
-
     name: str
     dead_letters: str
     group: str
     partitions: int
-    mongo_db: str
 
 
 async def create_topic(stack: Stack, partitions: int = 4) -> TestTopic:
     suffix = uuid.uuid4().hex[:10]
     topic = TestTopic(f"test-views-{suffix}", f"test-dlq-{suffix}", f"test-group-{suffix}",
-                      partitions, f"test_{suffix}")
+                      partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin.start()
     try:
@@ -56,15 +49,6 @@ async def create_topic(stack: Stack, partitions: int = 4) -> TestTopic:
     finally:
         await admin.close()
     return topic
-
-
-async def stored_events(stack: Stack, topic: TestTopic, site_id: str) -> int:
-    """How many raw events of the site the test's aggregators wrote to MongoDB."""
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
-    try:
-        return await client[topic.mongo_db][EVENTS].count_documents({"site_id": site_id})
-    finally:
-        await client.close()
 
 
 async def produce(stack: Stack, topic: str, values: Sequence[tuple[bytes, bytes]]) -> None:
@@ -100,7 +84,6 @@ class Aggregator:
         env = {**os.environ, **self.stack.env(), "KAFKA_TOPIC": self.topic.name,
                "KAFKA_DEAD_LETTER_TOPIC": self.topic.dead_letters,
                "AGGREGATOR_GROUP": self.topic.group, "PORT": str(self.port),
-               "MONGO_DB": self.topic.mongo_db,
                "INSTANCE": f"test-aggregator-{self.port}", "AGGREGATOR_BACKOFF_MAX_S": "0.5",
                "AGGREGATOR_AUTO_REBUILD": "false",  # Redis reflects the stack's topic, not ours
                **self.extra_env}
