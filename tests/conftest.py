@@ -18,6 +18,14 @@ from contracts.redis_client import connect_redis
 from tests.stack import Stack, find_or_start, stack_cli, wait_until_aggregates_intact
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``runs_first`` run before the rest, in their own order. The one that
+    flushes Redis asks the stack's query API to answer from MongoDB meanwhile, and FerretDB
+    scans the whole events collection for that: it must run before the other tests have
+    filled the collection with hundreds of thousands of events."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_first") is None)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     found, started_here = find_or_start()

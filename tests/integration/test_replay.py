@@ -114,6 +114,59 @@ def rng() -> random.Random:
     return random.Random(42)
 
 
+@pytest.fixture
+async def flush_guard(stack: Stack, redis: Redis) -> AsyncIterator[None]:
+    """Whatever happens in the flush test, leave Redis rebuilt for the tests after it."""
+    yield
+    await redis.delete(rebuild_lock_key())
+    await eventually(lambda: redis.exists(intact_key()), timeout_s=300, interval_s=0.5,
+                     message="Redis rebuilt after the flush test")
+
+
+@pytest.mark.runs_first
+async def test_a_flushed_redis_is_answered_from_mongo_then_rebuilt_exactly(
+        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+        rng: random.Random, flush_guard: None) -> None:
+    sent = make_events(site_id, 600, rng)
+    await post(http, stack, sent)
+    await counted(redis, site_id, len(sent))
+
+    # Hold the rebuild lock, as a slow rebuild would, so the answers in between are seen.
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.flushall()
+        pipe.set(rebuild_lock_key(), "test-holds-the-rebuild", px=120_000)
+        await pipe.execute()
+    during = make_events(site_id, 200, rng)
+    await post(http, stack, during)
+    sent += during
+
+    async def stats() -> tuple[str, dict[str, Any]]:
+        async with http.get(f"{stack.http_url}/stats", params={"site_id": site_id}) as r:
+            assert r.status == 200, await r.text()
+            return r.headers["X-Stats-Source"], await r.json()
+
+    async def from_mongo_with_everything() -> bool:
+        source, body = await stats()
+        return source == "mongo" and body["total_views"] == len(sent)
+
+    await eventually(from_mongo_with_everything, timeout_s=60, interval_s=0.2,
+                     message="exact answers from MongoDB while Redis is lost")
+    source, body = await stats()
+    assert source == "mongo"
+    assert body["unique_visitors"] == len({e.user_id for e in sent})  # exact, from MongoDB
+
+    await redis.delete(rebuild_lock_key())  # let the aggregators rebuild
+
+    async def from_redis() -> bool:
+        return (await stats())[0] == "redis"
+
+    await eventually(from_redis, timeout_s=300, interval_s=0.5,
+                     message="answers from Redis again after the rebuild")
+    source, body = await stats()
+    assert body["total_views"] == len(sent)
+    await assert_redis_matches(redis, site_id, recount(sent))
+
+
 async def test_replay_while_events_keep_arriving_counts_every_event_exactly_once(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random) -> None:
@@ -230,55 +283,3 @@ async def test_a_rebuild_from_mongodb_recovers_history_the_topic_no_longer_holds
     expected = recount(history + recent)
     await counted(redis, site_id, expected.total)
     await assert_redis_matches(redis, site_id, expected)
-
-
-@pytest.fixture
-async def flush_guard(stack: Stack, redis: Redis) -> AsyncIterator[None]:
-    """Whatever happens in the flush test, leave Redis rebuilt for the tests after it."""
-    yield
-    await redis.delete(rebuild_lock_key())
-    await eventually(lambda: redis.exists(intact_key()), timeout_s=300, interval_s=0.5,
-                     message="Redis rebuilt after the flush test")
-
-
-async def test_a_flushed_redis_is_answered_from_mongo_then_rebuilt_exactly(
-        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
-        rng: random.Random, flush_guard: None) -> None:
-    sent = make_events(site_id, 600, rng)
-    await post(http, stack, sent)
-    await counted(redis, site_id, len(sent))
-
-    # Hold the rebuild lock, as a slow rebuild would, so the answers in between are seen.
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.flushall()
-        pipe.set(rebuild_lock_key(), "test-holds-the-rebuild", px=120_000)
-        await pipe.execute()
-    during = make_events(site_id, 200, rng)
-    await post(http, stack, during)
-    sent += during
-
-    async def stats() -> tuple[str, dict[str, Any]]:
-        async with http.get(f"{stack.http_url}/stats", params={"site_id": site_id}) as r:
-            assert r.status == 200, await r.text()
-            return r.headers["X-Stats-Source"], await r.json()
-
-    async def from_mongo_with_everything() -> bool:
-        source, body = await stats()
-        return source == "mongo" and body["total_views"] == len(sent)
-
-    await eventually(from_mongo_with_everything, timeout_s=60, interval_s=0.2,
-                     message="exact answers from MongoDB while Redis is lost")
-    source, body = await stats()
-    assert source == "mongo"
-    assert body["unique_visitors"] == len({e.user_id for e in sent})  # exact, from MongoDB
-
-    await redis.delete(rebuild_lock_key())  # let the aggregators rebuild
-
-    async def from_redis() -> bool:
-        return (await stats())[0] == "redis"
-
-    await eventually(from_redis, timeout_s=300, interval_s=0.5,
-                     message="answers from Redis again after the rebuild")
-    source, body = await stats()
-    assert body["total_views"] == len(sent)
-    await assert_redis_matches(redis, site_id, recount(sent))
