@@ -105,7 +105,9 @@ def ingest_document() -> dict[str, Any]:
         "paths": {**ingest_paths(),
                   "/healthz": {"get": {"summary": "Liveness", **probe}},
                   "/readyz": {"get": {"summary": "Readiness: the Kafka producer is "
-                                                 "connected (503 otherwise)", **probe}},
+                                                 "connected (503 otherwise)", "security": [],
+                                      "responses": {"200": {"description": "OK"},
+                                                    "503": {"description": "Not ready"}}}},
                   "/metrics": {"get": {"summary": "Prometheus metrics", **probe}},
                   "/openapi.json": {"get": {"summary": "This document", **probe}}},
         "components": {"schemas": INGEST_SCHEMAS},

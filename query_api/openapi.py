@@ -184,6 +184,9 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {path: _operation(path) for path in ENDPOINTS}
     paths["/healthz"] = _probe("Liveness", "The process is alive.")
     paths["/readyz"] = _probe("Readiness", "Redis and MongoDB answer (503 otherwise).")
+    paths["/readyz"]["get"]["responses"]["503"] = {
+        "description": "A store did not answer; `checks` says which.",
+        "content": {"application/json": {}}}
     paths["/metrics"] = _probe("Metrics", "Prometheus metrics.", "text/plain")
     paths["/openapi.json"] = _probe("OpenAPI", "This document.")
     paths["/docs"] = _probe("Docs", "This document as a web page.", "text/html")
