@@ -102,7 +102,7 @@ class Generations:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(site.applied_offsets())
             for suffix in suffixes:
-                _read(pipe, f"{site.generation_match()[:-1]}{suffix}", suffix)
+                _read(pipe, site.named(suffix), suffix)
             replies = await pipe.execute()
         values: dict[str, Any] = {"offsets": {int(p): int(o) for p, o in replies[0].items()}}
         for suffix, reply in zip(suffixes, replies[1:], strict=True):

@@ -20,6 +20,13 @@ from bench.results import latest_by_suite
 from bench.table import markdown, rows
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _throughput_latency(data: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     for suite, marker in (("ingest", "o"), ("query", "s")):
@@ -34,11 +41,7 @@ def _throughput_latency(data: dict[str, Any], out: Path) -> Path:
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title("Throughput against p99 latency, through NGINX")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = out / "throughput-latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "throughput-latency.png")
 
 
 def _freshness(data: dict[str, Any], out: Path) -> Path:
@@ -56,11 +59,7 @@ def _freshness(data: dict[str, Any], out: Path) -> Path:
     ax.set_title("Freshness distribution (cumulative)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "freshness.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "freshness.png")
 
 
 def _ratios(data: dict[str, Any], out: Path) -> Path:
@@ -73,11 +72,7 @@ def _ratios(data: dict[str, Any], out: Path) -> Path:
     ax.set_title("Each result against its limit")
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    path = out / "ratios.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "ratios.png")
 
 
 SUITES = ("query", "e2e", "ingest", "aggregator", "replay")

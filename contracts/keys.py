@@ -58,6 +58,10 @@ class SiteKeys:
         """SCAN pattern for every key of this generation (site ids hold no glob characters)."""
         return f"{self._base}:*"
 
+    def named(self, suffix: str) -> str:
+        """The key of an aggregate in this generation, by its name (see ``suffix_of``)."""
+        return f"{self._base}:{suffix}"
+
     def suffix_of(self, key: str) -> str:
         """A key of this generation without its generation prefix: the same aggregate's
         name in any generation (``views:h:490000``)."""

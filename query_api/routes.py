@@ -180,7 +180,6 @@ async def compare(request: web.Request, service: StatsService) -> Answer:
     site = params.site_id(query)
     page = params.page_id(query.get("page_id"))
     rng = _bounded(_range(request, service, default="7d"))
-    # A page's visitors need per-page HyperLogLogs, hence ``page is not None``.
     current, source = await service.answer([rng], lambda r: r.totals(site, rng, page))
     previous, prev_source = await _previous_totals(service, rng, site, page)
     start, end = rng.iso()

@@ -59,6 +59,14 @@ async def post(http: aiohttp.ClientSession, stack: Stack, events: list[PageView]
             assert r.status == 202, await r.text()
 
 
+async def post_counted(stack: Stack, http: aiohttp.ClientSession, redis: Redis,
+                       events: list[PageView]) -> list[PageView]:
+    """Send fresh events of one site and wait until live counting has all of them."""
+    await post(http, stack, events)
+    await counted(redis, events[0].site_id, len(events))
+    return events
+
+
 async def counted(redis: Redis, site_id: str, n: int, timeout_s: float = 120) -> None:
     async def done() -> bool:
         return await total_views(redis, site_id) == n
@@ -127,9 +135,7 @@ async def flush_guard(stack: Stack, redis: Redis) -> AsyncIterator[None]:
 async def test_a_flushed_redis_is_answered_from_mongo_then_rebuilt_exactly(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random, flush_guard: None) -> None:
-    sent = make_events(site_id, 600, rng)
-    await post(http, stack, sent)
-    await counted(redis, site_id, len(sent))
+    sent = await post_counted(stack, http, redis, make_events(site_id, 600, rng))
 
     # Hold the rebuild lock, as a slow rebuild would, so the answers in between are seen.
     async with redis.pipeline(transaction=True) as pipe:
@@ -206,9 +212,7 @@ async def test_replay_while_events_keep_arriving_counts_every_event_exactly_once
 async def test_a_replay_killed_midway_changes_nothing_and_can_run_again(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random) -> None:
-    sent = make_events(site_id, 1500, rng)
-    await post(http, stack, sent)
-    await counted(redis, site_id, len(sent))
+    sent = await post_counted(stack, http, redis, make_events(site_id, 1500, rng))
     before = await current_keys(redis, site_id)
     await ensure_topic_holds(stack, MIDWAY_RECORDS, rng)  # so "midway" is a long way
 
@@ -232,9 +236,7 @@ async def test_a_replay_killed_midway_changes_nothing_and_can_run_again(
 async def test_verify_finds_no_difference_on_a_healthy_site_and_finds_a_corrupted_counter(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random) -> None:
-    sent = make_events(site_id, 800, rng)
-    await post(http, stack, sent)
-    await counted(redis, site_id, len(sent))
+    sent = await post_counted(stack, http, redis, make_events(site_id, 800, rng))
 
     status, summary, err = await replay(stack, "--verify", "--site", site_id)
     assert (status, summary["differences"]) == (0, 0), err

@@ -47,3 +47,10 @@ def test_buckets_are_utc_epoch_units() -> None:
     assert iso_z(b.minute * 60_000) == "2026-11-28T10:01:00Z"
     assert iso_z(b.hour * 3_600_000) == "2026-11-28T10:00:00Z"
     assert iso_z(b.day * 86_400_000) == "2026-11-28T00:00:00Z"
+
+
+def test_an_aggregate_is_named_alike_in_every_generation() -> None:
+    live, rebuilt = SiteKeys("shop"), SiteKeys("shop", "r17")
+    name = live.suffix_of(live.bucket_page_views("h", 490_000))
+    assert name == "pages:h:490000"
+    assert rebuilt.named(name) == rebuilt.bucket_page_views("h", 490_000)
