@@ -45,13 +45,13 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="module")
 def query_api_schema(stack: Stack) -> schemathesis.BaseSchema:
-    # /readyz answers 503 whenever a store is slow to answer a ping, by design; under this
-    # fuzzing FerretDB is busy scanning for fallback answers, so it is left out.
-    return schemathesis.openapi.from_url(f"{stack.http_url}/openapi.json",
-                                         timeout=10).exclude(path="/readyz")
+    return schemathesis.openapi.from_url(f"{stack.http_url}/openapi.json", timeout=10)
 
 
-schema = schemathesis.pytest.from_fixture("query_api_schema")
+# /readyz answers 503 whenever a store is slow to answer a ping, by design; under this
+# fuzzing FerretDB is busy scanning for fallback answers, so it is left out. (The filter
+# belongs on the lazy schema: filters on the one the fixture returns are not applied.)
+schema = schemathesis.pytest.from_fixture("query_api_schema").exclude(path="/readyz")
 
 
 @schema.parametrize()
