@@ -41,7 +41,12 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
 
 
 def decode_content(raw: bytes, encoding: str, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` (identity, gzip or deflate) with the output capped at ``limit``."""
+    """Undo ``Content-Encoding`` (identity, gzip or deflate) with the output capped at ``limit``.
+
+    A gzip body may be several members one after another (RFC 1952, 2.2): every member is
+    inflated and the limit covers them all. Anything after the last member that is not
+    another gzip member is refused, so no event hides where we would not read it.
+    """
     encoding = encoding.strip().lower()
     if encoding in {"", "identity"}:
         return raw
@@ -49,16 +54,25 @@ def decode_content(raw: bytes, encoding: str, limit: int) -> bytes:
         raise BodyError(415, "unsupported_encoding",
                         f"Content-Encoding {encoding!r} is not supported (use gzip)")
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        out = decompressor.decompress(raw, limit + 1)
-    except zlib.error as exc:
-        raise BodyError(400, "malformed_body", f"body is not valid {encoding}: {exc}") from None
-    if len(out) > limit or decompressor.unconsumed_tail:
-        raise BodyError(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
-    if not decompressor.eof:
-        raise BodyError(400, "malformed_body", f"body is truncated {encoding}")
-    return out
+    out = bytearray()
+    rest = raw
+    while True:
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            # ``limit + 1 - len(out)`` is at least 1: 0 would mean "no limit" to zlib.
+            out += decompressor.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise BodyError(400, "malformed_body", f"body is not valid {encoding}: {exc}"
+                            ) from None
+        if len(out) > limit or decompressor.unconsumed_tail:
+            raise BodyError(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
+        if not decompressor.eof:
+            raise BodyError(400, "malformed_body", f"body is truncated {encoding}")
+        rest = decompressor.unused_data
+        if not rest:
+            return bytes(out)
+        if encoding != "gzip":
+            raise BodyError(400, "malformed_body", "data after the end of the deflate stream")
 
 
 def media_type(request: web.Request) -> str:

@@ -100,6 +100,24 @@ async def test_gzip_bodies_are_inflated(client: Client, publisher: FakePublisher
     assert status == 202 and answer["accepted"] == 10
 
 
+async def test_every_gzip_member_of_an_ndjson_body_is_accepted(
+        client: Client, publisher: FakePublisher) -> None:
+    body = gzip.compress(b'{"page_id": "a", "user_id": "u"}\n') + \
+        gzip.compress(b'{"page_id": "b", "user_id": "u"}\n')
+    status, answer = await post(client, "/events", body, "application/x-ndjson",
+                                **{"Content-Encoding": "gzip"})
+    assert (status, answer["accepted"]) == (202, 2)
+    assert [e.page_id for e in publisher.published] == ["a", "b"]
+
+
+async def test_garbage_after_a_gzip_member_is_a_400(client: Client,
+                                                    publisher: FakePublisher) -> None:
+    body = gzip.compress(b'{"page_id": "a", "user_id": "u"}') + b"garbage"
+    status, answer = await post(client, "/track", body, **{"Content-Encoding": "gzip"})
+    assert (status, answer["error"]) == (400, "malformed_body")
+    assert publisher.published == []
+
+
 async def test_a_gzip_bomb_is_refused_at_the_decompressed_limit(
         client: Client, publisher: FakePublisher) -> None:
     bomb = gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")
