@@ -10,12 +10,16 @@ Kafka 4.x runs from its Maven Central jars in single-node KRaft mode, FerretDB 1
 MongoDB wire protocol on SQLite) is built from the Go module proxy, Redis and NGINX come from
 Debian packages. Downloads and builds are cached under ``$PAGEVIEWS_CACHE`` (default
 ``~/.cache/pageviews``) keyed by the hash of what produced them, so a warm ``up`` takes seconds.
-Everything the stack writes at run time lives in ``.run/``: ``stack.env``, ``pids/``,
-``logs/`` and ``data/``. Only the standard library is used, so this runs before any venv exists.
+Servers can come from elsewhere (the test session's containers, say): with
+``EXTERNAL_KAFKA_BOOTSTRAP``, ``EXTERNAL_MONGO_URL`` or ``EXTERNAL_REDIS_URL`` set, ``up`` uses
+that server instead of starting its own. Everything the stack writes at run time lives in
+``.run/``: ``stack.env``, ``pids/``, ``logs/`` and ``data/``. Only the standard library is used,
+so this runs before any venv exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -83,6 +87,10 @@ PARTITIONS = env_int("KAFKA_PARTITIONS", 6)
 RETENTION_MS = env_int("KAFKA_RETENTION_MS", 30 * 24 * 3600 * 1000)
 TOPIC = os.environ.get("KAFKA_TOPIC", "page-views")
 RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 100)  # requests/s per client (burst 200)
+# Servers this stack uses but does not run: part name -> address.
+EXTERNAL = {part: os.environ[variable] for part, variable in (
+    ("kafka", "EXTERNAL_KAFKA_BOOTSTRAP"), ("ferretdb", "EXTERNAL_MONGO_URL"),
+    ("redis", "EXTERNAL_REDIS_URL")) if os.environ.get(variable)}
 
 
 def say(part: str, message: str) -> None:
@@ -144,7 +152,7 @@ def ensure_kafka_jars() -> Path:
 
 def ensure_ferretdb() -> Path:
     src = INFRA / "ferretdb"
-    key = digest(src / "go.mod", src / "go.sum", src / "main.go")
+    key = digest(src / "go.mod", src / "go.sum", *sorted(src.glob("*.go")))
     binary = CACHE / f"ferretdb-{key}" / "ferretdb"
     if binary.exists():
         return binary
@@ -193,12 +201,34 @@ def start_time(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]
 
 
-def running_pid(name: str) -> int | None:
+def recorded_pid(name: str) -> tuple[int, str] | None:
     try:
         pid_text, started = (PIDS / f"{name}.pid").read_text().split()
     except (OSError, ValueError):
         return None
-    return int(pid_text) if start_time(int(pid_text)) == started else None
+    return int(pid_text), started
+
+
+def running_pid(name: str) -> int | None:
+    recorded = recorded_pid(name)
+    if recorded is None:
+        return None
+    pid, started = recorded
+    return pid if start_time(pid) == started else None
+
+
+def session_members(leader: int) -> list[int]:
+    """Live processes of the session ``leader`` opened (every part starts one): its children,
+    such as NGINX's workers, outlive a killed leader and must be stopped with it."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == leader:  # field 6 of stat: the session id
+            members.append(int(stat.parent.name))
+    return members
 
 
 def spawn(part: Part, base_env: dict[str, str]) -> int:
@@ -228,19 +258,22 @@ def wait_ready(part: Part, pid: int) -> None:
 
 
 def stop(name: str, timeout_s: float = 20.0) -> bool:
-    pid = running_pid(name)
+    """SIGTERM the part's whole session (SIGKILL after ``timeout_s``), even when its leader
+    died and left children behind."""
+    recorded = recorded_pid(name)
     (PIDS / f"{name}.pid").unlink(missing_ok=True)
-    if pid is None:
+    if recorded is None or not session_members(recorded[0]):
         return False
-    started = start_time(pid)
-    if started is None:  # it exited meanwhile
-        return True
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while start_time(pid) == started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if start_time(pid) == started:
-        os.kill(pid, signal.SIGKILL)
+    session = recorded[0]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in session_members(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while session_members(session) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not session_members(session):
+            break
     return True
 
 
@@ -338,13 +371,14 @@ def kafka_part(tools: Tools, ports: Ports) -> Part:
         argv=["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
               "-Djava.awt.headless=true", log4j, "-cp", classpath, "kafka.Kafka", str(props)],
         ready=lambda: kafka_ok(ports.kafka), before_start=format_storage,
-        after_ready=lambda: create_topics(ports), timeout_s=120, port=ports.kafka)
+        after_ready=lambda: create_topics(f"127.0.0.1:{ports.kafka}"), timeout_s=120,
+        port=ports.kafka)
 
 
-def create_topics(ports: Ports) -> None:
+def create_topics(bootstrap: str) -> None:
     """Idempotent: creates the page-view and dead-letter topics when missing."""
     run([str(ROOT / ".venv" / "bin" / "python"), str(INFRA / "topics.py"),
-         f"127.0.0.1:{ports.kafka}", TOPIC, str(PARTITIONS), str(RETENTION_MS)])
+         bootstrap, TOPIC, str(PARTITIONS), str(RETENTION_MS)])
 
 
 def redis_part(tools: Tools, ports: Ports) -> Part:
@@ -415,11 +449,11 @@ def nginx_part(tools: Tools, ports: Ports) -> Part:
 def stack_env(ports: Ports) -> dict[str, str]:
     return {
         "HTTP_URL": f"http://127.0.0.1:{ports.http}",
-        "KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.kafka}",
+        "KAFKA_BOOTSTRAP": EXTERNAL.get("kafka", f"127.0.0.1:{ports.kafka}"),
         "KAFKA_TOPIC": TOPIC,
         "KAFKA_DEAD_LETTER_TOPIC": f"{TOPIC}-dead-letters",
-        "MONGO_URL": f"mongodb://127.0.0.1:{ports.mongo}/",
-        "REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
+        "MONGO_URL": EXTERNAL.get("ferretdb", f"mongodb://127.0.0.1:{ports.mongo}/"),
+        "REDIS_URL": EXTERNAL.get("redis", f"redis://127.0.0.1:{ports.redis}/0"),
         "GATEWAY_URLS": ",".join(f"http://127.0.0.1:{ports.gateway_base + i}"
                                  for i in range(GATEWAYS)),
         "QUERY_URLS": ",".join(f"http://127.0.0.1:{ports.query_base + i}"
@@ -439,17 +473,30 @@ def up() -> None:
     base_env = {**os.environ, **env_values, "PYTHONUNBUFFERED": "1"}
     python = str(ROOT / ".venv" / "bin" / "python")
     # Servers one by one (each needs the previous), then all services at once, then NGINX.
-    waves = [[redis_part(tools, ports)], [ferretdb_part(tools, ports)],
-             [kafka_part(tools, ports)], service_parts(ports, python), [nginx_part(tools, ports)]]
+    servers = [redis_part(tools, ports), ferretdb_part(tools, ports), kafka_part(tools, ports)]
+    waves = [[server] for server in servers if server.name not in EXTERNAL]
+    waves += [service_parts(ports, python), [nginx_part(tools, ports)]]
+    if "kafka" in EXTERNAL:
+        create_topics(EXTERNAL["kafka"])
     for wave in waves:
         spawned: list[tuple[Part, int, float]] = []
+        running: list[tuple[Part, int]] = []
         for part in wave:
-            if running_pid(part.name) is None:
-                if part.port is not None and port_open(part.port):
-                    sys.exit(f"{part.name}: port {part.port} is taken by another process; "
-                             "choose another port (see README, Ports)")
-                say(part.name, "starting")
-                spawned.append((part, spawn(part, base_env), time.monotonic()))
+            pid = running_pid(part.name)
+            if pid is not None:
+                running.append((part, pid))
+                continue
+            if stop(part.name):  # its leader died, but children (NGINX workers) live on
+                say(part.name, "stopped what was left of its last run")
+            if part.port is not None and port_open(part.port):
+                sys.exit(f"{part.name}: port {part.port} is taken by another process; "
+                         "choose another port (see README, Ports)")
+            say(part.name, "starting")
+            spawned.append((part, spawn(part, base_env), time.monotonic()))
+        for part, pid in running:  # already running is not enough: it must answer too
+            if not part.ready():
+                say(part.name, f"running (pid {pid}) but not answering; waiting")
+                wait_ready(part, pid)
         for part, pid, t0 in spawned:
             wait_ready(part, pid)
             if part.after_ready:
@@ -459,6 +506,8 @@ def up() -> None:
     print(f"\n  Track page views:  curl -X POST {env_values['HTTP_URL']}/track "
           "-H 'Content-Type: application/json' -d '{\"page_id\":\"home\",\"user_id\":\"u1\"}'")
     print(f"  Read the stats:    curl {env_values['HTTP_URL']}/stats")
+    print(f"  Servers:           Kafka {env_values['KAFKA_BOOTSTRAP']}  "
+          f"MongoDB {env_values['MONGO_URL']}  Redis {env_values['REDIS_URL']}")
     print(f"  Settings:          {RUN / 'stack.env'}    logs: {LOGS}/\n")
 
 

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from contracts.mongo import DATABASE as MONGO_DATABASE
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
-from tests.stack import Stack, find_or_start, stack_cli, wait_until_aggregates_intact
+from tests.stack import Stack, find_or_start, wait_until_aggregates_intact
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,11 +28,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    found, started_here = find_or_start()
+    found, take_down = find_or_start()
     wait_until_aggregates_intact(found)
     yield found
-    if started_here:
-        stack_cli("down")
+    if take_down is not None:
+        take_down()
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 Order of preference: service URLs from the environment; the stack described by
 ``.run/stack.env`` when it answers; otherwise ``infra/stack.py up`` starts it (and the
-session stops it again at the end). Failure tests use ``stop_part``/``restore`` to kill or
+session stops it again at the end), with Kafka, MongoDB and Redis in containers where a Docker
+engine answers (``tests/containers.py``). Failure tests use ``stop_part``/``restore`` to kill or
 stop a real part and bring it back.
 """
 
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from redis import Redis as SyncRedis
 
 from contracts.keys import intact_key
+from tests.containers import docker_engine_answers, start_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_ENV = ROOT / ".run" / "stack.env"
@@ -71,22 +74,36 @@ def answers(url: str) -> bool:
         return False
 
 
+SERVERS = {"kafka": "EXTERNAL_KAFKA_BOOTSTRAP", "ferretdb": "EXTERNAL_MONGO_URL",
+           "redis": "EXTERNAL_REDIS_URL"}  # infra/stack.py's parts and their EXTERNAL_* names
+
+
 def stack_cli(*args: str) -> None:
     subprocess.run([sys.executable, str(ROOT / "infra" / "stack.py"), *args], check=True,
                    cwd=ROOT)
 
 
-def find_or_start() -> tuple[Stack, bool]:
-    """The stack to test against, and whether this session started it."""
+def find_or_start() -> tuple[Stack, Callable[[], None] | None]:
+    """The stack to test against, and how to take it down again if this session started it."""
     if "HTTP_URL" in os.environ and "KAFKA_BOOTSTRAP" in os.environ:
-        return Stack.from_mapping(dict(os.environ)), False
+        return Stack.from_mapping(dict(os.environ)), None
     if STACK_ENV.exists():
         stack = Stack.from_mapping(read_env_file(STACK_ENV))
         if answers(f"{stack.http_url}/nginx-healthz"):
             stack_cli("up")  # idempotent: brings back any part that died
-            return stack, False
+            return stack, None
+    remove_containers = None
+    if docker_engine_answers():
+        addresses, remove_containers = start_servers()
+        os.environ.update(addresses)  # every later `infra/stack.py up` (restore) uses them
+
+    def take_down() -> None:
+        stack_cli("down")
+        if remove_containers is not None:
+            remove_containers()
+
     stack_cli("up")
-    return Stack.from_mapping(read_env_file(STACK_ENV)), True
+    return Stack.from_mapping(read_env_file(STACK_ENV)), take_down
 
 
 def wait_until_aggregates_intact(stack: Stack, timeout_s: float = 300.0) -> None:
@@ -106,6 +123,8 @@ def restore() -> None:
 
 
 def stop_part(name: str) -> None:
+    if os.environ.get(SERVERS.get(name, "")):
+        pytest.skip(f"{name} runs in a container here; this failure test stops the native one")
     stack_cli("stop", name)
 
 

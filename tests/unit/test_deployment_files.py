@@ -28,6 +28,16 @@ def test_compose_runs_official_images_of_the_servers(compose: dict[str, Any]) ->
     assert images["nginx"].startswith("nginx:")
 
 
+def test_compose_kafka_matches_the_native_broker_and_keeps_its_log(
+        compose: dict[str, Any]) -> None:
+    pom = (ROOT / "infra" / "kafka" / "pom.xml").read_text()
+    native = pom.split("<kafka.version>")[1].split("<")[0]
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{native}"
+    log_dir = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert any(volume.endswith(f":{log_dir}") for volume in kafka["volumes"])
+
+
 def test_compose_runs_every_service_with_replicas(compose: dict[str, Any]) -> None:
     services = compose["services"]
     expected = [("gateway", "ingest_gateway", 3), ("aggregator", "aggregator", 2),

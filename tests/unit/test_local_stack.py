@@ -1,0 +1,67 @@
+"""``infra/stack.py`` without servers: leftover processes are stopped, external servers used."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.containers import docker_engine_answers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_stack_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                      env: dict[str, str]) -> ModuleType:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("native_stack", ROOT / "infra" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look themselves up
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "PIDS", tmp_path)
+    return module
+
+
+def test_external_servers_replace_the_native_ones(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    stack = load_stack_module(monkeypatch, tmp_path, {
+        "EXTERNAL_KAFKA_BOOTSTRAP": "10.0.0.5:9092",
+        "EXTERNAL_REDIS_URL": "redis://10.0.0.6:6379/0"})
+    env = stack.stack_env(stack.Ports())
+    assert env["KAFKA_BOOTSTRAP"] == "10.0.0.5:9092"
+    assert env["REDIS_URL"] == "redis://10.0.0.6:6379/0"
+    assert env["MONGO_URL"] == "mongodb://127.0.0.1:27027/"  # not given: the native one
+
+
+def test_stop_also_ends_children_that_outlived_their_leader(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As NGINX's workers do when its master is killed: they keep the port, and the next
+    ``up`` could not start NGINX again."""
+    stack = load_stack_module(monkeypatch, tmp_path, {})
+    leader = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], start_new_session=True)
+    (tmp_path / "worker.pid").write_text(f"{leader.pid} {stack.start_time(leader.pid)}\n")
+    deadline = time.monotonic() + 10
+    while len(stack.session_members(leader.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the shell forks its child
+    leader.send_signal(signal.SIGKILL)
+    leader.wait()
+    orphans = stack.session_members(leader.pid)
+    assert len(orphans) == 1 and stack.running_pid("worker") is None
+
+    assert stack.stop("worker", timeout_s=5)
+
+    assert stack.session_members(leader.pid) == []
+    assert stack.start_time(orphans[0]) is None  # gone, or a zombie nobody reaped yet
+
+
+def test_no_docker_engine_means_the_native_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # nothing listens on discard
+    assert docker_engine_answers() is False
