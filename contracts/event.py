@@ -22,6 +22,10 @@ MAX_USER_ID = 128
 MAX_EVENT_ID = 128
 MAX_FUTURE_MS = 5 * 60 * 1000
 DEFAULT_LATE_WINDOW_MS = 7 * 24 * 3600 * 1000
+# The instants an event may carry at all, whatever the late window: from the Unix epoch to
+# the last millisecond a ``datetime`` (and so a stored MongoDB document) can represent.
+MIN_TS_MS = 0
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 SITE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -119,6 +123,9 @@ def _check_ts(raw: Mapping[str, Any], policy: ValidationPolicy,
     except ValueError as exc:
         errors.append(FieldError("ts", str(exc)))
         return None
+    if not MIN_TS_MS <= ts <= MAX_TS_MS:
+        errors.append(FieldError("ts", "is outside 1970-01-01 to 9999-12-31"))
+        return None
     if ts > policy.now_ms + MAX_FUTURE_MS:
         errors.append(FieldError("ts", "is more than 5 minutes in the future"))
         return None
@@ -183,8 +190,11 @@ class UndecodableRecord(ValueError):
 
 
 def decode_event(value: bytes | None) -> PageView:
-    """Decode a Kafka record value written by ``encode_event``, checking it thoroughly:
-    anything on the topic may have been written by something other than our gateway."""
+    """Decode a Kafka record value written by ``encode_event``, checking it by the gateway's
+    own rules (lengths, control characters, site id, time range): anything on the topic may
+    have been written by something other than our gateway, and a record that passes here must
+    not crash the aggregator later. Only the late window is not applied: it is the gateway's
+    setting at receipt, and a replay reads old records."""
     if value is None:
         raise UndecodableRecord("record has no value")
     try:
@@ -195,18 +205,34 @@ def decode_event(value: bytes | None) -> PageView:
         raise UndecodableRecord("not a JSON object")
     if raw.get("v") != SCHEMA_VERSION:
         raise UndecodableRecord(f"unsupported schema version {raw.get('v')!r}")
-    event_id, site_id, page_id, user_id = (raw.get(f) for f in
-                                           ("event_id", "site_id", "page_id", "user_id"))
-    ts, received_at = raw.get("ts"), raw.get("received_at")
-    if not (isinstance(event_id, str) and isinstance(site_id, str)
-            and isinstance(page_id, str) and isinstance(user_id, str)
-            and event_id and page_id and user_id):
-        raise UndecodableRecord("event_id, site_id, page_id and user_id must be strings")
-    if not (type(ts) is int and type(received_at) is int):
-        raise UndecodableRecord("ts and received_at must be integers")
-    if not SITE_ID_RE.fullmatch(site_id):
-        raise UndecodableRecord("site_id is not a valid site id")
-    if len(page_id) > MAX_PAGE_ID or len(user_id) > MAX_USER_ID:
-        raise UndecodableRecord("page_id or user_id too long")
+    errors: list[FieldError] = []
+    event_id = _check_text(raw, "event_id", MAX_EVENT_ID, required=True, no_control=True,
+                           errors=errors)
+    page_id = _check_text(raw, "page_id", MAX_PAGE_ID, required=True, no_control=True,
+                          errors=errors)
+    user_id = _check_text(raw, "user_id", MAX_USER_ID, required=True, no_control=False,
+                          errors=errors)
+    site_id = raw.get("site_id")
+    if not isinstance(site_id, str) or not SITE_ID_RE.fullmatch(site_id):
+        errors.append(FieldError("site_id", "must match [A-Za-z0-9._-]{1,64}"))
+    received_at = _stored_ms(raw, "received_at", MAX_TS_MS, errors)
+    ts = _stored_ms(raw, "ts", min(MAX_TS_MS, (received_at or 0) + MAX_FUTURE_MS), errors)
+    if errors:
+        raise UndecodableRecord("; ".join(f"{e.field}: {e.reason}" for e in errors))
+    assert event_id and page_id and user_id and isinstance(site_id, str)
+    assert ts is not None and received_at is not None
     return PageView(event_id=event_id, site_id=site_id, page_id=page_id, user_id=user_id,
                     ts=ts, received_at=received_at)
+
+
+def _stored_ms(raw: Mapping[str, Any], field: str, latest: int,
+               errors: list[FieldError]) -> int | None:
+    """An epoch-millisecond field of a record, from the Unix epoch to ``latest``."""
+    value = raw.get(field)
+    if type(value) is not int:
+        errors.append(FieldError(field, "must be an integer of epoch milliseconds"))
+        return None
+    if not MIN_TS_MS <= value <= latest:
+        errors.append(FieldError(field, f"must be between {MIN_TS_MS} and {latest}"))
+        return None
+    return value

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.event import (
+    MAX_TS_MS,
     FieldError,
     InvalidEvent,
     PageView,
@@ -100,6 +102,55 @@ def test_codec_round_trips() -> None:
 def test_undecodable_records_are_named(value: bytes | None) -> None:
     with pytest.raises(UndecodableRecord):
         decode_event(value)
+
+
+def record(**fields: object) -> bytes:
+    """A Kafka record value as ``encode_event`` writes it, with some fields replaced."""
+    good: dict[str, object] = {"v": 1, "event_id": "e", "site_id": "s", "page_id": "p",
+                               "user_id": "u", "ts": NOW, "received_at": NOW}
+    return orjson.dumps({**good, **fields})
+
+
+def test_a_record_with_every_field_valid_decodes() -> None:
+    assert decode_event(record()) == PageView("e", "s", "p", "u", NOW, NOW)
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"ts": 10**17}, "ts"),  # year ~3.17 million: no datetime, no Mongo document
+    ({"ts": -1}, "ts"),
+    ({"ts": NOW + 5 * 60_000 + 1}, "ts"),  # further ahead of receipt than the gateway allows
+    ({"ts": True}, "ts"),
+    ({"ts": 1.5}, "ts"),
+    ({"received_at": 10**17}, "received_at"),
+    ({"received_at": -5}, "received_at"),
+    ({"received_at": "now"}, "received_at"),
+    ({"page_id": "p\u0000"}, "page_id"),
+    ({"page_id": "p" * 513}, "page_id"),
+    ({"page_id": ""}, "page_id"),
+    ({"user_id": "u" * 129}, "user_id"),
+    ({"event_id": "e" * 129}, "event_id"),
+    ({"event_id": "e\n"}, "event_id"),
+    ({"event_id": 7}, "event_id"),
+    ({"site_id": "bad site"}, "site_id"),
+    ({"site_id": None}, "site_id"),
+])
+def test_records_breaking_a_gateway_rule_are_undecodable_naming_the_field(
+        fields: dict[str, object], field: str) -> None:
+    with pytest.raises(UndecodableRecord, match=f"^(.*; )?{field}: "):
+        decode_event(record(**fields))
+
+
+def test_the_edges_of_the_stored_time_range_decode() -> None:
+    assert decode_event(record(ts=0, received_at=0)).ts == 0
+    last = MAX_TS_MS
+    assert decode_event(record(ts=last, received_at=last)).ts == last
+    assert decode_event(record(ts=NOW + 5 * 60_000)).ts == NOW + 5 * 60_000
+
+
+def test_the_gateway_never_accepts_a_ts_it_could_not_store() -> None:
+    policy = ValidationPolicy(now_ms=NOW, late_window_ms=10**15)
+    with pytest.raises(InvalidEvent, match="ts: is outside"):
+        validate_event({"page_id": "h", "user_id": "u", "ts": -1}, policy, fixed_id)
 
 
 JSON = st.recursive(
