@@ -28,6 +28,7 @@ from aggregator.redis_sink import RedisSink
 from aggregator.source import KafkaSource
 from aggregator.topic_reader import TopicReader
 from contracts.logs import configure_logging
+from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
 from contracts.settings import AggregatorSettings
 
@@ -69,7 +70,7 @@ async def serve(settings: AggregatorSettings) -> None:
         b.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
     source = KafkaSource.create(b.kafka_bootstrap, b.topic, settings.group_id,
                                 settings.instance, settings.max_records)
-    mongo_sink = MongoSink(mongo, b.mongo_db)
+    mongo_sink = MongoSink(mongo[b.mongo_db][EVENTS])
     dead_letters = KafkaDeadLetters(b.kafka_bootstrap, b.dead_letter_topic, b.topic)
     pipeline = Pipeline(source=source, mongo=mongo_sink, redis=RedisSink(redis),
                         dead_letters=dead_letters,

@@ -2,7 +2,9 @@
 
 Effectively-once, step by step (a crash between any two steps is safe):
 
-1. Decode every record; undecodable ones go to the dead-letter topic (and count as done).
+1. Decode every record and build its MongoDB document; a record that fails either way is
+   poison: it goes to the dead-letter topic with the reason (and counts as done), so one
+   bad record can never stop its partition or crash every group member in turn.
 2. Read the last offset applied to Redis for each (site, partition) in the batch, and drop
    records at or below it: they were counted before a crash or a rebalance.
 3. Write the rest to MongoDB (``_id`` = event id). Duplicates whose stored (partition,
@@ -43,6 +45,7 @@ from aggregator.redis_sink import GenerationMoved
 from aggregator.source import Record, RecordSource
 from contracts.event import UndecodableRecord, decode_event
 from contracts.keys import SiteKeys
+from contracts.mongo import event_document
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -203,13 +206,22 @@ class Pipeline:
 
 
 def decode_all(records: list[Record]) -> tuple[list[Located], list[Poison]]:
+    """Split records into events ready to store and poison. Live counting and rebuilds both
+    use this, so they agree on which records count."""
     located: list[Located] = []
     poison: list[Poison] = []
     for record in records:
         try:
-            located.append(Located(decode_event(record.value), record.partition, record.offset))
+            event = decode_event(record.value)
         except UndecodableRecord as exc:
             poison.append(Poison(record, str(exc)))
+            continue
+        try:
+            document = event_document(event, record.partition, record.offset)
+        except Exception as exc:  # pure code on one record's values: the record is at fault
+            poison.append(Poison(record, f"cannot be stored: {type(exc).__name__}: {exc}"))
+            continue
+        located.append(Located(event, record.partition, record.offset, document))
     return located, poison
 
 

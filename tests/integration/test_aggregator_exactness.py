@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
-from contracts.event import PageView
+from contracts.event import PageView, encode_event
 from tests.aggregator_harness import Aggregator, create_topic, produce, produce_events
 from tests.expectations import assert_redis_matches, recount, total_views
 from tests.kafka_tools import stop_quietly
@@ -242,7 +242,10 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_counte
         stack: Stack, redis: Redis, site_id: str, tmp_path: Path) -> None:
     topic = await create_topic(stack, partitions=1)
     events = make_events(site_id, 200, seed=23)
-    poison = [b"not json at all", b'{"v": 99, "page_id": "x"}', b'["an", "array"]']
+    # The last decodes but cannot be stored: ts = 10**17 ms is past year 9999.
+    unstorable = PageView(str(uuid.uuid4()), site_id, "/far", "u", 10**17, int(time.time() * 1000))
+    poison = [b"not json at all", b'{"v": 99, "page_id": "x"}', b'["an", "array"]',
+              encode_event(unstorable)]
     await produce_events(stack, topic.name, events[:100])
     await produce(stack, topic.name, [(b"poison", value) for value in poison])
     await produce_events(stack, topic.name, events[100:])
@@ -260,12 +263,12 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_counte
     try:
         dead: list[Any] = []
         deadline = time.monotonic() + 30
-        while len(dead) < 3 and time.monotonic() < deadline:
+        while len(dead) < len(poison) and time.monotonic() < deadline:
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 dead.extend(messages)
     finally:
         await stop_quietly(consumer)
     assert [m.value for m in dead] == poison
     reasons = [dict(m.headers)["reason"].decode() for m in dead]
-    assert "not JSON" in reasons[0] and "schema version" in reasons[1]
+    assert "not JSON" in reasons[0] and "schema version" in reasons[1] and reasons[3]
     assert all(dict(m.headers)["source_topic"].decode() == topic.name for m in dead)

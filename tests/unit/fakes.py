@@ -1,6 +1,7 @@
 """In-memory stand-ins with the exact semantics of the real stores, for pipeline unit tests.
 
-``FakeEventStore`` behaves like ``insert_many(ordered=False)`` with ``_id`` = event id;
+``FakeEventCollection`` behaves like a collection under ``insert_many(ordered=False)`` with
+``_id`` = event id, so the real ``MongoSink`` runs on it;
 ``FakeAggregateStore`` interprets the same operations the Lua script applies, with exact
 sets in place of HyperLogLogs. Both can be told to fail, like a store that went down.
 """
@@ -8,32 +9,58 @@ sets in place of HyperLogLogs. Both can be told to fail, like a store that went 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import Any, cast
 
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import AutoReconnect, BulkWriteError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aggregator.aggregate import RedisOps
-from aggregator.mongo_sink import Located
+from aggregator.mongo_sink import DUPLICATE_KEY, MongoSink
 from aggregator.redis_sink import GenerationMoved
 from contracts.keys import DEFAULT_GENERATION, SiteKeys
 
 
-class FakeEventStore:
+class FakeEventCollection:
+    """The parts of a MongoDB collection ``MongoSink`` uses, with the server's semantics:
+    ``insert_many(ordered=False)`` writes every document whose ``_id`` is new and reports
+    each other one as a code-11000 write error at its index, in one ``BulkWriteError``."""
+
     def __init__(self) -> None:
-        self.docs: dict[str, tuple[int, int]] = {}
+        self.docs: dict[str, dict[str, Any]] = {}
         self.failures = 0
 
-    async def write(self, batch: Sequence[Located]) -> list[Located]:
+    def sink(self) -> MongoSink:
+        return MongoSink(cast(AsyncCollection[dict[str, Any]], self))
+
+    def positions(self) -> dict[str, tuple[int, int]]:
+        return {i: (d["partition"], d["offset"]) for i, d in self.docs.items()}
+
+    async def insert_many(self, documents: list[dict[str, Any]], ordered: bool = True) -> None:
+        assert not ordered, "the sink relies on unordered inserts"
         if self.failures:
             self.failures -= 1
-            from pymongo.errors import AutoReconnect
             raise AutoReconnect("fake outage")
-        counting = []
-        for r in batch:
-            stored = self.docs.setdefault(r.event.event_id, (r.partition, r.offset))
-            if stored == (r.partition, r.offset):
-                counting.append(r)
-        return counting
+        errors = []
+        for index, doc in enumerate(documents):
+            if doc["_id"] in self.docs:
+                errors.append({"index": index, "code": DUPLICATE_KEY,
+                               "errmsg": f"E11000 duplicate key: {doc['_id']}"})
+            else:
+                self.docs[doc["_id"]] = dict(doc)
+        if errors:
+            raise BulkWriteError({"writeErrors": errors, "nInserted": len(documents) - len(errors)})
+
+    async def find_one(self, query: dict[str, Any], projection: dict[str, int]
+                       ) -> dict[str, Any] | None:
+        doc = self.docs.get(query["_id"])
+        if doc is None:
+            return None
+        return {"_id": doc["_id"], **{k: doc[k] for k in projection if k in doc}}
+
+    async def create_index(self, keys: object, name: str) -> str:
+        return name
 
 
 class FakeAggregateStore:

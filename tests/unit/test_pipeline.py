@@ -13,7 +13,7 @@ from aggregator.pipeline import Pipeline, decode_all
 from aggregator.source import InMemorySource, Record
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys
-from tests.unit.fakes import FakeAggregateStore, FakeEventStore
+from tests.unit.fakes import FakeAggregateStore, FakeEventCollection
 
 NOW = 1_795_860_000_000
 
@@ -24,11 +24,11 @@ def record(offset: int, event_id: str, site: str = "s", page: str = "/p", user: 
     return Record(partition, offset, event.kafka_key, encode_event(event))
 
 
-def make(records: list[Record]) -> tuple[Pipeline, InMemorySource, FakeEventStore,
+def make(records: list[Record]) -> tuple[Pipeline, InMemorySource, FakeEventCollection,
                                           FakeAggregateStore, ListDeadLetters]:
-    source, mongo, redis, dlq = (InMemorySource(records), FakeEventStore(),
+    source, mongo, redis, dlq = (InMemorySource(records), FakeEventCollection(),
                                  FakeAggregateStore(), ListDeadLetters())
-    pipeline = Pipeline(source=source, mongo=mongo, redis=redis, dead_letters=dlq,
+    pipeline = Pipeline(source=source, mongo=mongo.sink(), redis=redis, dead_letters=dlq,
                         metrics=AggregatorMetrics(), stopping=asyncio.Event(), backoff_max_s=0.01)
     return pipeline, source, mongo, redis, dlq
 
@@ -62,7 +62,7 @@ async def test_redelivery_after_the_redis_step_counts_nothing_again() -> None:
 async def test_redo_after_a_crash_between_mongo_and_redis_still_counts() -> None:
     records = [record(i, f"e{i}") for i in range(4)]
     pipeline, source, mongo, redis, _ = make(records)
-    await mongo.write(decode_all(records)[0])  # the first attempt's write
+    await mongo.sink().write(decode_all(records)[0])  # the first attempt's write
     await drain(pipeline, source)
     assert views(redis) == 4
 
@@ -88,6 +88,18 @@ async def test_poison_records_go_to_dead_letters_and_the_rest_is_counted() -> No
     await drain(pipeline, source)
     assert views(redis) == 2
     assert [(p.record.offset, "not JSON" in p.reason) for p in dlq.sent] == [(1, True)]
+    assert source.committed == {0: 3}
+
+
+async def test_a_record_that_decodes_but_cannot_be_stored_is_dead_lettered() -> None:
+    """ts = 10**17 ms is past year 9999: no datetime for the MongoDB document."""
+    far = PageView("far", "s", "/p", "u", 10**17, NOW)
+    records = [record(0, "a"), Record(0, 1, b"k", encode_event(far)), record(2, "b")]
+    pipeline, source, mongo, redis, dlq = make(records)
+    await drain(pipeline, source)
+    assert views(redis) == 2
+    assert sorted(mongo.docs) == ["a", "b"]
+    assert [p.record.offset for p in dlq.sent] == [1]
     assert source.committed == {0: 3}
 
 
@@ -165,3 +177,36 @@ async def test_a_switch_between_reading_the_pointer_and_applying_is_caught() -> 
     await pipeline.process(await source.poll(4, 0))
     assert redis.counters[rebuilt.total_views()] == 4
     assert views(redis) == 0
+
+
+async def test_the_copy_an_earlier_attempt_stored_counts_even_when_not_the_first_in_kafka_order(
+        ) -> None:
+    """A crashed attempt stored the retry at p1:9; the redo batch holds p0:5 and p1:9 of the
+    same id: the stored copy (p1:9) counts, once, and p0:5 is the client retry."""
+    early, late = record(5, "same", partition=0), record(9, "same", partition=1)
+    collection = FakeEventCollection()
+    sink = collection.sink()
+    assert [(r.partition, r.offset) for r in await sink.write(decode_all([late])[0])] == [(1, 9)]
+    counting = await sink.write(decode_all([early, late])[0])
+    assert [(r.partition, r.offset) for r in counting] == [(1, 9)]
+    assert collection.positions() == {"same": (1, 9)}
+
+
+async def test_copies_of_one_id_in_a_fresh_batch_count_the_first_in_kafka_order() -> None:
+    sink_records = decode_all([record(9, "x", partition=1), record(5, "x", partition=0),
+                               record(6, "y", partition=0)])[0]
+    collection = FakeEventCollection()
+    counting = await collection.sink().write(sink_records)
+    assert sorted((r.partition, r.offset) for r in counting) == [(0, 5), (0, 6)]
+    assert collection.positions() == {"x": (0, 5), "y": (0, 6)}
+
+
+async def test_a_redo_of_a_batch_whose_stored_copy_is_not_the_first_counts_it_exactly_once(
+        ) -> None:
+    """Through the whole pipeline: nothing lost, nothing doubled."""
+    records = [record(0, "a", partition=0), record(5, "same", partition=0),
+               record(9, "same", partition=1)]
+    pipeline, source, mongo, redis, _ = make(records)
+    await mongo.sink().write(decode_all(records[2:])[0])  # the crashed attempt's write
+    await drain(pipeline, source)
+    assert views(redis) == 2
