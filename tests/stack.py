@@ -10,6 +10,7 @@ stop a real part and bring it back.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import pytest
@@ -76,6 +78,16 @@ def answers(url: str) -> bool:
 
 SERVERS = {"kafka": "EXTERNAL_KAFKA_BOOTSTRAP", "ferretdb": "EXTERNAL_MONGO_URL",
            "redis": "EXTERNAL_REDIS_URL"}  # infra/stack.py's parts and their EXTERNAL_* names
+
+
+def load_native_stack() -> ModuleType:
+    """``infra/stack.py`` as a module, executed afresh (it reads its settings at import)."""
+    spec = importlib.util.spec_from_file_location("native_stack", ROOT / "infra" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
 
 
 def stack_cli(*args: str) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -13,19 +11,14 @@ from types import ModuleType
 import pytest
 
 from tests.containers import docker_engine_answers
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.stack import load_native_stack
 
 
 def load_stack_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                       env: dict[str, str]) -> ModuleType:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    spec = importlib.util.spec_from_file_location("native_stack", ROOT / "infra" / "stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look themselves up
-    spec.loader.exec_module(module)
+    module = load_native_stack()
     monkeypatch.setattr(module, "PIDS", tmp_path)
     return module
 

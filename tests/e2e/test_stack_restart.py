@@ -1,0 +1,33 @@
+"""`make up` is idempotent: whatever died comes back, and only that."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from tests.stack import ROOT, Stack, answers, load_native_stack, restore
+
+PIDS = ROOT / ".run" / "pids"
+
+
+def pids() -> dict[str, int]:
+    return {path.stem: int(path.read_text().split()[0]) for path in PIDS.glob("*.pid")}
+
+
+def test_up_brings_back_a_killed_nginx_master_and_nothing_else(stack: Stack) -> None:
+    """NGINX's workers outlive a SIGKILLed master and keep holding the port; ``up`` must stop
+    them and start NGINX again, leaving every other process as it was."""
+    live_members_of_session = load_native_stack().session_members
+    before = pids()
+    os.kill(before["nginx"], signal.SIGKILL)
+    assert live_members_of_session(before["nginx"])  # the orphaned workers
+
+    restore()
+
+    after = pids()
+    assert after["nginx"] != before["nginx"]
+    assert live_members_of_session(before["nginx"]) == []
+    assert len(live_members_of_session(after["nginx"])) >= 2  # a master and its workers
+    assert {k: v for k, v in after.items() if k != "nginx"} == \
+        {k: v for k, v in before.items() if k != "nginx"}
+    assert answers(f"{stack.http_url}/nginx-healthz")
