@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -28,6 +28,12 @@ MIN_TS_MS = 0
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 SITE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# RFC 3339 section 5.6 date-time: seconds required, optional fraction, Z or a numeric offset.
+# ``datetime.fromisoformat`` alone also takes ISO 8601 forms such as week dates or basic format.
+RFC3339_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 KNOWN_FIELDS = frozenset({"page_id", "user_id", "site_id", "event_id", "ts"})
 
@@ -103,14 +109,15 @@ def parse_ts(value: object) -> int:
         raise ValueError("must be an RFC 3339 date-time or epoch milliseconds")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and 0 < len(value) <= 64 and "T" in value.upper():
+    if isinstance(value, str) and len(value) <= 64 and RFC3339_RE.fullmatch(value):
         try:
-            moment = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value.upper())
         except ValueError:
             raise ValueError("is not a valid RFC 3339 date-time") from None
-        if moment.tzinfo is None:
-            raise ValueError("must include a time zone (e.g. Z or +02:00)")
-        return int(moment.timestamp() * 1000)
+        return (moment - EPOCH) // timedelta(milliseconds=1)
+    if isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time with seconds and a time zone, "
+                         "e.g. 2026-11-28T10:00:00Z")
     raise ValueError("must be an RFC 3339 date-time or epoch milliseconds")
 
 

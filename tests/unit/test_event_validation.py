@@ -69,6 +69,42 @@ def test_rfc3339_and_epoch_ms_give_the_same_instant() -> None:
     assert a.ts == b.ts == NOW - 3_600_000
 
 
+@pytest.mark.parametrize("ts", [
+    "2026-W48-6T05:00Z",  # ISO 8601 week date
+    "20261128T050000Z",  # ISO 8601 basic format
+    "2026-11-28T05Z",  # no minutes or seconds
+    "2026-11-28T05:00Z",  # no seconds
+    "2026-11-28T05:00:00",  # no time zone
+    "2026-11-28T05:00:00+0100",  # offset without a colon
+    "2026-11-28 05:00:00Z",  # space instead of T
+    "2026-11-28T05:00:00.Z",  # empty fraction
+    "2026-11-28",  # date only
+    "2026-11-28T25:00:00Z",  # hour out of range
+    "2026-02-30T05:00:00Z",  # no such day
+    "2026-11-28T05:00:0\u0661Z",  # Arabic-Indic digit in the seconds
+    "\uff12026-11-28T05:00:00Z",  # non-ASCII digit
+    "",
+])
+def test_ts_strings_other_than_rfc3339_date_times_are_refused(ts: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        validate_event({"page_id": "h", "user_id": "u", "ts": ts}, POLICY, fixed_id)
+    assert [e.field for e in caught.value.errors] == ["ts"]
+    assert "RFC 3339" in caught.value.errors[0].reason
+
+
+@pytest.mark.parametrize(("ts", "ms"), [
+    ("2026-11-28T09:00:00Z", NOW - 3_600_000),
+    ("2026-11-28t09:00:00z", NOW - 3_600_000),  # RFC 3339 allows lower case T and Z
+    ("2026-11-28T10:00:00+01:00", NOW - 3_600_000),
+    ("2026-11-28T08:30:00-00:30", NOW - 3_600_000),
+    ("2026-11-28T09:00:00.123Z", NOW - 3_600_000 + 123),
+    ("2026-11-28T09:00:00.999999999Z", NOW - 3_600_000 + 999),
+    (NOW - 1, NOW - 1),  # epoch milliseconds stay valid
+])
+def test_rfc3339_date_times_give_the_exact_millisecond(ts: object, ms: int) -> None:
+    assert validate_event({"page_id": "h", "user_id": "u", "ts": ts}, POLICY, fixed_id).ts == ms
+
+
 def test_late_window_is_configurable() -> None:
     raw = {"page_id": "h", "user_id": "u", "ts": NOW - 2 * 3_600_000}
     with pytest.raises(InvalidEvent):
@@ -160,7 +196,8 @@ JSON = st.recursive(
 EVENTISH = st.fixed_dictionaries({}, optional={
     "page_id": JSON | st.text(max_size=600), "user_id": JSON | st.text(max_size=200),
     "site_id": JSON | st.from_regex(r"[A-Za-z0-9._ -]{0,70}", fullmatch=True),
-    "event_id": JSON, "ts": JSON | st.integers() | st.datetimes().map(lambda d: d.isoformat()),
+    "event_id": JSON, "ts": JSON | st.integers() | st.datetimes().map(lambda d: d.isoformat())
+    | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
     "extra": JSON})
 
 
