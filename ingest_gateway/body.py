@@ -25,6 +25,10 @@ class BodyError(Exception):
     message: str
     index: int | None = None
 
+    def details(self) -> list[dict[str, object]]:
+        """The uniform ``details`` list: about the whole body, or one NDJSON line's event."""
+        return [{"index": self.index, "field": None, "reason": self.message}]
+
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
     """The raw (still encoded) body, refusing more than ``limit`` bytes without buffering it."""

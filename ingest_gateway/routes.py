@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from contracts.event import InvalidEvent, PageView, ValidationPolicy, validate_batch
-from contracts.httpkit import error_response, json_response, readiness_response
+from contracts.httpkit import Handler, error_response, json_response, readiness_response
 from contracts.settings import GatewaySettings
 from ingest_gateway.body import BodyError, read_events
 from ingest_gateway.metrics import GatewayMetrics
@@ -77,9 +77,7 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
         _check_sites(events, s.allowed_sites)
     except BodyError as exc:
         deps.metrics.rejected.labels(exc.code).inc()
-        details = None if exc.index is None else [{"index": exc.index, "field": "",
-                                                   "reason": exc.message}]
-        return error_response(exc.status, exc.code, exc.message, details, headers=cors)
+        return error_response(exc.status, exc.code, exc.message, exc.details(), headers=cors)
     except InvalidEvent as exc:
         deps.metrics.rejected.labels("validation_failed").inc(len({e.index for e in exc.errors}))
         details = [e.as_dict() if batch else {**e.as_dict(), "index": 0} for e in exc.errors]
@@ -101,6 +99,7 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
         # The ids let a client retry with the same event_id and be counted once.
         return error_response(503, "unavailable", "events could not be stored in time; "
                               "retry later with the same event_ids",
+                              [{"index": None, "field": None, "reason": exc.reason}],
                               headers={**cors, "Retry-After": str(exc.retry_after_s)},
                               extra={"reason": exc.reason, "event_ids": event_ids})
     finally:
@@ -121,6 +120,27 @@ async def events(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     return readiness_response({"kafka": request.app[DEPS].publisher.ready})
+
+
+@web.middleware
+async def uniform_http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (404, 405) in the gateway's error shape, details included; runs
+    inside the shared error middleware, which counts them."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        allow = exc.headers.get("Allow")
+        if exc.status == 405 and allow is not None:
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allow}"
+        else:
+            message = f"{exc.reason}: {request.method} {request.path}"
+        headers = {"Allow": allow} if allow is not None else None
+        return error_response(exc.status, code, message,
+                              [{"index": None, "field": None, "reason": message}],
+                              headers=headers)
 
 
 def add_routes(app: web.Application) -> None:

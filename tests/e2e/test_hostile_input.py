@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import io
 import random
+from typing import Any
 
 import aiohttp
 import orjson
@@ -46,6 +47,10 @@ def malformed_requests(rng: random.Random) -> list[tuple[str, str, bytes, dict[s
     cases += [("POST", "/events", bomb, {"Content-Type": JSON, "Content-Encoding": "gzip"})] * 3
     cases += [("POST", "/track", b"\x1f\x8b\x08garbage",
                {"Content-Type": JSON, "Content-Encoding": "gzip"})] * 3
+    cases += [("POST", "/track", gzip.compress(orjson.dumps(good)) + b"garbage",
+               {"Content-Type": JSON, "Content-Encoding": "gzip"})] * 3
+    for ts in ("2026-W48-6T05:00Z", "20261128T050000Z", "2026-11-28T05Z"):
+        cases.append(("POST", "/track", orjson.dumps({**good, "ts": ts}), {"Content-Type": JSON}))
     for content_type in ["application/xml", "text/html", "multipart/form-data; boundary=x",
                          "application/x-www-form-urlencoded", "image/png", ""]:
         for path in ("/track", "/events"):
@@ -56,6 +61,16 @@ def malformed_requests(rng: random.Random) -> list[tuple[str, str, bytes, dict[s
     cases += [("POST", "/track", b'{"page_id": "p", "user_id": "u"}' * 3, {"Content-Type": JSON})]
     cases += [("POST", "/events", b"\n\n{oops}\n", {"Content-Type": "application/x-ndjson"})] * 3
     return cases
+
+
+def assert_error_shape(answer: Any) -> None:
+    """Every refusal, the gateway's or NGINX's own:
+    ``{"error": code, "message": text, "details": [{"index", "field", "reason"}, ...]}``."""
+    assert isinstance(answer["error"], str) and isinstance(answer["message"], str), answer
+    assert isinstance(answer["details"], list) and answer["details"], answer
+    for detail in answer["details"]:
+        assert {"index", "field", "reason"} <= set(detail), answer
+        assert isinstance(detail["reason"], str) and detail["reason"], answer
 
 
 async def test_two_hundred_malformed_requests_get_only_4xx_and_gateways_stay_up(
@@ -75,7 +90,7 @@ async def test_two_hundred_malformed_requests_get_only_4xx_and_gateways_stay_up(
     assert all(400 <= status < 500 for status in statuses), statuses
     for (status, body, content_type), case in zip(results, cases, strict=True):
         assert content_type == JSON, (status, body[:200], case[:2])
-        assert "error" in orjson.loads(body), body[:200]
+        assert_error_shape(orjson.loads(body))
 
     for url in stack.gateway_urls:
         async with http.get(f"{url}/healthz") as response:
@@ -100,3 +115,5 @@ async def test_a_client_over_the_rate_limit_gets_429(stack: Stack) -> None:
     assert {r[0] for r in results} <= {400, 429}  # {} is invalid: nothing is stored
     assert limited[0][1] == "1"
     assert orjson.loads(limited[0][2])["error"] == "rate_limited"
+    for _, _, body in results:
+        assert_error_shape(orjson.loads(body))

@@ -61,7 +61,20 @@ async def post(client: Client, path: str, body: bytes, content_type: str = "appl
                                  headers={"Content-Type": content_type, **headers})
     payload = await response.read()
     assert response.content_type == "application/json", payload
-    return response.status, orjson.loads(payload)
+    answer = orjson.loads(payload)
+    if response.status >= 400:
+        assert_error_shape(answer)
+    return response.status, answer
+
+
+def assert_error_shape(answer: Any) -> None:
+    """Every refusal: ``{"error": code, "message": text, "details": [{index, field, reason}]}``."""
+    assert isinstance(answer["error"], str) and isinstance(answer["message"], str), answer
+    assert isinstance(answer["details"], list) and answer["details"], answer
+    for detail in answer["details"]:
+        assert {"index", "field", "reason"} <= set(detail), answer
+        assert detail["index"] is None or isinstance(detail["index"], int), answer
+        assert isinstance(detail["reason"], str) and detail["reason"], answer
 
 
 async def test_track_accepts_the_seed_shape(client: Client, publisher: FakePublisher) -> None:
@@ -190,10 +203,28 @@ async def test_other_content_types_are_a_415(client: Client, content_type: str) 
     assert (status, answer["error"]) == (415, "unsupported_media_type")
 
 
-async def test_wrong_method_is_a_json_405(client: Client) -> None:
-    response = await client.get("/track")
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+async def test_wrong_method_is_a_json_405_naming_the_allowed_ones(client: Client,
+                                                                  method: str) -> None:
+    response = await client.request(method, "/track")
     assert response.status == 405
-    assert (await response.json())["error"] == "method_not_allowed"
+    answer = await response.json()
+    assert_error_shape(answer)
+    assert answer["error"] == "method_not_allowed"
+    assert set(response.headers["Allow"].split(",")) == {"POST", "OPTIONS"}
+
+
+async def test_an_unknown_path_is_a_json_404(client: Client) -> None:
+    response = await client.get("/nope")
+    assert response.status == 404
+    assert_error_shape(await response.json())
+
+
+async def test_body_level_refusals_carry_a_detail_without_index(client: Client) -> None:
+    status, answer = await post(client, "/events", b"[]")
+    assert (status, answer["error"]) == (400, "empty_batch")
+    assert answer["details"] == [{"index": None, "field": None,
+                                  "reason": "the batch holds no events"}]
 
 
 async def test_sites_outside_the_allowlist_get_a_403_naming_the_site(
@@ -217,6 +248,7 @@ async def test_kafka_unavailable_is_a_503_with_retry_after_and_the_ids(
     assert response.status == 503
     assert response.headers["Retry-After"] == "2"
     body = await response.json()
+    assert_error_shape(body)
     assert body["error"] == "unavailable" and body["event_ids"] == ["keep-me"]
 
 
