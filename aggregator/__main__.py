@@ -20,9 +20,11 @@ from pymongo.errors import ConnectionFailure
 
 from aggregator.app import create_app
 from aggregator.dead_letters import KafkaDeadLetters
+from aggregator.health import StoreHealth, ping_stores
 from aggregator.loss_watch import LossWatch
 from aggregator.metrics import AggregatorMetrics
 from aggregator.mongo_sink import MongoSink
+from aggregator.outage import Outage
 from aggregator.pipeline import CrashHook, Pipeline
 from aggregator.redis_sink import RedisSink
 from aggregator.source import KafkaSource
@@ -37,23 +39,27 @@ log = logging.getLogger("aggregator")
 
 async def _until_started(name: str, start: Callable[[], Awaitable[object]],
                          stopping: asyncio.Event) -> bool:
-    """Retry a start-up step with backoff; False if shutdown came first."""
+    """Retry a start-up step with backoff; False if shutdown came first. Logs the first
+    failure and the eventual start, not every retry."""
     delay = 0.2
+    outage = Outage(log, "start_retry", "start_recovered", part=name)
     while not stopping.is_set():
         try:
             await start()
-            return True
         except (KafkaError, OSError, ConnectionFailure) as exc:
-            log.warning("start_retry", extra={"fields": {"part": name, "error": repr(exc)}})
-            await asyncio.sleep(delay)
+            outage.failed(exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
             delay = min(delay * 2, 5.0)
+            continue
+        outage.succeeded()
+        return True
     return False
 
 
 async def lag_reporter(source: KafkaSource, metrics: AggregatorMetrics) -> None:
     while True:
-        for partition, lag in (await source.lag()).items():
-            metrics.lag.labels(str(partition)).set(lag)
+        metrics.show_lag(await source.lag())
         await asyncio.sleep(2)
 
 
@@ -65,6 +71,7 @@ async def serve(settings: AggregatorSettings) -> None:
         loop.add_signal_handler(sig, stopping.set)
 
     metrics = AggregatorMetrics()
+    health = StoreHealth(metrics.store_up)
     redis = connect_redis(b.redis_url, timeout_s=5.0)
     mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
         b.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
@@ -73,20 +80,21 @@ async def serve(settings: AggregatorSettings) -> None:
     mongo_sink = MongoSink(mongo[b.mongo_db][EVENTS])
     dead_letters = KafkaDeadLetters(b.kafka_bootstrap, b.dead_letter_topic, b.topic)
     pipeline = Pipeline(source=source, mongo=mongo_sink, redis=RedisSink(redis),
-                        dead_letters=dead_letters,
+                        dead_letters=dead_letters, health=health,
                         metrics=metrics, stopping=stopping, backoff_max_s=settings.backoff_max_s,
                         crash=CrashHook(settings.crash_at, settings.crash_at_batch))
     consuming = False
 
     def readiness() -> dict[str, bool]:
-        return {"consumer": consuming, **pipeline.healthy}
+        return {"consumer": consuming, **health.checks()}
 
     runner = web.AppRunner(create_app(metrics, readiness), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("aggregator_starting", extra={"fields": {"port": settings.port,
                                                       "group": settings.group_id}})
-    background: list[asyncio.Task[None]] = []
+    background = [asyncio.create_task(ping_stores(health, {
+        "redis": redis.ping, "mongo": lambda: mongo.admin.command("ping")}, stopping))]
     try:
         if not (await _until_started("mongo", mongo_sink.ensure_indexes, stopping)
                 and await _until_started("consumer", source.start, stopping)):

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aggregator.metrics import AggregatorMetrics
+from aggregator.outage import Outage
 from aggregator.rebuild import Rebuild, RebuildLost
 from aggregator.topic_reader import TopicReader
 from contracts.keys import intact_key, rebuild_lock_key
@@ -54,6 +55,7 @@ class LossWatch:
         self._finish = redis.register_script(FINISH_SCRIPT)
         self._renew = redis.register_script(RENEW_SCRIPT)
         self.intact: bool | None = None  # None until the first check
+        self._outage = Outage(log, "loss_watch_error", "loss_watch_recovered")
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -61,8 +63,9 @@ class LossWatch:
                 self._note(bool(await self._redis.exists(intact_key())))
                 if not self.intact:
                     await self._rebuild_if_first()
+                self._outage.succeeded()
             except (RedisError, OSError, KafkaError) as exc:
-                log.warning("loss_watch_error", extra={"fields": {"error": repr(exc)}})
+                self._outage.failed(exc)  # logged once per outage, not every second
             except Exception:  # a bug must not stop the watch; the next second tries again
                 log.exception("loss_watch_failed")
             with contextlib.suppress(TimeoutError):

@@ -23,10 +23,21 @@ class AggregatorMetrics(HttpMetrics):
                                                             2.5, 5, 10))
         self.lag = Gauge("consumer_lag", "Records behind the end of the partition",
                          ["partition"], registry=r)
-        self.store_up = Gauge("store_up", "1 when the store answered the last call",
+        self.store_up = Gauge("store_up",
+                              "1 when the store answered the latest ping and pipeline call",
                               ["store"], registry=r)
         self.redis_intact = Gauge("redis_aggregates_intact",
                                   "1 while Redis holds every aggregate (0: lost, rebuilding)",
                                   registry=r)
         self.rebuilds = Counter("rebuilds_total", "Rebuilds this process ran after Redis lost "
                                 "its aggregates", registry=r)
+        self._lag_shown: set[int] = set()
+
+    def show_lag(self, lags: dict[int, int]) -> None:
+        """Lag of the partitions owned now; a revoked partition's gauge is removed, not
+        left at its last value for ever."""
+        for partition in self._lag_shown - lags.keys():
+            self.lag.remove(str(partition))
+        for partition, lag in lags.items():
+            self.lag.labels(str(partition)).set(lag)
+        self._lag_shown = set(lags)

@@ -16,8 +16,8 @@ Effectively-once, step by step (a crash between any two steps is safe):
 5. Commit the Kafka offsets. Nothing is committed before both stores hold the batch.
 
 Store outages (connection errors) pause the batch: back off, keep the group membership,
-retry the same step, never commit; the state change is logged once. Anything else raises
-and crashes the process, for the supervisor to restart.
+retry the same step, never commit; the state change is logged once (``health``). Anything
+else raises and crashes the process, for the supervisor to restart.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aggregator.aggregate import RedisOps, aggregate, to_ops
 from aggregator.dead_letters import DeadLetters, Poison
+from aggregator.health import StoreHealth
 from aggregator.metrics import AggregatorMetrics
 from aggregator.mongo_sink import Located
 from aggregator.redis_sink import GenerationMoved
@@ -106,7 +107,7 @@ class Pipeline:
     stopping: asyncio.Event
     backoff_max_s: float = 5.0
     crash: CrashHook = field(default_factory=CrashHook)
-    healthy: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(TRANSIENT, True))
+    health: StoreHealth = field(default_factory=StoreHealth)
     batches: int = 0
     known_sites: set[str] = field(default_factory=set)  # already in ``sites_key()``
 
@@ -187,21 +188,14 @@ class Pipeline:
             try:
                 result = await step()
             except TRANSIENT[store] as exc:
-                if self.healthy[store]:
-                    self.healthy[store] = False
-                    self.metrics.store_up.labels(store).set(0)
-                    log.warning("store_unavailable", extra={"fields": {
-                        "store": store, "error": repr(exc)}})
+                self.health.report(store, "pipeline", exc)
                 if self.stopping.is_set():
                     raise Stopping from exc
                 await self.source.keepalive()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
-            if not self.healthy[store]:
-                self.healthy[store] = True
-                log.info("store_recovered", extra={"fields": {"store": store}})
-            self.metrics.store_up.labels(store).set(1)
+            self.health.report(store, "pipeline", None)
             return result
 
 

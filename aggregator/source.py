@@ -16,6 +16,8 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from aggregator.outage import Outage
+
 log = logging.getLogger(__name__)
 
 
@@ -91,6 +93,7 @@ class KafkaSource:
         self._topic = topic
         self.idle = asyncio.Event()
         self.idle.set()
+        self._keepalive = Outage(log, "keepalive_failed", "keepalive_recovered")
 
     @classmethod
     def create(cls, bootstrap: str, topic: str, group_id: str, client_id: str,
@@ -141,8 +144,9 @@ class KafkaSource:
             for tp, messages in stray.items():
                 if messages:
                     self._consumer.seek(tp, messages[0].offset)
+            self._keepalive.succeeded()
         except KafkaError as exc:
-            log.warning("keepalive_failed", extra={"fields": {"error": repr(exc)}})
+            self._keepalive.failed(exc)
         finally:
             owned = self._consumer.assignment()
             if owned:

@@ -12,10 +12,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.event import PageView, encode_event
 from tests.stack import ROOT, Stack, eventually
@@ -67,6 +70,19 @@ async def produce_events(stack: Stack, topic: str, events: Sequence[PageView]) -
     await produce(stack, topic, [(e.kafka_key, encode_event(e)) for e in events])
 
 
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """A process's /metrics as ``{'name{label="value",...}': value}`` (labels sorted)."""
+    async with http.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
 @dataclass
 class Aggregator:
     """One ``python -m aggregator`` process with its own metrics port."""
@@ -112,6 +128,30 @@ class Aggregator:
                 return checks
         except (aiohttp.ClientError, ValueError):
             return {}
+
+    async def ready_status(self, http: aiohttp.ClientSession) -> int:
+        """/readyz's status (0 while the process does not answer)."""
+        try:
+            async with http.get(f"{self.url}/readyz") as response:
+                return response.status
+        except aiohttp.ClientError:
+            return 0
+
+    async def metrics(self, http: aiohttp.ClientSession) -> dict[str, float]:
+        return await scrape(http, self.url)
+
+    def log_events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines of every start of this aggregator with this event name."""
+        lines = (self.log_dir / f"aggregator-{self.port}.log").read_text().splitlines()
+        found = []
+        for line in lines:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # e.g. a traceback's lines
+            if isinstance(entry, dict) and entry.get("event") == name:
+                found.append(entry)
+        return found
 
     def kill(self) -> None:
         assert self.proc is not None

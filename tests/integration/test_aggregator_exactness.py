@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -220,6 +221,11 @@ async def _outage_round(stack: Stack, redis: Redis, http: aiohttp.ClientSession,
     finally:
         assert await aggregator.terminate() == 0, aggregator.log_tail()
     await assert_redis_matches(redis, site_id, recount(events))
+    # One line when the store went away and one when it came back, not one per retry.
+    for name in ("store_unavailable", "store_recovered"):
+        lines = [e for e in aggregator.log_events(name) if e["store"] == check]
+        assert len(lines) == 1, (name, lines)
+    assert len(aggregator.log_events("keepalive_failed")) <= 1
 
 
 async def _committed(stack: Stack, group: str, n: int) -> bool:
@@ -236,6 +242,36 @@ async def test_mongo_stopped_then_back_counts_exactly_and_commits_nothing_early(
         stack: Stack, redis: Redis, http: aiohttp.ClientSession, site_id: str,
         tmp_path: Path) -> None:
     await _outage_round(stack, redis, http, site_id, tmp_path, "ferretdb", "mongo")
+
+
+@pytest.mark.parametrize(("part", "check"), [("redis", "redis"), ("ferretdb", "mongo")])
+async def test_an_idle_aggregator_reports_a_store_outage_in_readyz_and_its_end(
+        stack: Stack, http: aiohttp.ClientSession, tmp_path: Path, part: str, check: str,
+        ) -> None:
+    topic = await create_topic(stack, partitions=1)
+    aggregator = Aggregator(stack, topic, tmp_path)
+    aggregator.start()
+    try:
+        await aggregator.wait_consuming(http)
+        await eventually(lambda: _ready_status(aggregator, http, 200), timeout_s=30)
+        stop_part(part)
+        try:
+            await eventually(lambda: _ready_status(aggregator, http, 503), timeout_s=30,
+                             message=f"/readyz sees {part} down with no batch in flight")
+            assert (await aggregator.readiness(http))[check] is False
+        finally:
+            restore()
+        await eventually(lambda: _ready_status(aggregator, http, 200), timeout_s=60,
+                         message=f"/readyz sees {part} back")
+    finally:
+        assert await aggregator.terminate() == 0, aggregator.log_tail()
+    assert [e["store"] for e in aggregator.log_events("store_unavailable")] == [check]
+    assert [e["store"] for e in aggregator.log_events("store_recovered")] == [check]
+
+
+async def _ready_status(aggregator: Aggregator, http: aiohttp.ClientSession, status: int
+                        ) -> bool:
+    return await aggregator.ready_status(http) == status
 
 
 async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_counted(

@@ -108,7 +108,7 @@ async def test_store_outages_are_waited_out_without_committing_early() -> None:
     mongo.failures, redis.failures = 3, 3
     await drain(pipeline, source)
     assert views(redis) == 3
-    assert pipeline.healthy == {"mongo": True, "redis": True, "kafka": True}
+    assert pipeline.health.checks() == {"mongo": True, "redis": True, "kafka": True}
 
 
 async def test_a_range_partly_applied_by_another_member_is_applied_only_for_the_rest() -> None:
