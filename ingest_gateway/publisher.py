@@ -2,8 +2,12 @@
 
 The gateway answers 202 only after Kafka acknowledged every event of a request
 (idempotent producer, so acks=all). It waits a bounded time, then gives up with
-``PublishUnavailable`` so the client gets a 503. Memory is bounded: events count as in
-flight until Kafka answers for them, whatever the HTTP request did meanwhile.
+``PublishUnavailable`` so the client gets a 503. Giving up does not take the messages back:
+they stay in aiokafka's accumulator and may still reach Kafka (the client's retry with the
+same event ids is deduplicated downstream). Memory is bounded because each message counts as
+in flight until aiokafka resolves its future (acknowledged, failed, or expired after the
+request timeout), whatever the HTTP request did meanwhile, and no request may push the
+count past ``max_in_flight``.
 
 Called by the request handlers (``publish`` blocks for at most the produce timeout) and by
 the app's cleanup context (``run`` keeps the producer connected).
@@ -15,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -62,8 +66,12 @@ class Publisher(Protocol):
 class KafkaPublisher:
     """An aiokafka producer that (re)connects in the background and publishes with a deadline."""
 
-    def __init__(self, settings: GatewaySettings, max_in_flight: int = 50_000) -> None:
+    def __init__(self, settings: GatewaySettings, max_in_flight: int = 50_000,
+                 new_producer: Callable[[GatewaySettings], AIOKafkaProducer] | None = None
+                 ) -> None:
+        """``new_producer`` builds each (re)connected producer; tests pass a fake."""
         self._settings = settings
+        self._producer_factory = new_producer or _aiokafka_producer
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._producer: AIOKafkaProducer | None = None
@@ -80,19 +88,6 @@ class KafkaPublisher:
     @property
     def in_flight(self) -> int:
         return self._in_flight
-
-    def _new_producer(self) -> AIOKafkaProducer:
-        s = self._settings
-        return AIOKafkaProducer(
-            bootstrap_servers=s.backends.kafka_bootstrap,
-            client_id=f"ingest-gateway-{s.port}",
-            enable_idempotence=True,  # implies acks=all
-            linger_ms=s.linger_ms,
-            max_batch_size=s.max_batch_size,
-            compression_type=s.compression,
-            request_timeout_ms=max(5_000, int(s.produce_timeout_s * 4000)),
-            metadata_max_age_ms=30_000,
-        )
 
     async def run(self) -> None:
         """Connect, keep checking the connection, and replace a producer whose state broke;
@@ -113,7 +108,7 @@ class KafkaPublisher:
     async def _connect(self) -> None:
         delay = 0.2
         while self._producer is None:
-            producer = self._new_producer()
+            producer = self._producer_factory(self._settings)
             try:
                 await producer.start()
             except (KafkaError, OSError) as exc:
@@ -159,7 +154,11 @@ class KafkaPublisher:
                                                  encode_event(event), key=event.kafka_key)
                     futures.append(future)
                     future.add_done_callback(self._release_one)
-                await asyncio.gather(*futures)
+                # Not ``gather``: on timeout it would cancel aiokafka's futures, releasing
+                # their capacity while the messages still sit in the producer. ``wait``
+                # leaves them running; each releases its own capacity when it resolves.
+                await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+                _raise_first_failure(futures)
         except (TimeoutError, KafkaError) as exc:
             self._last_failure = time.monotonic()
             if isinstance(exc, FATAL_PRODUCER_ERRORS):
@@ -170,10 +169,33 @@ class KafkaPublisher:
                                      else "kafka_error") from exc
         finally:
             # Events never handed to the producer are no longer in flight; the others are
-            # released by their futures' callbacks, when Kafka answers for them.
+            # released by their futures' callbacks, when aiokafka resolves them.
             self._in_flight -= len(events) - len(futures)
 
     def _release_one(self, future: asyncio.Future[object]) -> None:
         self._in_flight -= 1
         if not future.cancelled():
             future.exception()  # mark retrieved; the request already reported it
+
+
+def _raise_first_failure(futures: Sequence[asyncio.Future[object]]) -> None:
+    for future in futures:
+        if not future.done():
+            continue
+        if future.cancelled():
+            raise KafkaError("the producer cancelled a send")
+        if (exc := future.exception()) is not None:
+            raise exc
+
+
+def _aiokafka_producer(s: GatewaySettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=s.backends.kafka_bootstrap,
+        client_id=f"ingest-gateway-{s.port}",
+        enable_idempotence=True,  # implies acks=all
+        linger_ms=s.linger_ms,
+        max_batch_size=s.max_batch_size,
+        compression_type=s.compression,
+        request_timeout_ms=max(5_000, int(s.produce_timeout_s * 4000)),
+        metadata_max_age_ms=30_000,
+    )
