@@ -31,6 +31,7 @@ def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
     kafka = KafkaPublisher(settings) if publisher is None else None
     deps = GatewayDeps(settings=settings, publisher=kafka or publisher,  # type: ignore[arg-type]
                        metrics=metrics, clock_ms=clock, new_event_id=event_id_factory(clock))
+    metrics.follow_in_flight(lambda: deps.publisher.in_flight)
     # Room for a gzip body's framing on top of the decompressed limit.
     app = web.Application(middlewares=[error_middleware(metrics), uniform_http_errors],
                           client_max_size=settings.max_body_bytes + 64 * 1024)

@@ -24,6 +24,7 @@ class BodyError(Exception):
     code: str
     message: str
     index: int | None = None
+    events: int | None = None  # how many events the refused body held, when that is known
 
     def details(self) -> list[dict[str, object]]:
         """The uniform ``details`` list: about the whole body, or one NDJSON line's event."""
@@ -91,18 +92,24 @@ def parse_json(data: bytes) -> object:
 
 
 def parse_ndjson(data: bytes, max_events: int) -> list[object]:
+    """One JSON value per non-blank line; a refusal says how many lines (events) it held."""
     items: list[object] = []
     for index, line in enumerate(data.splitlines()):
         if not line.strip():
             continue
         if len(items) >= max_events:
-            raise BodyError(413, "too_many_events", f"a batch holds at most {max_events} events")
+            raise BodyError(413, "too_many_events", f"a batch holds at most {max_events} events",
+                            events=_count_lines(data))
         try:
             items.append(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
             raise BodyError(400, "malformed_json", f"line {index + 1} is not valid JSON: {exc}",
-                            index=len(items)) from None
+                            index=len(items), events=_count_lines(data)) from None
     return items
+
+
+def _count_lines(data: bytes) -> int:
+    return sum(1 for line in data.splitlines() if line.strip())
 
 
 async def read_events(request: web.Request, *, limit: int, max_events: int,
@@ -130,7 +137,8 @@ async def read_events(request: web.Request, *, limit: int, max_events: int,
                                 "body must be one JSON object; send batches to /events")
             items = [parsed]
     if not items:
-        raise BodyError(400, "empty_batch", "the batch holds no events")
+        raise BodyError(400, "empty_batch", "the batch holds no events", events=0)
     if len(items) > max_events:
-        raise BodyError(413, "too_many_events", f"a batch holds at most {max_events} events")
+        raise BodyError(413, "too_many_events", f"a batch holds at most {max_events} events",
+                        events=len(items))
     return items

@@ -76,7 +76,9 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
         events = validate_batch(raws, policy, deps.new_event_id)
         _check_sites(events, s.allowed_sites)
     except BodyError as exc:
-        deps.metrics.rejected.labels(exc.code).inc()
+        deps.metrics.bodies_rejected.labels(exc.code).inc()
+        if exc.events:
+            deps.metrics.rejected.labels(exc.code).inc(exc.events)
         return error_response(exc.status, exc.code, exc.message, exc.details(), headers=cors)
     except InvalidEvent as exc:
         deps.metrics.rejected.labels("validation_failed").inc(len({e.index for e in exc.errors}))
@@ -92,9 +94,12 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
                               headers=cors)
     event_ids = [e.event_id for e in events]
     started = time.perf_counter()
+    outcome = "error"
     try:
         await deps.publisher.publish(events)
+        outcome = "ok"
     except PublishUnavailable as exc:
+        outcome = "timeout" if exc.reason == "kafka_timeout" else "error"
         deps.metrics.rejected.labels(exc.reason).inc(len(events))
         # The ids let a client retry with the same event_id and be counted once.
         return error_response(503, "unavailable", "events could not be stored in time; "
@@ -103,8 +108,7 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
                               headers={**cors, "Retry-After": str(exc.retry_after_s)},
                               extra={"reason": exc.reason, "event_ids": event_ids})
     finally:
-        deps.metrics.events_in_flight.set(deps.publisher.in_flight)
-    deps.metrics.produce_latency.observe(time.perf_counter() - started)
+        deps.metrics.produce_latency.labels(outcome).observe(time.perf_counter() - started)
     deps.metrics.accepted.inc(len(events))
     return json_response({"accepted": len(events), "event_ids": event_ids}, status=202,
                          headers=cors)

@@ -275,13 +275,61 @@ async def test_readyz_follows_the_publisher(client: Client, publisher: FakePubli
     assert (await response.json())["checks"] == {"kafka": False}
 
 
+async def metrics(client: Client) -> dict[str, float]:
+    """The app's /metrics as {sample with labels: value}."""
+    text = await (await client.get("/metrics")).text()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 async def test_metrics_count_accepted_and_rejected_events(client: Client) -> None:
     await post(client, "/events", orjson.dumps([{"page_id": "a", "user_id": "u"}] * 3))
     await post(client, "/track", b"{bad")
-    text = await (await client.get("/metrics")).text()
-    assert "events_accepted_total 3.0" in text
-    assert 'events_rejected_total{reason="malformed_json"} 1.0' in text
-    assert 'http_requests_total{method="POST",route="/events",status="202"} 1.0' in text
+    await post(client, "/events", orjson.dumps([{"page_id": "a"}, {"user_id": "u"}]))
+    seen = await metrics(client)
+    assert seen["events_accepted_total"] == 3
+    assert seen['bodies_rejected_total{reason="malformed_json"}'] == 1
+    assert 'events_rejected_total{reason="malformed_json"}' not in seen  # events unknown
+    assert seen['events_rejected_total{reason="validation_failed"}'] == 2
+    assert seen['http_requests_total{method="POST",route="/events",status="202"}'] == 1
+
+
+async def test_a_refused_oversized_batch_counts_every_event_it_held(client: Client) -> None:
+    await post(client, "/events", orjson.dumps([{"page_id": "a", "user_id": "u"}] * 1001))
+    await post(client, "/events", b'{"page_id": "a", "user_id": "u"}\n' * 1005,
+               "application/x-ndjson")
+    await post(client, "/events", b'{"page_id": "a", "user_id": "u"}\n{oops\n\n',
+               "application/x-ndjson")
+    await post(client, "/events", b"[]")
+    seen = await metrics(client)
+    assert seen['events_rejected_total{reason="too_many_events"}'] == 1001 + 1005
+    assert seen['bodies_rejected_total{reason="too_many_events"}'] == 2
+    assert seen['events_rejected_total{reason="malformed_json"}'] == 2  # both NDJSON lines
+    assert seen['bodies_rejected_total{reason="empty_batch"}'] == 1
+    assert 'events_rejected_total{reason="empty_batch"}' not in seen
+
+
+async def test_produce_latency_is_recorded_for_every_outcome(
+        client: Client, publisher: FakePublisher) -> None:
+    await post(client, "/track", b'{"page_id": "a", "user_id": "u"}')
+    publisher.unavailable = PublishUnavailable("kafka_timeout")
+    await post(client, "/track", b'{"page_id": "a", "user_id": "u"}')
+    await post(client, "/track", b'{"page_id": "a", "user_id": "u"}')
+    publisher.unavailable = PublishUnavailable("kafka_error")
+    await post(client, "/events", b'[{"page_id": "a", "user_id": "u"}]')
+    seen = await metrics(client)
+    assert seen['produce_latency_seconds_count{outcome="ok"}'] == 1
+    assert seen['produce_latency_seconds_count{outcome="timeout"}'] == 2
+    assert seen['produce_latency_seconds_count{outcome="error"}'] == 1
+    assert seen['events_rejected_total{reason="kafka_timeout"}'] == 2
+
+
+async def test_events_in_flight_is_the_publishers_count_at_scrape_time(
+        client: Client, publisher: FakePublisher) -> None:
+    publisher.in_flight = 7  # e.g. messages of a request that gave up, still in the producer
+    assert (await metrics(client))["events_in_flight"] == 7
+    publisher.in_flight = 0
+    assert (await metrics(client))["events_in_flight"] == 0
 
 
 async def test_openapi_document_describes_exactly_the_routes_served(client: Client) -> None:
