@@ -23,6 +23,28 @@ def test_generated_ids_sort_by_time() -> None:
     assert ids == sorted(ids) and len(set(ids)) == 3
 
 
+def test_ten_thousand_ids_from_a_tight_loop_are_strictly_increasing() -> None:
+    make = event_id_factory()
+    ids = [make() for _ in range(10_000)]
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+
+
+def test_ids_within_one_millisecond_keep_that_millisecond_and_increase() -> None:
+    make = event_id_factory(lambda: 1_795_860_000_000)
+    ids = [make() for _ in range(1000)]
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    assert {uuid.UUID(i).int >> 80 for i in ids} == {1_795_860_000_000}
+
+
+def test_ids_keep_increasing_when_the_clock_steps_back() -> None:
+    clock = iter([5000, 5000, 4000, 4999, 6000])
+    make = event_id_factory(lambda: next(clock))
+    ids = [make() for _ in range(5)]
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+    assert [uuid.UUID(i).int >> 80 for i in ids] == [5000, 5000, 5000, 5000, 6000]
+
+
 def test_every_key_of_a_site_carries_the_site_hash_tag() -> None:
     keys = SiteKeys("shop.example")
     names = [keys.applied_offsets(), keys.total_views(), keys.page_views(), keys.visitors(),
