@@ -81,7 +81,8 @@ async def serve(settings: AggregatorSettings) -> None:
     dead_letters = KafkaDeadLetters(b.kafka_bootstrap, b.dead_letter_topic, b.topic)
     pipeline = Pipeline(source=source, mongo=mongo_sink, redis=RedisSink(redis),
                         dead_letters=dead_letters, health=health,
-                        metrics=metrics, stopping=stopping, backoff_max_s=settings.backoff_max_s,
+                        metrics=metrics, stopping=stopping, retention=settings.retention,
+                        backoff_max_s=settings.backoff_max_s,
                         crash=CrashHook(settings.crash_at, settings.crash_at_batch))
     consuming = False
 
@@ -103,7 +104,7 @@ async def serve(settings: AggregatorSettings) -> None:
         background.append(asyncio.create_task(lag_reporter(source, metrics)))
         if settings.auto_rebuild:
             watch = LossWatch(redis, lambda: TopicReader(b.kafka_bootstrap, b.topic),
-                              settings.instance, metrics)
+                              settings.instance, metrics, settings.retention)
             background.append(asyncio.create_task(watch.run(stopping)))
         log.info("aggregator_consuming", extra={"fields": {"topic": b.topic}})
         await pipeline.run(settings.max_records, settings.max_wait_ms)

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from contracts.event import PageView
-from contracts.keys import SiteKeys, ttl_of
+from contracts.keys import SiteKeys
+from contracts.settings import Retention
 from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS, buckets_of
 
 UNIT_MS = {"m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}
@@ -50,10 +51,10 @@ def aggregate(events: Iterable[PageView]) -> SiteDelta:
     return delta
 
 
-def expire_at(unit: str, bucket: int) -> int:
+def expire_at(unit: str, bucket: int, retention: Retention) -> int:
     """Absolute expiry (epoch seconds) of a bucket key: its end plus the unit's retention,
     so a rebuild sets the same expiry as live counting did. 0 means never."""
-    ttl = ttl_of(unit)
+    ttl = retention.ttl_of(unit)
     if ttl is None:
         return 0
     return (bucket + 1) * UNIT_MS[unit] // 1000 + ttl
@@ -81,7 +82,7 @@ class RedisOps:
         return self._index[name]
 
 
-def to_ops(site: SiteKeys, delta: SiteDelta) -> RedisOps:
+def to_ops(site: SiteKeys, delta: SiteDelta, retention: Retention) -> RedisOps:
     out = RedisOps(keys=[], ops=[], generation=site.generation)
     out.key(site.applied_offsets())
     out.key(site.generation_pointer())
@@ -94,15 +95,16 @@ def to_ops(site: SiteKeys, delta: SiteDelta) -> RedisOps:
         _pfadd(out, out.key(site.page_visitors(page)), 0, users)
     for (unit, bucket), n in delta.increments.items():
         out.ops.append(["i", out.key(site.bucket_views(unit, bucket)), n,
-                        expire_at(unit, bucket)])
+                        expire_at(unit, bucket, retention)])
     for (unit, bucket, page), n in delta.page_increments.items():
         out.ops.append(["h", out.key(site.bucket_page_views(unit, bucket)), page, n,
-                        expire_at(unit, bucket)])
+                        expire_at(unit, bucket, retention)])
     for (unit, bucket), users in delta.visitors.items():
-        _pfadd(out, out.key(site.bucket_visitors(unit, bucket)), expire_at(unit, bucket), users)
+        _pfadd(out, out.key(site.bucket_visitors(unit, bucket)),
+               expire_at(unit, bucket, retention), users)
     for (unit, bucket, page), users in delta.page_visitors.items():
         _pfadd(out, out.key(site.bucket_page_visitors(unit, bucket, page)),
-               expire_at(unit, bucket), users)
+               expire_at(unit, bucket, retention), users)
     return out
 
 

@@ -26,6 +26,7 @@ from aggregator.outage import Outage
 from aggregator.rebuild import Rebuild, RebuildLost
 from aggregator.topic_reader import TopicReader
 from contracts.keys import intact_key, rebuild_lock_key
+from contracts.settings import Retention
 
 log = logging.getLogger(__name__)
 LOCK_TTL_MS = 15_000
@@ -46,8 +47,10 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 class LossWatch:
     def __init__(self, redis: Redis, reader: Callable[[], TopicReader], instance: str,
-                 metrics: AggregatorMetrics, interval_s: float = 1.0) -> None:
+                 metrics: AggregatorMetrics, retention: Retention,
+                 interval_s: float = 1.0) -> None:
         self._redis = redis
+        self._retention = retention
         self._metrics = metrics
         self._reader = reader
         self._instance = instance
@@ -87,7 +90,8 @@ class LossWatch:
         log.warning("rebuild_started", extra={"fields": {"reason": "redis_lost_aggregates"}})
         renewing = asyncio.create_task(self._keep_lock(token))
         try:
-            outcome = await Rebuild(self._redis, self._reader(), progress=_log_progress()).run()
+            outcome = await Rebuild(self._redis, self._reader(), retention=self._retention,
+                                    progress=_log_progress()).run()
         except RebuildLost:
             log.warning("rebuild_lost_midway", extra={"fields": {}})
             return

@@ -47,6 +47,7 @@ from aggregator.source import Record, RecordSource
 from contracts.event import UndecodableRecord, decode_event
 from contracts.keys import SiteKeys
 from contracts.mongo import event_document
+from contracts.settings import Retention
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,6 +106,7 @@ class Pipeline:
     dead_letters: DeadLetters
     metrics: AggregatorMetrics
     stopping: asyncio.Event
+    retention: Retention
     backoff_max_s: float = 5.0
     crash: CrashHook = field(default_factory=CrashHook)
     health: StoreHealth = field(default_factory=StoreHealth)
@@ -165,7 +167,7 @@ class Pipeline:
         generation does not hold yet (its stored offset says)."""
         while group:
             events = [r.event for r in group if (r.partition, r.offset) in counted]
-            ops = to_ops(sites[site_id], aggregate(events))
+            ops = to_ops(sites[site_id], aggregate(events), self.retention)
             first, last = group[0].offset, group[-1].offset
             try:
                 stored = await self._retry(

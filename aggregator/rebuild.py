@@ -39,6 +39,7 @@ from aggregator.source import Record
 from aggregator.topic_reader import TopicReader
 from contracts.event import PageView
 from contracts.keys import SiteKeys, build_marker_key, sites_key
+from contracts.settings import Retention
 
 log = logging.getLogger(__name__)
 READ_BATCH = 5000
@@ -86,8 +87,10 @@ class MongoHistory:
 class Builder:
     """Applies records to the new generation of every site they belong to."""
 
-    def __init__(self, sink: RedisSink, generation: str, site: str | None) -> None:
+    def __init__(self, sink: RedisSink, generation: str, site: str | None,
+                 retention: Retention) -> None:
         self._sink = sink
+        self._retention = retention
         self.generation = generation
         self._only_site = site
         self._seen: set[str] = set()
@@ -109,8 +112,9 @@ class Builder:
             site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
             self._stored_batches += 1
             self.counted += len(group)
-            await self._sink.apply(to_ops(site, aggregate(group)), STORED_PARTITION,
-                                   self._stored_batches, self._stored_batches, live=False)
+            await self._sink.apply(to_ops(site, aggregate(group), self._retention),
+                                   STORED_PARTITION, self._stored_batches,
+                                   self._stored_batches, live=False)
 
     async def add(self, records: list[Record]) -> None:
         located, _undecodable = decode_all(records)  # live counting dead-lettered those
@@ -127,22 +131,23 @@ class Builder:
                     events.append(r.event)
             self.last_seen[site_id][partition] = group[-1].offset
             self.counted += len(events)
-            await self._sink.apply(to_ops(site, aggregate(events)), partition,
+            await self._sink.apply(to_ops(site, aggregate(events), self._retention), partition,
                                    group[0].offset, group[-1].offset, live=False)
 
 
 class Rebuild:
     """One run: ``run()`` reads, then switches (or verifies) every site it found."""
 
-    def __init__(self, redis: Redis, reader: TopicReader, site: str | None = None,
-                 verify: bool = False, progress: Progress | None = None) -> None:
+    def __init__(self, redis: Redis, reader: TopicReader, *, retention: Retention,
+                 site: str | None = None, verify: bool = False,
+                 progress: Progress | None = None) -> None:
         self._redis = redis
         self._reader = reader
         self._gens = Generations(redis)
         self._verify = verify
         self._site = site
         generation = f"{'v' if verify else 'r'}{int(time.time() * 1000)}"
-        self._builder = Builder(RedisSink(redis), generation, site)
+        self._builder = Builder(RedisSink(redis), generation, site, retention)
         self._progress = progress or (lambda done, total: None)
         self.outcome = Outcome(generation)
 

@@ -28,8 +28,7 @@ from aggregator.topic_reader import TopicReader
 from contracts.event import SITE_ID_RE
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
-from contracts.settings import Backends
-from contracts.topics import AGGREGATOR_GROUP
+from contracts.settings import AggregatorSettings
 
 EXIT_DIFFERENT, EXIT_UNSETTLED, EXIT_LOST = 1, 3, 4
 
@@ -94,8 +93,9 @@ def parser() -> argparse.ArgumentParser:
             "Recompute the Redis aggregates from the Kafka topic into a new generation and "
             "switch to it atomically, with no downtime; or, with --verify, compare a "
             "recompute with the live aggregates. Settings (KAFKA_BOOTSTRAP, KAFKA_TOPIC, "
-            "REDIS_URL, MONGO_URL, MONGO_DB, AGGREGATOR_GROUP) come from the environment, as "
-            "for the services (make replay reads .run/stack.env)."))
+            "REDIS_URL, MONGO_URL, MONGO_DB, AGGREGATOR_GROUP, REDIS_MINUTE_TTL_S, "
+            "REDIS_HOUR_TTL_S) come from the environment, as for the aggregator (make "
+            "replay reads .run/stack.env)."))
     p.add_argument("--site", type=site_id, help="only this site (default: every site)")
     p.add_argument("--since", type=parse_time, metavar="TIME", help=(
         "start at the first record the topic received at or after TIME (RFC 3339) "
@@ -111,8 +111,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def replay(args: argparse.Namespace, backends: Backends, group: str
-                 ) -> tuple[int, Outcome]:
+async def replay(args: argparse.Namespace, settings: AggregatorSettings) -> tuple[int, Outcome]:
+    backends = settings.backends
     redis = connect_redis(backends.redis_url, timeout_s=10.0)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(backends.mongo_url)
     bar = ProgressBar()
@@ -121,9 +121,11 @@ async def replay(args: argparse.Namespace, backends: Backends, group: str
         if args.source == "mongo":
             history = MongoHistory(
                 mongo[backends.mongo_db][EVENTS],
-                await committed_offsets(backends.kafka_bootstrap, group, backends.topic))
+                await committed_offsets(backends.kafka_bootstrap, settings.group_id,
+                                        backends.topic))
         run = Rebuild(redis, TopicReader(backends.kafka_bootstrap, backends.topic),
-                      site=args.site, verify=args.verify, progress=bar)
+                      retention=settings.retention, site=args.site, verify=args.verify,
+                      progress=bar)
         try:
             outcome = await run.run(args.since, history)
         except RebuildLost:
@@ -151,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.source == "mongo" and args.since is not None:
         parser().error("--since reads the topic from a time; it does not go with --source mongo")
-    group = os.environ.get("AGGREGATOR_GROUP", AGGREGATOR_GROUP)
-    status, outcome = asyncio.run(replay(args, Backends.from_env(os.environ), group))
+    status, outcome = asyncio.run(replay(args, AggregatorSettings.from_env(os.environ)))
     summary = {
         "generation": outcome.generation, "verify": args.verify, "site": args.site,
         "source": args.source, "stored": outcome.stored,

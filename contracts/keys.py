@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "pv"
+# Default retention of minute and hour buckets; the configured one is
+# ``contracts.settings.Retention`` (REDIS_MINUTE_TTL_S, REDIS_HOUR_TTL_S).
 MINUTE_TTL_S = 48 * 3600
 HOUR_TTL_S = 90 * 24 * 3600
 REALTIME_WINDOW_MINUTES = 5  # "visitors right now": the last five minute buckets
@@ -107,5 +109,6 @@ class SiteKeys:
 
 
 def ttl_of(unit: str) -> int | None:
-    """Seconds a bucket key of this unit lives; day buckets stay."""
+    """Seconds a bucket key of this unit lives by default; day buckets stay. Writers use
+    the configured ``contracts.settings.Retention.ttl_of``."""
     return {"m": MINUTE_TTL_S, "h": HOUR_TTL_S, "d": None}[unit]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from contracts.event import DEFAULT_LATE_WINDOW_MS
+from contracts.keys import HOUR_TTL_S, MINUTE_TTL_S
 from contracts.topics import AGGREGATOR_GROUP, DEAD_LETTER_TOPIC, PAGE_VIEWS_TOPIC
 
 
@@ -86,6 +87,32 @@ class Backends:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long Redis keeps minute and hour buckets after they end; day buckets stay.
+
+    The aggregator and the replay set these expiries; the query API reads the same values
+    to know which buckets Redis no longer holds (and answers those from MongoDB)."""
+
+    minute_ttl_s: int = MINUTE_TTL_S  # 48 h
+    hour_ttl_s: int = HOUR_TTL_S  # 90 days
+
+    def ttl_of(self, unit: str) -> int | None:
+        """Seconds a bucket key of this unit (``m``, ``h``, ``d``) lives; None: for ever."""
+        return {"m": self.minute_ttl_s, "h": self.hour_ttl_s, "d": None}[unit]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Retention:
+        env = _Env(environ)
+        retention = cls(
+            # At least the "right now" window's minutes; hours at least as long as minutes.
+            minute_ttl_s=env.integer("REDIS_MINUTE_TTL_S", cls.minute_ttl_s, minimum=600),
+            hour_ttl_s=env.integer("REDIS_HOUR_TTL_S", cls.hour_ttl_s, minimum=3600))
+        if retention.hour_ttl_s < retention.minute_ttl_s:
+            raise SettingsError("REDIS_HOUR_TTL_S must be >= REDIS_MINUTE_TTL_S")
+        return retention
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     backends: Backends = field(default_factory=Backends)
     host: str = "127.0.0.1"
@@ -124,6 +151,7 @@ class GatewaySettings:
 @dataclass(frozen=True)
 class AggregatorSettings:
     backends: Backends = field(default_factory=Backends)
+    retention: Retention = field(default_factory=Retention)
     host: str = "127.0.0.1"
     port: int = 8301
     group_id: str = AGGREGATOR_GROUP
@@ -141,6 +169,7 @@ class AggregatorSettings:
         env = _Env(environ)
         return cls(
             backends=Backends.from_env(environ),
+            retention=Retention.from_env(environ),
             host=env.text("HOST", cls.host),
             port=env.integer("PORT", cls.port, minimum=1),
             group_id=env.text("AGGREGATOR_GROUP", cls.group_id),
@@ -158,6 +187,7 @@ class AggregatorSettings:
 @dataclass(frozen=True)
 class QuerySettings:
     backends: Backends = field(default_factory=Backends)
+    retention: Retention = field(default_factory=Retention)
     host: str = "127.0.0.1"
     port: int = 8201
     auth_tokens: tuple[str, ...] = ()
@@ -170,6 +200,7 @@ class QuerySettings:
         env = _Env(environ)
         settings = cls(
             backends=Backends.from_env(environ),
+            retention=Retention.from_env(environ),
             host=env.text("HOST", cls.host),
             port=env.integer("PORT", cls.port, minimum=1),
             auth_tokens=env.items("STATS_TOKENS"),

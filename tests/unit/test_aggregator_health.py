@@ -19,6 +19,7 @@ from aggregator.health import StoreHealth, ping_stores
 from aggregator.loss_watch import LossWatch
 from aggregator.metrics import AggregatorMetrics
 from aggregator.source import KafkaSource
+from contracts.settings import Retention
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
@@ -109,7 +110,7 @@ async def test_the_loss_watch_logs_a_redis_outage_once_not_every_second(
         caplog: pytest.LogCaptureFixture) -> None:
     stopping = asyncio.Event()
     watch = LossWatch(cast(Redis, _DownRedis(stopping, calls=5)), cast(Any, None), "a",
-                      AggregatorMetrics(), interval_s=0.001)
+                      AggregatorMetrics(), Retention(), interval_s=0.001)
     await watch.run(stopping)
     assert len(events(caplog, "loss_watch_error")) == 1
 

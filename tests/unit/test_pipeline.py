@@ -13,6 +13,7 @@ from aggregator.pipeline import Pipeline, decode_all
 from aggregator.source import InMemorySource, Record
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys
+from contracts.settings import Retention
 from tests.unit.fakes import FakeAggregateStore, FakeEventCollection
 
 NOW = 1_795_860_000_000
@@ -29,7 +30,8 @@ def make(records: list[Record]) -> tuple[Pipeline, InMemorySource, FakeEventColl
     source, mongo, redis, dlq = (InMemorySource(records), FakeEventCollection(),
                                  FakeAggregateStore(), ListDeadLetters())
     pipeline = Pipeline(source=source, mongo=mongo.sink(), redis=redis, dead_letters=dlq,
-                        metrics=AggregatorMetrics(), stopping=asyncio.Event(), backoff_max_s=0.01)
+                        metrics=AggregatorMetrics(), stopping=asyncio.Event(),
+                        retention=Retention(), backoff_max_s=0.01)
     return pipeline, source, mongo, redis, dlq
 
 

@@ -1,0 +1,43 @@
+"""Minute and hour buckets expire after the configured retention; day buckets never."""
+
+from __future__ import annotations
+
+import pytest
+
+from aggregator.aggregate import aggregate, expire_at, to_ops
+from contracts.event import PageView
+from contracts.keys import SiteKeys
+from contracts.settings import AggregatorSettings, QuerySettings, Retention, SettingsError
+
+NOW = 1_795_860_000_000  # 2026-11-28T10:00:00Z, a whole hour
+
+
+def test_the_retention_defaults_to_48_hours_and_90_days_and_comes_from_the_environment(
+        ) -> None:
+    assert AggregatorSettings.from_env({}).retention == Retention(48 * 3600, 90 * 86400)
+    env = {"REDIS_MINUTE_TTL_S": "7200", "REDIS_HOUR_TTL_S": "86400"}
+    assert AggregatorSettings.from_env(env).retention == Retention(7200, 86400)
+    assert QuerySettings.from_env({**env, "STATS_AUTH_DISABLED": "true"}).retention == (
+        Retention(7200, 86400))
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"REDIS_MINUTE_TTL_S": "soon"}, "REDIS_MINUTE_TTL_S"),
+    ({"REDIS_MINUTE_TTL_S": "60"}, "REDIS_MINUTE_TTL_S"),  # shorter than "right now"
+    ({"REDIS_MINUTE_TTL_S": "7200", "REDIS_HOUR_TTL_S": "3600"}, "REDIS_HOUR_TTL_S"),
+])
+def test_a_malformed_retention_names_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Retention.from_env(env)
+
+
+def test_bucket_keys_expire_at_their_end_plus_the_configured_retention() -> None:
+    retention = Retention(minute_ttl_s=7200, hour_ttl_s=86400)
+    ops = to_ops(SiteKeys("s"), aggregate([PageView("e", "s", "/p", "u", NOW, NOW)]), retention)
+    minute, hour = NOW // 60_000, NOW // 3_600_000
+    expiry = {ops.keys[int(str(op[1])) - 1]: op[-1] for op in ops.ops if op[0] in ("i", "h")}
+    site = SiteKeys("s")
+    assert expiry[site.bucket_views("m", minute)] == NOW // 1000 + 60 + 7200
+    assert expiry[site.bucket_views("h", hour)] == NOW // 1000 + 3600 + 86400
+    assert expiry[site.bucket_views("d", NOW // 86_400_000)] == 0  # never
+    assert expire_at("m", minute, retention) == NOW // 1000 + 60 + 7200
