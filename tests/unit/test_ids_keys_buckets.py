@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 from contracts.ids import event_id_factory, uuid7
@@ -26,7 +27,7 @@ def test_generated_ids_sort_by_time() -> None:
 def test_ten_thousand_ids_from_a_tight_loop_are_strictly_increasing() -> None:
     make = event_id_factory()
     ids = [make() for _ in range(10_000)]
-    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(ids))
     assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
 
 
@@ -41,7 +42,7 @@ def test_ids_keep_increasing_when_the_clock_steps_back() -> None:
     clock = iter([5000, 5000, 4000, 4999, 6000])
     make = event_id_factory(lambda: next(clock))
     ids = [make() for _ in range(5)]
-    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(ids))
     assert [uuid.UUID(i).int >> 80 for i in ids] == [5000, 5000, 5000, 5000, 6000]
 
 
