@@ -116,13 +116,25 @@ async def read_events(request: web.Request, *, limit: int, max_events: int,
                       batch: bool) -> list[object]:
     """The raw events of a ``/track`` (one JSON object) or ``/events`` (array or NDJSON) body."""
     kind = media_type(request)
+    check_media_type(kind, batch=batch)  # before reading a body we would refuse anyway
+    raw = await read_limited(request, limit)
+    return events_of_body(raw, kind, request.headers.get("Content-Encoding", ""),
+                          limit=limit, max_events=max_events, batch=batch)
+
+
+def check_media_type(kind: str, *, batch: bool) -> None:
     allowed = JSON_TYPES | NDJSON_TYPES if batch else JSON_TYPES
     if kind not in allowed:
         names = ", ".join(sorted(allowed))
         raise BodyError(415, "unsupported_media_type",
                         f"Content-Type {kind!r} is not supported; use one of: {names}")
-    raw = await read_limited(request, limit)
-    data = decode_content(raw, request.headers.get("Content-Encoding", ""), limit)
+
+
+def events_of_body(raw: bytes, kind: str, encoding: str, *, limit: int, max_events: int,
+                   batch: bool) -> list[object]:
+    """The pure part of ``read_events``: a received body to its raw events, or BodyError."""
+    check_media_type(kind, batch=batch)
+    data = decode_content(raw, encoding, limit)
     if kind in NDJSON_TYPES:
         items = parse_ndjson(data, max_events)
     else:

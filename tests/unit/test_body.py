@@ -5,9 +5,12 @@ from __future__ import annotations
 import gzip
 import zlib
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ingest_gateway.body import BodyError, decode_content
+from ingest_gateway.body import BodyError, decode_content, events_of_body, parse_ndjson
 
 LIMIT = 1024 * 1024
 
@@ -70,3 +73,56 @@ def test_unknown_encodings_are_a_415() -> None:
     with pytest.raises(BodyError) as caught:
         decode_content(b"x", "br", LIMIT)
     assert (caught.value.status, caught.value.code) == (415, "unsupported_encoding")
+
+
+def gzip_members(parts: list[bytes]) -> bytes:
+    return b"".join(gzip.compress(part) for part in parts)
+
+
+JSONISH = st.one_of(
+    st.binary(max_size=400),
+    st.lists(st.dictionaries(st.sampled_from(["page_id", "user_id", "ts", "x"]),
+                             st.text(max_size=5) | st.integers(-(2**63), 2**63 - 1)), max_size=8)
+    .map(lambda events: orjson.dumps(events)),
+    st.sampled_from([b"[]", b"{}", b"[{}]", b"\n\n", b"[" * 2000 + b"]" * 2000,
+                     b'{"a": 1}\n{oops\n', b"\xff\xfe", b"null", b'"s"', b"[1, 2, 3]"]),
+)
+BODY = st.one_of(
+    JSONISH,
+    st.lists(JSONISH, min_size=1, max_size=3).map(gzip_members),
+    st.tuples(st.lists(JSONISH, min_size=1, max_size=2).map(gzip_members), st.binary(max_size=20))
+    .map(lambda t: t[0] + t[1]),  # members followed by anything
+    JSONISH.map(zlib.compress),
+    st.tuples(JSONISH.map(gzip.compress), st.integers(min_value=1, max_value=30))
+    .map(lambda t: t[0][: -t[1]]),  # truncated
+)
+MEDIA_TYPES = st.sampled_from(["application/json", "text/plain", "application/x-ndjson",
+                               "application/ndjson", "application/xml", ""]) | st.text(max_size=20)
+ENCODINGS = st.sampled_from(["", "identity", "gzip", "GZIP ", "deflate", "br", "gzip, gzip"]) \
+    | st.text(max_size=10)
+
+
+@settings(max_examples=600, deadline=None)
+@given(raw=BODY, kind=MEDIA_TYPES, encoding=ENCODINGS, batch=st.booleans(),
+       limit=st.sampled_from([64, 1024, LIMIT]), max_events=st.sampled_from([1, 3, 1000]))
+def test_any_body_gives_raw_events_or_a_body_error_never_another_exception(
+        raw: bytes, kind: str, encoding: str, batch: bool, limit: int, max_events: int) -> None:
+    try:
+        items = events_of_body(raw, kind, encoding, limit=limit, max_events=max_events,
+                               batch=batch)
+    except BodyError as exc:
+        assert exc.status in {400, 413, 415}
+        assert exc.code and exc.message and exc.details()[0]["reason"] == exc.message
+        return
+    assert 1 <= len(items) <= max_events
+    if not batch:
+        assert len(items) == 1 and isinstance(items[0], dict)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=BODY, max_events=st.integers(min_value=1, max_value=5))
+def test_any_ndjson_gives_values_or_a_body_error(data: bytes, max_events: int) -> None:
+    try:
+        assert len(parse_ndjson(data, max_events)) <= max_events
+    except BodyError as exc:
+        assert exc.status in {400, 413}
