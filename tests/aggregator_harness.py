@@ -20,7 +20,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.event import PageView, encode_event
+from contracts.event import PageView, UndecodableRecord, decode_event, encode_event
+from tests.kafka_tools import partitions_of, read_between
 from tests.stack import ROOT, Stack, eventually
 
 _next_port = 8400
@@ -81,6 +82,20 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
+
+
+async def positions_in_topic(stack: Stack, topic: str) -> dict[str, tuple[int, int]]:
+    """Event id -> (partition, offset) of its first record in the topic, for topics where
+    tests produce each event once."""
+    start = dict.fromkeys(await partitions_of(stack.kafka_bootstrap, topic), 0)
+    positions: dict[str, tuple[int, int]] = {}
+    for tp, offset, value in await read_between(stack.kafka_bootstrap, start, timeout_s=120):
+        try:
+            event_id = decode_event(value).event_id
+        except UndecodableRecord:
+            continue
+        positions.setdefault(event_id, (tp.partition, offset))
+    return positions
 
 
 @dataclass

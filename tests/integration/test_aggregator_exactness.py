@@ -19,12 +19,26 @@ from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
 from contracts.event import PageView, encode_event
-from tests.aggregator_harness import Aggregator, create_topic, produce, produce_events
-from tests.expectations import assert_redis_matches, recount, total_views
+from tests.aggregator_harness import (
+    Aggregator,
+    create_topic,
+    positions_in_topic,
+    produce,
+    produce_events,
+    scrape,
+)
+from tests.expectations import (
+    assert_mongo_matches,
+    assert_redis_matches,
+    current_keys,
+    recount,
+    total_views,
+)
 from tests.kafka_tools import stop_quietly
 from tests.stack import Stack, eventually, restore, stop_part
 
 HOUR_MS = 3_600_000
+CLIENT_RETRIES = 'duplicates_skipped_total{reason="client_retry"}'
 
 
 def make_events(site_id: str, n: int, seed: int = 7, pages: int = 200, users: int = 5000,
@@ -67,10 +81,35 @@ async def test_fifty_thousand_events_are_counted_exactly(
     try:
         await produce_events(stack, topic.name, events)
         await wait_for_total(redis, site_id, len(events))
+        async with http.get(f"{aggregator.url}/healthz") as response:
+            assert (response.status, await response.json()) == (200, {"status": "ok"})
+        metrics = await aggregator.metrics(http)
+        assert metrics["records_applied_total"] == 50_000
+        assert metrics["batch_records_sum"] == 50_000  # each record polled once, no redo
+        batches = metrics["batch_records_count"]
+        assert batches >= 50_000 / 2000 and metrics["batch_duration_seconds_count"] == batches
+        assert metrics["batch_duration_seconds_sum"] > 0
+        assert metrics["dead_lettered_total"] == 0
+        assert metrics.get('duplicates_skipped_total{reason="client_retry"}', 0) == 0
+        assert metrics.get('duplicates_skipped_total{reason="already_applied"}', 0) == 0
+        await eventually(lambda: _lag_of(aggregator, http, {p: 0 for p in range(4)}),
+                         timeout_s=30, message="consumer_lag 0 on each of the 4 partitions")
     finally:
         assert await aggregator.terminate() == 0, aggregator.log_tail()
     await assert_redis_matches(redis, site_id, recount(events))
-    assert await mongo_events.count_documents({"site_id": site_id}) == 50_000
+    await assert_mongo_matches(mongo_events, site_id, events,
+                               await positions_in_topic(stack, topic.name))
+
+
+async def _lag_of(aggregator: Aggregator, http: aiohttp.ClientSession,
+                  expected: dict[int, int]) -> bool:
+    return await _lags(aggregator, http) == expected
+
+
+async def _lags(aggregator: Aggregator, http: aiohttp.ClientSession) -> dict[int, int]:
+    prefix = 'consumer_lag{partition="'
+    return {int(k[len(prefix):-2]): int(v) for k, v in (await aggregator.metrics(http)).items()
+            if k.startswith(prefix)}
 
 
 async def test_sigkill_at_random_points_five_times_still_counts_exactly(
@@ -102,7 +141,8 @@ async def test_sigkill_at_random_points_five_times_still_counts_exactly(
     finally:
         assert await aggregator.terminate() == 0, aggregator.log_tail()
     await assert_redis_matches(redis, site_id, recount(events))
-    assert await mongo_events.count_documents({"site_id": site_id}) == len(events)
+    await assert_mongo_matches(mongo_events, site_id, events,
+                               await positions_in_topic(stack, topic.name))
 
 
 async def test_a_crash_between_mongo_and_redis_and_after_redis_counts_exactly(
@@ -126,7 +166,8 @@ async def test_a_crash_between_mongo_and_redis_and_after_redis_counts_exactly(
     finally:
         assert await survivor.terminate() == 0
     await assert_redis_matches(redis, site_id, recount(events))
-    assert await mongo_events.count_documents({"site_id": site_id}) == len(events)
+    await assert_mongo_matches(mongo_events, site_id, events,
+                               await positions_in_topic(stack, topic.name))
 
 
 async def test_a_client_retrying_a_thousand_events_with_the_same_ids_counts_once(
@@ -134,6 +175,8 @@ async def test_a_client_retrying_a_thousand_events_with_the_same_ids_counts_once
         mongo_events: AsyncCollection[dict[str, Any]], site_id: str) -> None:
     events = [{"page_id": f"/p{i % 20}", "user_id": f"u{i % 100}", "site_id": site_id,
                "event_id": str(uuid.uuid4())} for i in range(1000)]
+    retries_before = await _stack_metric(stack, http, CLIENT_RETRIES)
+    applied_before = await _stack_metric(stack, http, "records_applied_total")
     for _attempt in range(3):  # the original and two full retries
 
         async def accepted() -> bool:  # a 503 under load is answered by retrying, too
@@ -146,6 +189,16 @@ async def test_a_client_retrying_a_thousand_events_with_the_same_ids_counts_once
     # Everything sent is in Kafka three times; once the stack's group is past it, still 1000.
     await eventually(lambda: _stack_group_caught_up(stack), timeout_s=60)
     assert await total_views(redis, site_id) == 1000
+    # The stack may count other traffic meanwhile: at least our 2,000 retries were skipped
+    # as such (a 503 answered by retrying may have left a few more copies in Kafka).
+    retries = await _stack_metric(stack, http, CLIENT_RETRIES)
+    assert retries - retries_before >= 2000
+    assert await _stack_metric(stack, http, "records_applied_total") - applied_before >= 1000
+
+
+async def _stack_metric(stack: Stack, http: aiohttp.ClientSession, name: str) -> float:
+    """A metric summed over the stack's aggregators."""
+    return sum([(await scrape(http, url)).get(name, 0.0) for url in stack.aggregator_urls])
 
 
 async def _stack_group_caught_up(stack: Stack) -> bool:
@@ -180,6 +233,10 @@ async def test_a_second_aggregator_joining_and_leaving_mid_stream_counts_exactly
         await second.wait_consuming(http)
         await produce_events(stack, topic.name, events[10_000:20_000])
         await eventually(lambda: _more_than(redis, site_id, 10_000), timeout_s=120)
+        # The second really took part: partitions of its own, events it counted.
+        await eventually(lambda: _split(first, second, http, 6), timeout_s=30,
+                         message="the six partitions' lag gauges split between the two")
+        assert (await second.metrics(http))["records_applied_total"] > 0
         assert await second.terminate() == 0, second.log_tail()  # leaves mid-stream
         await produce_events(stack, topic.name, events[20_000:])
         await wait_for_total(redis, site_id, len(events))
@@ -188,8 +245,68 @@ async def test_a_second_aggregator_joining_and_leaving_mid_stream_counts_exactly
     await assert_redis_matches(redis, site_id, recount(events))
 
 
+async def _split(first: Aggregator, second: Aggregator, http: aiohttp.ClientSession,
+                 partitions: int) -> bool:
+    """Each owns some partitions and none owns another's: the revoked ones' lag gauges
+    are gone."""
+    a, b = set(await _lags(first, http)), set(await _lags(second, http))
+    return bool(a and b and not a & b and a | b == set(range(partitions)))
+
+
 async def _more_than(redis: Redis, site_id: str, n: int) -> bool:
     return await total_views(redis, site_id) > n
+
+
+async def test_sigterm_mid_stream_commits_exactly_what_it_applied_and_leaves_the_group_at_once(
+        stack: Stack, redis: Redis, mongo_events: AsyncCollection[dict[str, Any]], site_id: str,
+        tmp_path: Path) -> None:
+    topic = await create_topic(stack)
+    events = make_events(site_id, 30_000, seed=29)
+    await produce_events(stack, topic.name, events)
+    aggregator = Aggregator(stack, topic, tmp_path, extra_env={"AGGREGATOR_MAX_RECORDS": "500"})
+    aggregator.start()
+    await eventually(lambda: _more_than(redis, site_id, 0), timeout_s=60,
+                     interval_s=0.01, message="the aggregator at work")
+    assert await aggregator.terminate() == 0, aggregator.log_tail()
+    # Gone from the group at once (a member that did not leave stays for the session timeout).
+    assert await _group_members(stack, topic.group) == []
+    counted = await total_views(redis, site_id)
+    assert 0 < counted < len(events), "SIGTERM came after the work was done: send more"
+    # The batch in hand was finished and committed: on every partition, the committed offset
+    # is the one after the last offset applied to Redis (the topic holds only this site).
+    keys = await current_keys(redis, site_id)
+    applied = {int(p): int(o) + 1 for p, o in (await redis.hgetall(keys.applied_offsets())).items()}
+    assert await _committed_offsets(stack, topic.group) == applied
+    assert sum(applied.values()) == counted
+    successor = Aggregator(stack, topic, tmp_path)
+    successor.start()
+    try:
+        await wait_for_total(redis, site_id, len(events))
+    finally:
+        assert await successor.terminate() == 0, successor.log_tail()
+    await assert_redis_matches(redis, site_id, recount(events))
+    assert await mongo_events.count_documents({"site_id": site_id}) == len(events)
+
+
+async def _group_members(stack: Stack, group: str) -> list[Any]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    _error, _group, _state, _protocol_type, _protocol, members, *_ = response.groups[0]
+    return list(members)
+
+
+async def _committed_offsets(stack: Stack, group: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 async def _outage_round(stack: Stack, redis: Redis, http: aiohttp.ClientSession, site_id: str,
@@ -218,6 +335,9 @@ async def _outage_round(stack: Stack, redis: Redis, http: aiohttp.ClientSession,
             restore()
         await wait_for_total(redis, site_id, len(events))
         await eventually(lambda: _committed(stack, topic.group, len(events)), timeout_s=30)
+        metrics = await aggregator.metrics(http)
+        assert metrics["records_applied_total"] == len(events)
+        assert metrics[f'store_up{{store="{check}"}}'] == 1
     finally:
         assert await aggregator.terminate() == 0, aggregator.log_tail()
     await assert_redis_matches(redis, site_id, recount(events))
@@ -275,7 +395,8 @@ async def _ready_status(aggregator: Aggregator, http: aiohttp.ClientSession, sta
 
 
 async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_counted(
-        stack: Stack, redis: Redis, site_id: str, tmp_path: Path) -> None:
+        stack: Stack, redis: Redis, site_id: str, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
     topic = await create_topic(stack, partitions=1)
     events = make_events(site_id, 200, seed=23)
     # The last decodes but cannot be stored: ts = 10**17 ms is past year 9999.
@@ -289,6 +410,8 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_counte
     aggregator.start()
     try:
         await wait_for_total(redis, site_id, 200)
+        metrics = await aggregator.metrics(http)
+        assert (metrics["dead_lettered_total"], metrics["records_applied_total"]) == (4, 200)
     finally:
         assert await aggregator.terminate() == 0
     await assert_redis_matches(redis, site_id, recount(events))
