@@ -223,7 +223,8 @@ def decode_event(value: bytes | None) -> PageView:
     if not isinstance(site_id, str) or not SITE_ID_RE.fullmatch(site_id):
         errors.append(FieldError("site_id", "must match [A-Za-z0-9._-]{1,64}"))
     received_at = _stored_ms(raw, "received_at", MAX_TS_MS, errors)
-    ts = _stored_ms(raw, "ts", min(MAX_TS_MS, (received_at or 0) + MAX_FUTURE_MS), errors)
+    latest_ts = MAX_TS_MS if received_at is None else min(MAX_TS_MS, received_at + MAX_FUTURE_MS)
+    ts = _stored_ms(raw, "ts", latest_ts, errors)
     if errors:
         raise UndecodableRecord("; ".join(f"{e.field}: {e.reason}" for e in errors))
     assert event_id and page_id and user_id and isinstance(site_id, str)

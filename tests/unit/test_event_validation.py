@@ -176,6 +176,12 @@ def test_records_breaking_a_gateway_rule_are_undecodable_naming_the_field(
         decode_event(record(**fields))
 
 
+def test_a_bad_received_at_is_named_alone() -> None:
+    with pytest.raises(UndecodableRecord) as caught:
+        decode_event(record(received_at="now"))
+    assert str(caught.value).startswith("received_at: ") and "ts:" not in str(caught.value)
+
+
 def test_the_edges_of_the_stored_time_range_decode() -> None:
     assert decode_event(record(ts=0, received_at=0)).ts == 0
     last = MAX_TS_MS
