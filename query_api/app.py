@@ -78,7 +78,8 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
     docs_routes(app)
     dashboard_routes(app)
     if readers is not None:
-        app[DEPS] = QueryDeps(settings=settings, service=StatsService(*readers, clock_ms))
+        app[DEPS] = QueryDeps(settings=settings, service=StatsService(*readers, clock_ms,
+                                                                          settings.retention))
         app[SITES] = sites or FixedSites()
         return app
 
@@ -89,7 +90,7 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
             connectTimeoutMS=MONGO_TIMEOUT_MS)
         events = mongo[settings.backends.mongo_db][EVENTS]
         fallback = MongoReader(events, settings.mongo_query_timeout_ms)
-        service = StatsService(RedisReader(redis), fallback, clock_ms)
+        service = StatsService(RedisReader(redis), fallback, clock_ms, settings.retention)
         app[DEPS] = QueryDeps(settings=settings, service=service)
         app[SITES] = SiteDirectory(redis, events, settings.mongo_query_timeout_ms)
         yield

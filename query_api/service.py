@@ -17,6 +17,7 @@ from typing import TypeVar
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
+from contracts.settings import Retention
 from query_api.model import StatsReader
 from query_api.ranges import TimeRange
 from query_api.tiling import retained as bucket_retained
@@ -30,24 +31,25 @@ class Unavailable(RuntimeError):
     """Neither store could answer."""
 
 
-def redis_can_answer(ranges: Sequence[TimeRange], now_ms: int) -> bool:
+def redis_can_answer(ranges: Sequence[TimeRange], now_ms: int, retention: Retention) -> bool:
     """Whether Redis still holds every bucket these ranges need (pure)."""
-    return all(bucket_retained(bucket, now_ms)
+    return all(bucket_retained(bucket, now_ms, retention)
                for rng in ranges if rng.bounded for bucket in tile(*rng.bounds()))
 
 
 class StatsService:
-    def __init__(self, redis: StatsReader, mongo: StatsReader, clock_ms: Callable[[], int]
-                 ) -> None:
+    def __init__(self, redis: StatsReader, mongo: StatsReader, clock_ms: Callable[[], int],
+                 retention: Retention) -> None:
         self.redis = redis
         self.mongo = mongo
         self.clock_ms = clock_ms
+        self.retention = retention  # the aggregators' bucket expiry: the same settings
 
     async def answer(self, ranges: Sequence[TimeRange],
                      query: Callable[[StatsReader], Awaitable[T]]) -> tuple[T, str]:
         """Run ``query`` on the reader that can answer ``ranges``; returns the result and the
         source (``redis`` or ``mongo``)."""
-        if redis_can_answer(ranges, self.clock_ms()):
+        if redis_can_answer(ranges, self.clock_ms(), self.retention):
             try:
                 if await self.redis.complete():
                     return await query(self.redis), self.redis.source

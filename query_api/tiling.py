@@ -3,7 +3,8 @@
 Why: a range is answered by summing per-bucket counters and merging per-bucket
 HyperLogLogs, so the fewer buckets the fewer keys are read. Days are used where whole days
 fit, hours at the edges, minutes only where needed. Minute buckets live 48 h after they end
-and hour buckets 90 days (``contracts.keys.ttl_of``), so a range needing an expired bucket is
+and hour buckets 90 days by default (``contracts.settings.Retention``), so a range needing an
+expired bucket is
 answered from MongoDB instead (see ``query_api.service``). Pure; no I/O.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.keys import ttl_of
+from contracts.settings import Retention
 from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS
 from query_api.ranges import TimeRange
 
@@ -87,9 +88,9 @@ def slot_count(rng: TimeRange, interval: str) -> int:
     return (end - 1) // size - start // size + 1
 
 
-def retained(bucket: Bucket, now_ms: int) -> bool:
+def retained(bucket: Bucket, now_ms: int, retention: Retention) -> bool:
     """Whether Redis still holds this bucket's keys (day buckets stay forever)."""
-    ttl_s = ttl_of(bucket.unit)
+    ttl_s = retention.ttl_of(bucket.unit)
     if ttl_s is None:
         return True
     return bucket.end_ms + ttl_s * 1000 > now_ms + RETENTION_MARGIN_MS

@@ -7,6 +7,7 @@ from itertools import pairwise
 
 import pytest
 
+from contracts.settings import Retention
 from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS, datetime_to_ms
 from query_api.params import BadParameter
 from query_api.ranges import ALL_TIME, TimeRange, parse_range, period_range
@@ -18,6 +19,7 @@ NOW = datetime_to_ms(datetime(2026, 11, 28, 10, 17, 42, 500000, tzinfo=UTC))
 DAY = NOW // DAY_MS * DAY_MS
 HOUR = NOW // HOUR_MS * HOUR_MS
 MINUTE = NOW // MINUTE_MS * MINUTE_MS
+DEFAULTS = Retention()
 
 
 def iso(rng: TimeRange) -> tuple[str | None, str | None]:
@@ -125,21 +127,34 @@ def test_time_series_slots_are_aligned_and_clipped_to_the_range() -> None:
 
 def test_minute_buckets_are_gone_48_hours_after_they_end_and_days_stay() -> None:
     minute = Bucket("m", MINUTE // MINUTE_MS - 47 * 60)
-    assert retained(minute, NOW)
-    assert not retained(Bucket("m", MINUTE // MINUTE_MS - 49 * 60), NOW)
-    assert retained(Bucket("h", HOUR // HOUR_MS - 89 * 24), NOW)
-    assert not retained(Bucket("h", HOUR // HOUR_MS - 91 * 24), NOW)
-    assert retained(Bucket("d", 1), NOW)
+    assert retained(minute, NOW, DEFAULTS)
+    assert not retained(Bucket("m", MINUTE // MINUTE_MS - 49 * 60), NOW, DEFAULTS)
+    assert retained(Bucket("h", HOUR // HOUR_MS - 89 * 24), NOW, DEFAULTS)
+    assert not retained(Bucket("h", HOUR // HOUR_MS - 91 * 24), NOW, DEFAULTS)
+    assert retained(Bucket("d", 1), NOW, DEFAULTS)
 
 
 def test_redis_answers_named_periods_and_minute_edges_inside_its_retention() -> None:
-    assert redis_can_answer([period_range("24h", NOW), period_range("30d", NOW)], NOW)
-    assert redis_can_answer([ALL_TIME], NOW)
-    assert redis_can_answer([period_range("realtime", NOW)], NOW)
-    assert redis_can_answer([TimeRange(DAY + 7 * MINUTE_MS, DAY + 3 * HOUR_MS)], NOW)
+    assert redis_can_answer([period_range("24h", NOW), period_range("30d", NOW)], NOW, DEFAULTS)
+    assert redis_can_answer([ALL_TIME], NOW, DEFAULTS)
+    assert redis_can_answer([period_range("realtime", NOW)], NOW, DEFAULTS)
+    assert redis_can_answer([TimeRange(DAY + 7 * MINUTE_MS, DAY + 3 * HOUR_MS)], NOW, DEFAULTS)
 
 
 def test_ranges_past_minute_retention_need_mongo() -> None:
     old = TimeRange(DAY - 3 * DAY_MS + 5 * MINUTE_MS, DAY - 2 * DAY_MS)
-    assert not redis_can_answer([old], NOW)
-    assert redis_can_answer([TimeRange(DAY - 3 * DAY_MS, DAY - 2 * DAY_MS)], NOW)
+    assert not redis_can_answer([old], NOW, DEFAULTS)
+    assert redis_can_answer([TimeRange(DAY - 3 * DAY_MS, DAY - 2 * DAY_MS)], NOW, DEFAULTS)
+
+
+def test_retention_settings_move_the_line_between_redis_and_mongo() -> None:
+    """The aggregators expire buckets by REDIS_MINUTE_TTL_S / REDIS_HOUR_TTL_S; the query API
+    must read the same settings, or it would read expired buckets as zero."""
+    short = Retention(minute_ttl_s=3600, hour_ttl_s=7 * 24 * 3600)
+    two_hours_ago = Bucket("m", MINUTE // MINUTE_MS - 2 * 60)
+    assert retained(two_hours_ago, NOW, DEFAULTS)
+    assert not retained(two_hours_ago, NOW, short)
+    assert not retained(Bucket("h", HOUR // HOUR_MS - 8 * 24), NOW, short)
+    since_two_hours_ago = TimeRange(HOUR - 2 * HOUR_MS + 5 * MINUTE_MS, MINUTE)
+    assert redis_can_answer([since_two_hours_ago], NOW, DEFAULTS)
+    assert not redis_can_answer([since_two_hours_ago], NOW, short)
