@@ -46,15 +46,19 @@ INGEST_SCHEMAS: dict[str, Any] = {
         "properties": {"accepted": {"type": "integer", "minimum": 1},
                        "event_ids": {"type": "array", "items": {"type": "string"}}}},
     "IngestError": {
-        "type": "object", "required": ["error"],
+        "description": "Every error, the gateway's or NGINX's own, has this shape.",
+        "type": "object", "required": ["error", "message", "details"],
         "properties": {
             "error": {"type": "string"}, "message": {"type": "string"},
             "reason": {"type": "string"},
             "event_ids": {"type": "array", "items": {"type": "string"},
                           "description": "503 only: retry with these ids."},
             "details": {"type": "array", "items": {
-                "type": "object", "properties": {
-                    "index": {"type": "integer"}, "field": {"type": "string"},
+                "type": "object", "required": ["index", "field", "reason"], "properties": {
+                    "index": {"type": ["integer", "null"],
+                              "description": "The event (or NDJSON line); null for the "
+                                             "whole body."},
+                    "field": {"type": ["string", "null"]},
                     "reason": {"type": "string"}}}}}},
 }
 
@@ -73,6 +77,8 @@ def _post(summary: str, description: str, body: dict[str, Any]) -> dict[str, Any
                     **_ERROR},
             "413": {"description": "Body over 1 MiB (after decompression) or too many events.",
                     **_ERROR},
+            "405": {"description": "Any method but POST (and the CORS preflight's OPTIONS); "
+                                   "`Allow` names them.", **_ERROR},
             "415": {"description": "Unsupported Content-Type or Content-Encoding.", **_ERROR},
             "429": {"description": "Too many requests from this client (NGINX).", **_ERROR},
             "503": {"description": "Kafka did not acknowledge in time (`Retry-After`); "
