@@ -57,6 +57,12 @@ class _Env:
             return False
         raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
     def items(self, name: str) -> tuple[str, ...]:
         raw = self._environ.get(name, "")
         return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -143,7 +149,8 @@ class GatewaySettings:
             cors_origins=env.items("CORS_ORIGINS") or cls.cors_origins,
             linger_ms=env.integer("KAFKA_LINGER_MS", cls.linger_ms),
             max_batch_size=env.integer("KAFKA_MAX_BATCH_BYTES", cls.max_batch_size, minimum=1024),
-            compression=env.text("KAFKA_COMPRESSION", "none").lower().replace("none", "") or None,
+            compression=_no_compression(env.choice(
+                "KAFKA_COMPRESSION", "none", ("none", "gzip", "snappy", "lz4", "zstd"))),
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
         )
 
@@ -213,3 +220,7 @@ class QuerySettings:
             raise SettingsError("set STATS_TOKENS (comma-separated bearer tokens), "
                                 "or STATS_AUTH_DISABLED=true for a local stack")
         return settings
+
+
+def _no_compression(codec: str) -> str | None:
+    return None if codec == "none" else codec

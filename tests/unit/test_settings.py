@@ -36,6 +36,9 @@ def test_malformed_values_name_the_variable() -> None:
         GatewaySettings.from_env({"PORT": "eighty"})
     with pytest.raises(SettingsError, match="STATS_AUTH_DISABLED"):
         QuerySettings.from_env({"STATS_AUTH_DISABLED": "maybe"})
+    with pytest.raises(SettingsError, match="KAFKA_COMPRESSION must be one of none, gzip"):
+        GatewaySettings.from_env({"KAFKA_COMPRESSION": "lz5"})
+    assert GatewaySettings.from_env({"KAFKA_COMPRESSION": "NONE"}).compression is None
 
 
 def test_the_query_api_refuses_to_start_public_unless_told_to() -> None:
