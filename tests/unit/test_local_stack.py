@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -57,4 +59,26 @@ def test_stop_also_ends_children_that_outlived_their_leader(
 
 def test_no_docker_engine_means_the_native_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # nothing listens on discard
+    assert docker_engine_answers() is False
+
+
+def test_an_engine_that_answers_its_ping_is_found(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+
+        def answer() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(1024)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+        engine = threading.Thread(target=answer)
+        engine.start()
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+        assert docker_engine_answers() is True
+        engine.join()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'missing.sock'}")
     assert docker_engine_answers() is False
