@@ -83,7 +83,10 @@ async def test_fifty_thousand_events_are_counted_exactly(
         await wait_for_total(redis, site_id, len(events))
         async with http.get(f"{aggregator.url}/healthz") as response:
             assert (response.status, await response.json()) == (200, {"status": "ok"})
-        metrics = await aggregator.metrics(http)
+        # A batch is observed after its commit, a moment after Redis shows its events.
+        metrics = await eventually(lambda: _metrics_once_batch_committed(aggregator, http),
+                                   timeout_s=30, message="the last batch observed")
+        assert metrics is not None
         assert metrics["records_applied_total"] == 50_000
         assert metrics["batch_records_sum"] == 50_000  # each record polled once, no redo
         batches = metrics["batch_records_count"]
@@ -251,6 +254,12 @@ async def _split(first: Aggregator, second: Aggregator, http: aiohttp.ClientSess
     are gone."""
     a, b = set(await _lags(first, http)), set(await _lags(second, http))
     return bool(a and b and not a & b and a | b == set(range(partitions)))
+
+
+async def _metrics_once_batch_committed(aggregator: Aggregator, http: aiohttp.ClientSession
+                                        ) -> dict[str, float] | None:
+    metrics = await aggregator.metrics(http)
+    return metrics if metrics.get("batch_records_sum", 0) >= 50_000 else None
 
 
 async def _more_than(redis: Redis, site_id: str, n: int) -> bool:
