@@ -214,7 +214,9 @@ def decode_all(records: list[Record]) -> tuple[list[Located], list[Poison]]:
             continue
         try:
             document = event_document(event, record.partition, record.offset)
-        except Exception as exc:  # pure code on one record's values: the record is at fault
+        except (ValueError, OverflowError) as exc:  # a value no date can hold: the record's
+            # fault (decode_event bounds times already; this is the last line). Any other
+            # error is a bug of ours and must stop the aggregator, not dead-letter events.
             poison.append(Poison(record, f"cannot be stored: {type(exc).__name__}: {exc}"))
             continue
         located.append(Located(event, record.partition, record.offset, document))

@@ -88,9 +88,10 @@ RETENTION_MS = env_int("KAFKA_RETENTION_MS", 30 * 24 * 3600 * 1000)
 TOPIC = os.environ.get("KAFKA_TOPIC", "page-views")
 RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 100)  # requests/s per client (burst 200)
 # Servers this stack uses but does not run: part name -> address.
-EXTERNAL = {part: os.environ[variable] for part, variable in (
-    ("kafka", "EXTERNAL_KAFKA_BOOTSTRAP"), ("ferretdb", "EXTERNAL_MONGO_URL"),
-    ("redis", "EXTERNAL_REDIS_URL")) if os.environ.get(variable)}
+EXTERNAL_VARIABLES = {"kafka": "EXTERNAL_KAFKA_BOOTSTRAP", "ferretdb": "EXTERNAL_MONGO_URL",
+                      "redis": "EXTERNAL_REDIS_URL"}
+EXTERNAL = {part: os.environ[variable] for part, variable in EXTERNAL_VARIABLES.items()
+            if os.environ.get(variable)}
 
 
 def say(part: str, message: str) -> None:
@@ -262,9 +263,14 @@ def stop(name: str, timeout_s: float = 20.0) -> bool:
     died and left children behind."""
     recorded = recorded_pid(name)
     (PIDS / f"{name}.pid").unlink(missing_ok=True)
-    if recorded is None or not session_members(recorded[0]):
+    if recorded is None:
         return False
-    session = recorded[0]
+    session, started = recorded
+    if start_time(session) not in (None, started):
+        return False  # the pid names a stranger now (a reboot): our session is long gone
+    # Otherwise the session is ours: Linux reuses no pid while a session still bears it.
+    if not session_members(session):
+        return False
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in session_members(session):
             with contextlib.suppress(ProcessLookupError):

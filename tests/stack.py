@@ -76,10 +76,6 @@ def answers(url: str) -> bool:
         return False
 
 
-SERVERS = {"kafka": "EXTERNAL_KAFKA_BOOTSTRAP", "ferretdb": "EXTERNAL_MONGO_URL",
-           "redis": "EXTERNAL_REDIS_URL"}  # infra/stack.py's parts and their EXTERNAL_* names
-
-
 def load_native_stack() -> ModuleType:
     """``infra/stack.py`` as a module, executed afresh (it reads its settings at import)."""
     spec = importlib.util.spec_from_file_location("native_stack", ROOT / "infra" / "stack.py")
@@ -110,11 +106,17 @@ def find_or_start() -> tuple[Stack, Callable[[], None] | None]:
         os.environ.update(addresses)  # every later `infra/stack.py up` (restore) uses them
 
     def take_down() -> None:
-        stack_cli("down")
-        if remove_containers is not None:
-            remove_containers()
+        try:
+            stack_cli("down")
+        finally:
+            if remove_containers is not None:
+                remove_containers()
 
-    stack_cli("up")
+    try:
+        stack_cli("up")
+    except BaseException:
+        take_down()
+        raise
     return Stack.from_mapping(read_env_file(STACK_ENV)), take_down
 
 
@@ -135,7 +137,7 @@ def restore() -> None:
 
 
 def stop_part(name: str) -> None:
-    if os.environ.get(SERVERS.get(name, "")):
+    if os.environ.get(load_native_stack().EXTERNAL_VARIABLES.get(name, "")):
         pytest.skip(f"{name} runs in a container here; this failure test stops the native one")
     stack_cli("stop", name)
 

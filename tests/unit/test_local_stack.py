@@ -82,3 +82,18 @@ def test_an_engine_that_answers_its_ping_is_found(monkeypatch: pytest.MonkeyPatc
         engine.join()
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'missing.sock'}")
     assert docker_engine_answers() is False
+
+
+def test_stop_leaves_a_stranger_alone_that_got_a_recorded_pid(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """After a reboot a pid file may name someone else's session leader."""
+    stack = load_stack_module(monkeypatch, tmp_path, {})
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        (tmp_path / "gateway-1.pid").write_text(f"{stranger.pid} 1\n")  # an older start time
+        assert stack.stop("gateway-1", timeout_s=1) is False
+        assert stranger.poll() is None
+        assert not (tmp_path / "gateway-1.pid").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
