@@ -107,8 +107,3 @@ class SiteKeys:
         """HyperLogLog of one page's visitors in one minute, hour or day bucket."""
         return f"{self._base}:uv:{unit}:{bucket}:p:{page_id}"
 
-
-def ttl_of(unit: str) -> int | None:
-    """Seconds a bucket key of this unit lives by default; day buckets stay. Writers use
-    the configured ``contracts.settings.Retention.ttl_of``."""
-    return {"m": MINUTE_TTL_S, "h": HOUR_TTL_S, "d": None}[unit]

@@ -64,8 +64,9 @@ class RepeatFilter(logging.Filter):
         if len(self._seen) > 1000:  # bounded, whatever the third party logs
             self._seen.clear()
         self._seen[key] = (now, 0)
-        if held:
-            record.fields = {**getattr(record, "fields", {}), "repeated": held}
+        if held:  # since the line shown ``repeated_over_s`` ago (the window, or much longer)
+            record.fields = {**getattr(record, "fields", {}), "repeated": held,
+                             "repeated_over_s": round(now - shown_at)}
         return True
 
 
@@ -77,5 +78,4 @@ def configure_logging(service: str, instance: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
-
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -4,8 +4,7 @@ Why: a range is answered by summing per-bucket counters and merging per-bucket
 HyperLogLogs, so the fewer buckets the fewer keys are read. Days are used where whole days
 fit, hours at the edges, minutes only where needed. Minute buckets live 48 h after they end
 and hour buckets 90 days by default (``contracts.settings.Retention``), so a range needing an
-expired bucket is
-answered from MongoDB instead (see ``query_api.service``). Pure; no I/O.
+expired bucket is answered from MongoDB instead (see ``query_api.service``). Pure; no I/O.
 """
 
 from __future__ import annotations

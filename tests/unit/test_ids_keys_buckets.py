@@ -6,7 +6,8 @@ import itertools
 import uuid
 
 from contracts.ids import event_id_factory, uuid7
-from contracts.keys import SiteKeys, ttl_of
+from contracts.keys import SiteKeys
+from contracts.settings import Retention
 from contracts.timebuckets import buckets_of, iso_z
 
 
@@ -61,8 +62,9 @@ def test_generations_do_not_share_keys() -> None:
 
 
 def test_minute_buckets_expire_and_day_buckets_stay() -> None:
-    assert ttl_of("m") == 48 * 3600
-    assert ttl_of("d") is None
+    assert Retention().ttl_of("m") == 48 * 3600
+    assert Retention().ttl_of("h") == 90 * 24 * 3600
+    assert Retention().ttl_of("d") is None
 
 
 def test_buckets_are_utc_epoch_units() -> None:

@@ -37,10 +37,11 @@ def test_aiokafka_repeating_a_warning_logs_once_a_minute_with_a_count(
     log.warning("Coordinator dead")
 
     out = lines(stream)
-    assert [(line["event"], line.get("repeated")) for line in out] == [
-        ("Heartbeat failed for group aggregators", None),
-        ("Heartbeat failed for group aggregators", 59),
-        ("Coordinator dead", None),
+    assert [(line["event"], line.get("repeated"), line.get("repeated_over_s"))
+            for line in out] == [
+        ("Heartbeat failed for group aggregators", None, None),
+        ("Heartbeat failed for group aggregators", 59, 60),
+        ("Coordinator dead", None, None),
     ]
     assert out[0]["service"] == "aggregator" and out[0]["level"] == "warning"
 
