@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ingest_gateway import body
 from ingest_gateway.body import BodyError, decode_content, events_of_body, parse_ndjson
 
 LIMIT = 1024 * 1024
@@ -67,6 +69,47 @@ def test_a_truncated_gzip_body_is_a_400() -> None:
     with pytest.raises(BodyError) as caught:
         decode_content(gzip.compress(b"[1, 2, 3]")[:-5], "gzip", LIMIT)
     assert (caught.value.status, caught.value.code) == (400, "malformed_body")
+
+
+class CountingZlib:
+    """``zlib`` as ``body`` uses it, counting the compressed bytes handed to decompressors."""
+
+    error = zlib.error
+    MAX_WBITS = zlib.MAX_WBITS
+
+    def __init__(self) -> None:
+        self.fed = 0
+
+    def decompressobj(self, wbits: int) -> CountingZlib.Decompressor:
+        return CountingZlib.Decompressor(self, zlib.decompressobj(wbits))
+
+    class Decompressor:
+        def __init__(self, counter: CountingZlib, real: Any) -> None:
+            self.counter, self.real = counter, real
+
+        def decompress(self, data: bytes, max_length: int) -> bytes:
+            self.counter.fed += len(data)
+            return self.real.decompress(data, max_length)  # type: ignore[no-any-return]
+
+        def __getattr__(self, name: str) -> Any:  # eof, unused_data, unconsumed_tail
+            return getattr(self.real, name)
+
+
+def test_many_gzip_members_cost_work_linear_in_the_body(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Handing each member the whole rest of the body made 52k empty members in 1 MiB take
+    seconds of event-loop time; what zlib sees must stay a small multiple of the body."""
+    counting = CountingZlib()
+    monkeypatch.setattr(body, "zlib", counting)
+    members = gzip_members([b""] * 20_000 + [b"[1]"])
+    assert decode_content(members, "gzip", LIMIT) == b"[1]"
+    assert counting.fed <= 4 * len(members), (counting.fed, len(members))
+
+
+def test_tens_of_thousands_of_members_are_all_inflated() -> None:
+    members = gzip_members([b'{"page_id": "p", "user_id": "u"}\n'] * 30_000)
+    data = decode_content(members, "gzip", LIMIT)
+    assert data.count(b"\n") == 30_000 and len(data) == 30_000 * 33
 
 
 def test_unknown_encodings_are_a_415() -> None:

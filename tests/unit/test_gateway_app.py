@@ -113,6 +113,16 @@ async def test_gzip_bodies_are_inflated(client: Client, publisher: FakePublisher
     assert status == 202 and answer["accepted"] == 10
 
 
+async def test_a_body_of_fifty_thousand_gzip_members_is_read_whole(
+        client: Client, publisher: FakePublisher) -> None:
+    """1 MB of empty members (20 bytes each) ending in one event: inflated, not refused."""
+    body = gzip.compress(b"") * 50_000 + gzip.compress(b'{"page_id": "z", "user_id": "u"}\n')
+    status, answer = await post(client, "/events", body, "application/x-ndjson",
+                                **{"Content-Encoding": "gzip"})
+    assert status == 202 and answer["accepted"] == 1
+    assert [e.page_id for e in publisher.published] == ["z"]
+
+
 async def test_every_gzip_member_of_an_ndjson_body_is_accepted(
         client: Client, publisher: FakePublisher) -> None:
     body = gzip.compress(b'{"page_id": "a", "user_id": "u"}\n') + \
