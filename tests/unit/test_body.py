@@ -11,8 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest_gateway import body
-from ingest_gateway.body import BodyError, decode_content, events_of_body, parse_ndjson
+from ingest_gateway import body as body_module
+from ingest_gateway.body import (
+    BodyError,
+    check_media_type,
+    decode_content,
+    events_of_body,
+    parse_ndjson,
+)
 
 LIMIT = 1024 * 1024
 
@@ -100,7 +106,7 @@ def test_many_gzip_members_cost_work_linear_in_the_body(monkeypatch: pytest.Monk
     """Handing each member the whole rest of the body made 52k empty members in 1 MiB take
     seconds of event-loop time; what zlib sees must stay a small multiple of the body."""
     counting = CountingZlib()
-    monkeypatch.setattr(body, "zlib", counting)
+    monkeypatch.setattr(body_module, "zlib", counting)
     members = gzip_members([b""] * 20_000 + [b"[1]"])
     assert decode_content(members, "gzip", LIMIT) == b"[1]"
     assert counting.fed <= 4 * len(members), (counting.fed, len(members))
@@ -151,6 +157,7 @@ ENCODINGS = st.sampled_from(["", "identity", "gzip", "GZIP ", "deflate", "br", "
 def test_any_body_gives_raw_events_or_a_body_error_never_another_exception(
         raw: bytes, kind: str, encoding: str, batch: bool, limit: int, max_events: int) -> None:
     try:
+        check_media_type(kind, batch=batch)  # as read_events does, before reading the body
         items = events_of_body(raw, kind, encoding, limit=limit, max_events=max_events,
                                batch=batch)
     except BodyError as exc:

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from contracts.event import KNOWN_FIELDS, PageView
 from contracts.settings import GatewaySettings
+from ingest_gateway import body as body_module
 from ingest_gateway.app import AUTO_DECOMPRESS, create_app
 from ingest_gateway.publisher import PublishUnavailable
 
@@ -204,6 +205,20 @@ async def test_a_bad_ndjson_line_is_named(client: Client) -> None:
     status, answer = await post(client, "/events", b'{"page_id": "a", "user_id": "u"}\n{oops\n',
                                 "application/x-ndjson")
     assert status == 400 and answer["details"][0]["index"] == 1
+
+
+async def test_the_media_type_is_checked_once_per_request(
+        client: Client, publisher: FakePublisher, monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+    real = body_module.check_media_type
+
+    def counting(kind: str, *, batch: bool) -> None:
+        checked.append(kind)
+        real(kind, batch=batch)
+
+    monkeypatch.setattr(body_module, "check_media_type", counting)
+    status, _ = await post(client, "/events", b'[{"page_id": "a", "user_id": "u"}]')
+    assert status == 202 and checked == ["application/json"]
 
 
 @pytest.mark.parametrize("content_type", ["application/xml", "multipart/form-data",
