@@ -140,6 +140,8 @@ class KafkaPublisher:
             self._producer = None
 
     async def publish(self, events: Sequence[PageView]) -> None:
+        if not events:  # nothing to wait for (``asyncio.wait`` refuses an empty list)
+            return
         producer = self._producer
         if producer is None:
             raise PublishUnavailable("kafka_not_connected", retry_after_s=2)

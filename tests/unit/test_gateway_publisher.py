@@ -70,6 +70,12 @@ async def test_acknowledged_messages_release_their_capacity(
     assert publisher.in_flight == 0
 
 
+async def test_publishing_no_events_succeeds_without_sending(
+        publisher: KafkaPublisher, producer: HeldProducer) -> None:
+    await publisher.publish([])
+    assert producer.pending == [] and publisher.in_flight == 0
+
+
 async def test_a_timed_out_request_keeps_its_messages_in_flight_until_aiokafka_resolves_them(
         publisher: KafkaPublisher, producer: HeldProducer) -> None:
     with pytest.raises(PublishUnavailable) as caught:
