@@ -89,12 +89,12 @@ async def positions_in_topic(stack: Stack, topic: str) -> dict[str, tuple[int, i
     tests produce each event once."""
     start = dict.fromkeys(await partitions_of(stack.kafka_bootstrap, topic), 0)
     positions: dict[str, tuple[int, int]] = {}
-    for tp, offset, value in await read_between(stack.kafka_bootstrap, start, timeout_s=120):
+    for record in await read_between(stack.kafka_bootstrap, start, timeout_s=120):
         try:
-            event_id = decode_event(value).event_id
+            event_id = decode_event(record.value).event_id
         except UndecodableRecord:
             continue
-        positions.setdefault(event_id, (tp.partition, offset))
+        positions.setdefault(event_id, (record.tp.partition, record.offset))
     return positions
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -33,8 +34,15 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
         await stop_quietly(consumer)
 
 
+class Read(NamedTuple):
+    tp: TopicPartition
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
 async def read_between(bootstrap: str, start: dict[TopicPartition, int],
-                       timeout_s: float = 30.0) -> list[tuple[TopicPartition, int, bytes]]:
+                       timeout_s: float = 30.0) -> list[Read]:
     """Every record from ``start`` up to the end offsets as they are now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 isolation_level="read_committed")
@@ -44,7 +52,7 @@ async def read_between(bootstrap: str, start: dict[TopicPartition, int],
         consumer.assign(list(start))
         for tp, offset in start.items():
             consumer.seek(tp, offset)
-        out: list[tuple[TopicPartition, int, bytes]] = []
+        out: list[Read] = []
         remaining = {tp for tp in start if end[tp] > start[tp]}
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
@@ -52,7 +60,7 @@ async def read_between(bootstrap: str, start: dict[TopicPartition, int],
             for tp, messages in batches.items():
                 for msg in messages:
                     if msg.offset < end[tp]:
-                        out.append((tp, msg.offset, msg.value or b""))
+                        out.append(Read(tp, msg.offset, msg.key, msg.value or b""))
                 if tp in remaining and await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
         assert not remaining, f"could not read to the end of {remaining}"
@@ -61,16 +69,21 @@ async def read_between(bootstrap: str, start: dict[TopicPartition, int],
         await stop_quietly(consumer)
 
 
-def events_of_site(records: list[tuple[TopicPartition, int, bytes]], site_id: str
-                   ) -> list[PageView]:
+def events_of_site(records: list[Read], site_id: str) -> list[PageView]:
+    return [event for _, event in keyed_events_of_site(records, site_id)]
+
+
+def keyed_events_of_site(records: list[Read], site_id: str
+                         ) -> list[tuple[bytes | None, PageView]]:
+    """(Kafka key, decoded event) of the records of ``site_id``; others are skipped."""
     events = []
-    for _, _, value in records:
+    for record in records:
         try:
-            event = decode_event(value)
+            event = decode_event(record.value)
         except UndecodableRecord:
             continue
         if event.site_id == site_id:
-            events.append(event)
+            events.append((record.key, event))
     return events
 
 

@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from contracts.event import PageView, decode_event
+from contracts.event import PageView
 from contracts.timebuckets import iso_z
-from tests.kafka_tools import end_offsets, stop_quietly
+from tests.kafka_tools import end_offsets, keyed_events_of_site, read_between
 from tests.stack import Stack, eventually, restore, stop_part
 
 Encode = tuple[str, str, dict[str, str]]  # path, content type, extra headers
@@ -31,30 +31,7 @@ async def records_of_site(bootstrap: str, start: dict[TopicPartition, int], site
                           ) -> list[tuple[bytes | None, PageView]]:
     """(Kafka key, decoded event) of every record of ``site_id`` from ``start`` to the end
     offsets as they are now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")
-    await consumer.start()
-    try:
-        end = await consumer.end_offsets(list(start))
-        consumer.assign(list(start))
-        for tp, offset in start.items():
-            consumer.seek(tp, offset)
-        out: list[tuple[bytes | None, PageView]] = []
-        remaining = {tp for tp in start if end[tp] > start[tp]}
-        deadline = time.monotonic() + 30
-        while remaining and time.monotonic() < deadline:
-            for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
-                for msg in messages:
-                    if msg.offset < end[tp] and site_id.encode() in (msg.value or b""):
-                        event = decode_event(msg.value)
-                        if event.site_id == site_id:
-                            out.append((msg.key, event))
-                if tp in remaining and await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-        assert not remaining, f"could not read to the end of {remaining}"
-        return out
-    finally:
-        await stop_quietly(consumer)
+    return keyed_events_of_site(await read_between(bootstrap, start), site_id)
 
 
 # An hour ago on a whole second, plus 250 ms: as RFC 3339 text and as epoch milliseconds.
