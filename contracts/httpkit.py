@@ -60,8 +60,9 @@ def route_name(request: web.Request) -> str:
 
 
 def error_middleware(metrics: HttpMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Every error answered as JSON; unexpected exceptions logged and answered 500 without
-    detail. Counts every request by route and status."""
+    """Every error answered as JSON in the one shape, ``details`` included; unexpected
+    exceptions logged and answered 500 without saying more. Counts every request by route
+    and status."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -77,19 +78,39 @@ def error_middleware(metrics: HttpMetrics) -> Callable[..., Awaitable[web.Stream
             status = exc.status
             if exc.status < 400:
                 raise
-            code = exc.reason.lower().replace(" ", "_")
-            headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow"}}
-            return error_response(exc.status, code, exc.text or exc.reason, headers=headers)
+            return http_error_response(request, exc)
         except Exception:
             log.exception("unhandled_error", extra={"fields": {
                 "route": route, "method": request.method, "path": request.path}})
-            return error_response(500, "internal_error", "internal error; see the service log")
+            return whole_request_error(500, "internal_error",
+                                       "internal error; see the service log")
         finally:
             metrics.in_flight.dec()
             metrics.requests.labels(route, request.method, str(status)).inc()
             metrics.latency.labels(route).observe(time.perf_counter() - started)
 
     return middleware
+
+
+def whole_request_error(status: int, code: str, message: str,
+                        headers: dict[str, str] | None = None) -> web.Response:
+    """An error about the request as a whole: one detail, with no event index or field."""
+    return error_response(status, code, message,
+                          [{"index": None, "field": None, "reason": message}], headers=headers)
+
+
+def http_error_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own refusals (404, 405, ...) in the error shape; a 405 keeps its Allow."""
+    code = exc.reason.lower().replace(" ", "_")
+    allow = exc.headers.get("Allow")
+    if exc.status == 405 and allow is not None:
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allow}"
+    elif exc.text and exc.text != f"{exc.status}: {exc.reason}":  # a text someone chose
+        message = exc.text
+    else:
+        message = f"{exc.reason}: {request.method} {request.path}"
+    return whole_request_error(exc.status, code, message,
+                               headers={"Allow": allow} if allow is not None else None)
 
 
 def metrics_handler(registry: CollectorRegistry) -> Handler:

@@ -16,7 +16,7 @@ from contracts.ingest_openapi import ingest_document
 from contracts.settings import GatewaySettings
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import KafkaPublisher, Publisher
-from ingest_gateway.routes import DEPS, GatewayDeps, add_routes, uniform_http_errors
+from ingest_gateway.routes import DEPS, GatewayDeps, add_routes
 
 # aiohttp must not inflate bodies itself: ``body.decode_content`` does, within the limit.
 AUTO_DECOMPRESS = False
@@ -33,7 +33,7 @@ def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
                        metrics=metrics, clock_ms=clock, new_event_id=event_id_factory(clock))
     metrics.follow_in_flight(lambda: deps.publisher.in_flight)
     # Room for a gzip body's framing on top of the decompressed limit.
-    app = web.Application(middlewares=[error_middleware(metrics), uniform_http_errors],
+    app = web.Application(middlewares=[error_middleware(metrics)],
                           client_max_size=settings.max_body_bytes + 64 * 1024)
     app[DEPS] = deps
     add_routes(app)

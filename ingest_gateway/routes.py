@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from contracts.event import InvalidEvent, PageView, ValidationPolicy, validate_batch
-from contracts.httpkit import Handler, error_response, json_response, readiness_response
+from contracts.httpkit import error_response, json_response, readiness_response
 from contracts.settings import GatewaySettings
 from ingest_gateway.body import BodyError, read_events
 from ingest_gateway.metrics import GatewayMetrics
@@ -124,27 +124,6 @@ async def events(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     return readiness_response({"kafka": request.app[DEPS].publisher.ready})
-
-
-@web.middleware
-async def uniform_http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own refusals (404, 405) in the gateway's error shape, details included; runs
-    inside the shared error middleware, which counts them."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        allow = exc.headers.get("Allow")
-        if exc.status == 405 and allow is not None:
-            message = f"{request.method} is not allowed on {request.path}; allowed: {allow}"
-        else:
-            message = f"{exc.reason}: {request.method} {request.path}"
-        headers = {"Allow": allow} if allow is not None else None
-        return error_response(exc.status, code, message,
-                              [{"index": None, "field": None, "reason": message}],
-                              headers=headers)
 
 
 def add_routes(app: web.Application) -> None:

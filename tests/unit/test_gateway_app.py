@@ -242,7 +242,23 @@ async def test_wrong_method_is_a_json_405_naming_the_allowed_ones(client: Client
 async def test_an_unknown_path_is_a_json_404(client: Client) -> None:
     response = await client.get("/nope")
     assert response.status == 404
-    assert_error_shape(await response.json())
+    answer = await response.json()
+    assert_error_shape(answer)
+    assert answer == {"error": "not_found", "message": "Not Found: GET /nope", "details": [
+        {"index": None, "field": None, "reason": "Not Found: GET /nope"}]}
+
+
+async def test_an_unexpected_error_is_a_500_in_the_error_shape_that_says_nothing_more(
+        client: Client, publisher: FakePublisher, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(events: Sequence[PageView]) -> None:
+        raise RuntimeError("internals the client must not see")
+
+    monkeypatch.setattr(publisher, "publish", broken)
+    status, answer = await post(client, "/track", b'{"page_id": "a", "user_id": "u"}')
+    message = "internal error; see the service log"
+    assert (status, answer) == (500, {"error": "internal_error", "message": message,
+                                      "details": [{"index": None, "field": None,
+                                                   "reason": message}]})
 
 
 async def test_body_level_refusals_carry_a_detail_without_index(client: Client) -> None:
