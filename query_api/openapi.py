@@ -87,7 +87,10 @@ RANGE = {"site_id": {"type": "string"}, "from": NULLABLE_TIME, "to": NULLABLE_TI
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": _obj({"error": {"type": "string"}, "message": {"type": "string"},
                    "details": {"type": "array", "items": _obj(
-                       {"field": {"type": "string"}, "reason": {"type": "string"}})}},
+                       {"index": {"type": ["integer", "null"]},
+                        "field": {"type": ["string", "null"],
+                                  "description": "The parameter; null for the whole request."},
+                        "reason": {"type": "string"}}, optional=("index",))}},
                   optional=("details",)),
     "Page": PAGE,
     "Change": CHANGE,
