@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from contracts.httpkit import error_response
+from contracts.httpkit import whole_request_error
 
 # Probes, the API description and the dashboard page (static: its script sends the token
 # the person types with each stats request) are public; every stats answer needs a token.
@@ -33,8 +33,8 @@ def auth_middleware(tokens: tuple[str, ...]
         for candidate in encoded:
             matched |= hmac.compare_digest(given, candidate)
         if scheme.lower() != "bearer" or not given or not matched:
-            return error_response(401, "unauthorized", "a valid bearer token is required",
-                                  headers={"WWW-Authenticate": 'Bearer realm="stats"'})
+            return whole_request_error(401, "unauthorized", "a valid bearer token is required",
+                                       headers={"WWW-Authenticate": 'Bearer realm="stats"'})
         return await handler(request)
 
     return middleware

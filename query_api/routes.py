@@ -14,7 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from contracts.httpkit import error_response, json_response, readiness_response
+from contracts.httpkit import (
+    error_response,
+    json_response,
+    readiness_response,
+    whole_request_error,
+)
 from contracts.settings import QuerySettings
 from query_api import params
 from query_api.csv_out import Cell, csv_response
@@ -74,8 +79,8 @@ def endpoint(build: Callable[[web.Request, StatsService], Awaitable[Answer]]) ->
             return error_response(400, "bad_parameter", str(exc),
                                   [{"field": exc.name, "reason": exc.reason}])
         except Unavailable as exc:
-            return error_response(503, "unavailable", str(exc),
-                                  headers={"Retry-After": "5"})
+            return whole_request_error(503, "unavailable", str(exc),
+                                       headers={"Retry-After": "5"})
         headers = {"X-Stats-Source": ", ".join(dict.fromkeys(answer.sources)),
                    "Cache-Control": "no-store", "Vary": "Accept"}
         if fmt == "csv":

@@ -290,7 +290,9 @@ async def test_redis_down_falls_back_to_mongo_and_both_down_is_a_503(
                         MemoryReader("mongo", ServerSelectionTimeoutError("down")))
     response = await client.get("/stats")
     assert response.status == 503 and response.headers["Retry-After"]
-    assert (await response.json())["error"] == "unavailable"
+    body = await response.json()
+    assert body["error"] == "unavailable"
+    assert body["details"] == [{"index": None, "field": None, "reason": body["message"]}]
     response = await client.get("/readyz")
     assert response.status == 503
 
@@ -301,6 +303,8 @@ async def test_stats_need_a_valid_token_but_docs_do_not(
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
         response = await client.get("/stats", headers=headers)
         assert response.status == 401 and "Bearer" in response.headers["WWW-Authenticate"]
+        assert (await response.json())["details"] == [
+            {"index": None, "field": None, "reason": "a valid bearer token is required"}]
     response = await client.get("/stats", headers={"Authorization": "Bearer s3cret"})
     assert response.status == 200
     for path in ("/openapi.json", "/docs", "/healthz"):
