@@ -117,3 +117,17 @@ async def test_a_client_over_the_rate_limit_gets_429(stack: Stack) -> None:
     assert orjson.loads(limited[0][2])["error"] == "rate_limited"
     for _, _, body in results:
         assert_error_shape(orjson.loads(body))
+
+
+async def test_nginx_refusals_can_be_read_by_a_page_on_another_origin(
+        stack: Stack, http: aiohttp.ClientSession) -> None:
+    """A browser hides an answer without CORS headers from the page's script: it would see a
+    network error instead of a 413 or 429 it could act on."""
+    async with http.post(f"{stack.http_url}/events", data=io.BytesIO(b" " * (1024 * 1024 + 10)),
+                         headers={"Content-Type": JSON, "Origin": "https://shop.example"}
+                         ) as response:
+        assert response.status == 413
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]
+        assert response.headers["X-Request-Id"]
+        assert_error_shape(await response.json())
