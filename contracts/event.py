@@ -151,21 +151,30 @@ def validate_event(raw: object, policy: ValidationPolicy,
     errors: list[FieldError] = []
     for field in sorted(set(raw) - KNOWN_FIELDS, key=str)[:10]:
         errors.append(FieldError(str(field)[:64], "is not a field of the v1 event"))
-    page_id = _check_text(raw, "page_id", MAX_PAGE_ID, required=True, no_control=True,
-                          errors=errors)
-    user_id = _check_text(raw, "user_id", MAX_USER_ID, required=True, no_control=False,
-                          errors=errors)
-    event_id = _check_text(raw, "event_id", MAX_EVENT_ID, required=False, no_control=True,
-                           errors=errors)
-    site_id = raw.get("site_id", DEFAULT_SITE)
-    if not isinstance(site_id, str) or not SITE_ID_RE.fullmatch(site_id):
-        errors.append(FieldError("site_id", "must match [A-Za-z0-9._-]{1,64}"))
+    page_id, user_id, event_id, site_id = _check_ids(raw, errors, event_id_required=False,
+                                                   default_site=DEFAULT_SITE)
     ts = _check_ts(raw, policy, errors)
     if errors:
         raise InvalidEvent(errors)
     assert page_id is not None and user_id is not None and ts is not None
     return PageView(event_id=event_id or new_event_id(), site_id=site_id, page_id=page_id,
                     user_id=user_id, ts=ts, received_at=policy.now_ms)
+
+
+def _check_ids(raw: Mapping[str, Any], errors: list[FieldError], *, event_id_required: bool,
+               default_site: str | None) -> tuple[str | None, str | None, str | None, Any]:
+    """page_id, user_id, event_id and site_id by the v1 rules, each None (or as sent, for the
+    site) when invalid: the gateway and the record decoder apply the same ones."""
+    page_id = _check_text(raw, "page_id", MAX_PAGE_ID, required=True, no_control=True,
+                          errors=errors)
+    user_id = _check_text(raw, "user_id", MAX_USER_ID, required=True, no_control=False,
+                          errors=errors)
+    event_id = _check_text(raw, "event_id", MAX_EVENT_ID, required=event_id_required,
+                           no_control=True, errors=errors)
+    site_id = raw.get("site_id", default_site)
+    if not isinstance(site_id, str) or not SITE_ID_RE.fullmatch(site_id):
+        errors.append(FieldError("site_id", "must match [A-Za-z0-9._-]{1,64}"))
+    return page_id, user_id, event_id, site_id
 
 
 def validate_batch(raws: list[object], policy: ValidationPolicy,
@@ -213,15 +222,8 @@ def decode_event(value: bytes | None) -> PageView:
     if raw.get("v") != SCHEMA_VERSION:
         raise UndecodableRecord(f"unsupported schema version {raw.get('v')!r}")
     errors: list[FieldError] = []
-    event_id = _check_text(raw, "event_id", MAX_EVENT_ID, required=True, no_control=True,
-                           errors=errors)
-    page_id = _check_text(raw, "page_id", MAX_PAGE_ID, required=True, no_control=True,
-                          errors=errors)
-    user_id = _check_text(raw, "user_id", MAX_USER_ID, required=True, no_control=False,
-                          errors=errors)
-    site_id = raw.get("site_id")
-    if not isinstance(site_id, str) or not SITE_ID_RE.fullmatch(site_id):
-        errors.append(FieldError("site_id", "must match [A-Za-z0-9._-]{1,64}"))
+    page_id, user_id, event_id, site_id = _check_ids(raw, errors, event_id_required=True,
+                                                   default_site=None)
     received_at = _stored_ms(raw, "received_at", MAX_TS_MS, errors)
     latest_ts = MAX_TS_MS if received_at is None else min(MAX_TS_MS, received_at + MAX_FUTURE_MS)
     ts = _stored_ms(raw, "ts", latest_ts, errors)
