@@ -28,9 +28,9 @@ status: ## Which parts of the stack run
 replay: venv ## Rebuild the Redis aggregates from Kafka with no downtime (ARGS="--verify", "--site S", "--help")
 	@set -a && . .run/stack.env && set +a && $(PY) -m aggregator.replay $(ARGS)
 
-test: venv ## Unit tests, then integration and e2e tests on the local stack (started if needed)
+test: venv ## Unit tests, then integration and e2e tests on a private stack of their own (KEEP=1 keeps it for a rerun)
 	$(PY) -m pytest tests/unit -q
-	$(PY) -m pytest tests/integration tests/e2e -q
+	TEST_STACK_KEEP=$(KEEP) $(PY) -m pytest tests/integration tests/e2e -q
 
 test-unit: venv ## Unit tests only (no servers)
 	$(PY) -m pytest tests/unit -q

@@ -13,8 +13,9 @@ Debian packages. Downloads and builds are cached under ``$PAGEVIEWS_CACHE`` (def
 Servers can come from elsewhere (the test session's containers, say): with
 ``EXTERNAL_KAFKA_BOOTSTRAP``, ``EXTERNAL_MONGO_URL`` or ``EXTERNAL_REDIS_URL`` set, ``up`` uses
 that server instead of starting its own. Everything the stack writes at run time lives in
-``.run/``: ``stack.env``, ``pids/``, ``logs/`` and ``data/``. Only the standard library is used,
-so this runs before any venv exists.
+``.run/`` (or ``$STACK_DIR``): ``stack.env``, ``pids/``, ``logs/`` and ``data/``. ``STACK_DIR``
+and ``PORT_BASE`` give a second, independent stack (the test session's private one) its own
+state and ports. Only the standard library is used, so this runs before any venv exists.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
-RUN = ROOT / ".run"
+RUN = Path(os.environ.get("STACK_DIR") or ROOT / ".run").resolve()
 PIDS, LOGS, DATA = RUN / "pids", RUN / "logs", RUN / "data"
 CACHE = Path(os.environ.get("PAGEVIEWS_CACHE", Path.home() / ".cache" / "pageviews"))
 APT_PACKAGES = {"redis-server": "redis-server", "nginx": "nginx-light",
@@ -63,15 +64,26 @@ class Ports:
     aggregator_base: int = 8301
 
     @classmethod
+    def from_base(cls, base: int) -> Ports:
+        """Every port in ``base .. base + 59``: a block that one ``PORT_BASE`` reserves."""
+        return cls(http=base, kafka=base + 1, kafka_controller=base + 2, mongo=base + 3,
+                   redis=base + 4, gateway_base=base + 10, query_base=base + 20,
+                   aggregator_base=base + 30)
+
+    @classmethod
     def load(cls) -> Ports:
-        """Environment first, then the ports this stack was started with, then defaults:
-        a second ``up`` without the variables keeps the running stack's ports."""
+        """Environment first (one variable per port, or ``PORT_BASE`` for a whole block),
+        then the ports this stack was started with, then defaults: a second ``up`` without
+        the variables keeps the running stack's ports."""
         saved_file = RUN / "ports.json"
         saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
+        base = os.environ.get("PORT_BASE")
+        defaults = cls.from_base(int(base)) if base else cls()
         values = {}
         for name in cls.__dataclass_fields__:
             variable = f"{name.upper()}_PORT"  # HTTP_PORT, GATEWAY_BASE_PORT, ...
-            values[name] = int(os.environ.get(variable, saved.get(name, getattr(cls, name))))
+            fallback = getattr(defaults, name) if base else saved.get(name, getattr(cls, name))
+            values[name] = int(os.environ.get(variable, fallback))
         ports = cls(**values)
         RUN.mkdir(exist_ok=True)
         saved_file.write_text(json.dumps(values))
@@ -86,6 +98,7 @@ PARTITIONS = env_int("KAFKA_PARTITIONS", 6)
 # the topic is created.
 RETENTION_MS = env_int("KAFKA_RETENTION_MS", 30 * 24 * 3600 * 1000)
 TOPIC = os.environ.get("KAFKA_TOPIC", "page-views")
+GROUP = os.environ.get("AGGREGATOR_GROUP", "pageview-aggregators")  # contracts.topics
 RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 100)  # requests/s per client (burst 200)
 # Servers this stack uses but does not run: part name -> address.
 EXTERNAL_VARIABLES = {"kafka": "EXTERNAL_KAFKA_BOOTSTRAP", "ferretdb": "EXTERNAL_MONGO_URL",
@@ -458,6 +471,7 @@ def stack_env(ports: Ports) -> dict[str, str]:
         "KAFKA_BOOTSTRAP": EXTERNAL.get("kafka", f"127.0.0.1:{ports.kafka}"),
         "KAFKA_TOPIC": TOPIC,
         "KAFKA_DEAD_LETTER_TOPIC": f"{TOPIC}-dead-letters",
+        "AGGREGATOR_GROUP": GROUP,
         "MONGO_URL": EXTERNAL.get("ferretdb", f"mongodb://127.0.0.1:{ports.mongo}/"),
         "REDIS_URL": EXTERNAL.get("redis", f"redis://127.0.0.1:{ports.redis}/0"),
         "GATEWAY_URLS": ",".join(f"http://127.0.0.1:{ports.gateway_base + i}"

@@ -4,6 +4,7 @@ restart, add and remove them without touching the stack's aggregators."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -22,15 +23,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.event import PageView, UndecodableRecord, decode_event, encode_event
 from tests.kafka_tools import partitions_of, read_between
-from tests.stack import ROOT, Stack, eventually
+from tests.stack import ROOT, SPARE_PORTS, Stack, eventually
 
-_next_port = 8400
+_spare_ports = itertools.count()
 
 
-def free_port() -> int:
-    global _next_port
-    _next_port += 1
-    return _next_port
+def spare_port(stack: Stack) -> int:
+    """The next of the private stack's spare ports, in turn (few harness processes live at
+    once)."""
+    return stack.spare_port(next(_spare_ports) % len(SPARE_PORTS))
 
 
 @dataclass
@@ -106,9 +107,12 @@ class Aggregator:
     topic: TestTopic
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: the next spare port of the stack's block
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+
+    def __post_init__(self) -> None:
+        self.port = self.port or spare_port(self.stack)
 
     def start(self) -> None:
         self.starts += 1

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from contracts.mongo import DATABASE as MONGO_DATABASE
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
-from tests.stack import Stack, find_or_start, wait_until_aggregates_intact
+from tests.stack import Stack, private_stack, wait_until_aggregates_intact
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,11 +28,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    found, take_down = find_or_start()
-    wait_until_aggregates_intact(found)
-    yield found
-    if take_down is not None:
-        take_down()
+    """The session's private stack (tests/stack.py), never the user's."""
+    with private_stack() as found:
+        wait_until_aggregates_intact(found)
+        yield found
 
 
 @pytest.fixture

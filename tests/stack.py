@@ -1,22 +1,32 @@
-"""Finding (or starting) the real local stack for integration and end-to-end tests.
+"""The private stack that integration and end-to-end tests run on.
 
-Order of preference: service URLs from the environment; the stack described by
-``.run/stack.env`` when it answers; otherwise ``infra/stack.py up`` starts it (and the
-session stops it again at the end), with Kafka, MongoDB and Redis in containers where a Docker
-engine answers (``tests/containers.py``). Failure tests use ``stop_part``/``restore`` to kill or
-stop a real part and bring it back.
+The test session starts a whole stack of its own from this checkout (``infra/stack.py up``
+with ``STACK_DIR`` and ``PORT_BASE``): its own ports, a block of 60 chosen so that test runs and
+the user's stack (``make up``) coexist, its own data, topic and consumer group names. It never
+reads the user's ``.run/``, never signals its processes and never writes to its servers. The
+session stops its stack at the end, unless ``TEST_STACK_KEEP=1`` (``make test KEEP=1``), which
+leaves it running for a faster rerun: the next session takes it over and restarts its services
+from the current code. Kafka, MongoDB and Redis run in containers where a Docker engine answers
+(``tests/containers.py``). Failure tests use ``stop_part``/``restore``/``signal_part`` to kill
+or stop a real part of this stack and bring it back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import importlib.util
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +39,13 @@ from contracts.keys import intact_key
 from tests.containers import docker_engine_answers, start_servers
 
 ROOT = Path(__file__).resolve().parent.parent
-STACK_ENV = ROOT / ".run" / "stack.env"
+TEST_STACKS = ROOT / ".test-stack"  # <port base>/: one private stack's state
+PORT_BLOCKS = range(21000, 32000, 100)  # below Linux's ephemeral ports (32768 and up)
+BLOCK_SIZE = 60  # infra/stack.py Ports.from_base uses base .. base + 39
+SPARE_PORTS = range(45, 60)  # offsets in the block for processes a test starts itself
+KEEP_VARIABLE = "TEST_STACK_KEEP"
+PRIVATE_NAMES = {"KAFKA_TOPIC": "test-page-views", "AGGREGATOR_GROUP": "test-aggregators"}
+SERVICE_PREFIXES = ("gateway-", "aggregator-", "query-", "nginx")
 T = TypeVar("T")
 
 
@@ -44,23 +60,44 @@ class Stack:
     gateway_urls: tuple[str, ...]
     query_urls: tuple[str, ...]
     aggregator_urls: tuple[str, ...]
+    directory: Path
+    port_base: int
 
     @classmethod
-    def from_mapping(cls, env: dict[str, str]) -> Stack:
+    def from_directory(cls, directory: Path, port_base: int) -> Stack:
+        env = read_env_file(directory / "stack.env")
+
         def urls(name: str) -> tuple[str, ...]:
             return tuple(u for u in env.get(name, "").split(",") if u)
         return cls(http_url=env["HTTP_URL"], kafka_bootstrap=env["KAFKA_BOOTSTRAP"],
-                   topic=env.get("KAFKA_TOPIC", "page-views"),
-                   dead_letter_topic=env.get("KAFKA_DEAD_LETTER_TOPIC",
-                                             "page-views-dead-letters"),
+                   topic=env["KAFKA_TOPIC"], dead_letter_topic=env["KAFKA_DEAD_LETTER_TOPIC"],
                    mongo_url=env["MONGO_URL"], redis_url=env["REDIS_URL"],
                    gateway_urls=urls("GATEWAY_URLS"), query_urls=urls("QUERY_URLS"),
-                   aggregator_urls=urls("AGGREGATOR_URLS"))
+                   aggregator_urls=urls("AGGREGATOR_URLS"), directory=directory,
+                   port_base=port_base)
 
     def env(self) -> dict[str, str]:
         return {"HTTP_URL": self.http_url, "KAFKA_BOOTSTRAP": self.kafka_bootstrap,
-                "KAFKA_TOPIC": self.topic, "MONGO_URL": self.mongo_url,
-                "REDIS_URL": self.redis_url}
+                "KAFKA_TOPIC": self.topic, "KAFKA_DEAD_LETTER_TOPIC": self.dead_letter_topic,
+                "MONGO_URL": self.mongo_url, "REDIS_URL": self.redis_url}
+
+    def spare_port(self, index: int = 0) -> int:
+        """A port of this stack's reserved block that no part of it uses, for a process the
+        test starts itself (another test run never takes a port of this block)."""
+        return self.port_base + SPARE_PORTS[index]
+
+    def pid_of(self, name: str) -> int:
+        """The live pid of a part, checked against its recorded start time."""
+        pid = load_native_stack().running_pid(name)
+        assert pid is not None, f"{name} of the private stack is not running"
+        return int(pid)
+
+    def signal_part(self, name: str, sig: signal.Signals) -> int:
+        """Send ``sig`` to a part of this stack, only after checking the recorded pid is still
+        the process that was started (pid plus start time); returns the pid."""
+        pid = self.pid_of(name)
+        os.kill(pid, sig)
+        return pid
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -77,7 +114,8 @@ def answers(url: str) -> bool:
 
 
 def load_native_stack() -> ModuleType:
-    """``infra/stack.py`` as a module, executed afresh (it reads its settings at import)."""
+    """``infra/stack.py`` as a module, executed afresh (it reads its settings, ``STACK_DIR``
+    among them, at import)."""
     spec = importlib.util.spec_from_file_location("native_stack", ROOT / "infra" / "stack.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -87,37 +125,73 @@ def load_native_stack() -> ModuleType:
 
 
 def stack_cli(*args: str) -> None:
+    """``infra/stack.py`` on the private stack: the session's environment names it."""
+    assert os.environ.get("STACK_DIR"), "the private stack's STACK_DIR is not set"
     subprocess.run([sys.executable, str(ROOT / "infra" / "stack.py"), *args], check=True,
                    cwd=ROOT)
 
 
-def find_or_start() -> tuple[Stack, Callable[[], None] | None]:
-    """The stack to test against, and how to take it down again if this session started it."""
-    if "HTTP_URL" in os.environ and "KAFKA_BOOTSTRAP" in os.environ:
-        return Stack.from_mapping(dict(os.environ)), None
-    if STACK_ENV.exists():
-        stack = Stack.from_mapping(read_env_file(STACK_ENV))
-        if answers(f"{stack.http_url}/nginx-healthz"):
-            stack_cli("up")  # idempotent: brings back any part that died
-            return stack, None
+def port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def reserve_block() -> tuple[int, int]:
+    """A port block and the lock that holds it for this session: a stack kept by an earlier
+    session first, else the first block that no other session holds and whose ports are all
+    free. The lock lives in the system's temporary folder, so two checkouts never share one."""
+    kept = sorted(int(d.name) for d in TEST_STACKS.glob("[0-9]*") if (d / "kept").exists())
+    for base in [*kept, *(b for b in PORT_BLOCKS if b not in kept)]:
+        lock = os.open(Path(tempfile.gettempdir()) / f"pageviews-test-{base}.lock",
+                       os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            continue
+        if base in kept or not any(port_taken(p) for p in range(base, base + BLOCK_SIZE)):
+            return base, lock
+        os.close(lock)
+    raise RuntimeError("no free port block for a private test stack")
+
+
+@contextlib.contextmanager
+def private_stack() -> Iterator[Stack]:
+    """Start (or take over a kept) private stack; stop it afterwards unless kept."""
+    base, lock = reserve_block()
+    directory = TEST_STACKS / str(base)
+    kept = (directory / "kept").exists()
+    if not kept:
+        shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ.update(STACK_DIR=str(directory), PORT_BASE=str(base), **PRIVATE_NAMES)
     remove_containers = None
     if docker_engine_answers():
         addresses, remove_containers = start_servers()
         os.environ.update(addresses)  # every later `infra/stack.py up` (restore) uses them
-
-    def take_down() -> None:
+    try:
+        if kept:  # servers and data stay; services restart on this checkout's code
+            native = load_native_stack()
+            for name in native.names():
+                if name.startswith(SERVICE_PREFIXES):
+                    native.stop(name)
+        stack_cli("up")
+        (directory / "kept").unlink(missing_ok=True)
+        yield Stack.from_directory(directory, base)
+    finally:
         try:
-            stack_cli("down")
+            keep = os.environ.get(KEEP_VARIABLE, "") in ("1", "true", "yes")
+            if keep and remove_containers is None:  # containers end with the session
+                (directory / "kept").touch()
+                print(f"\nprivate test stack kept running in {directory}", file=sys.stderr)
+            else:
+                stack_cli("down")
+                shutil.rmtree(directory / "data", ignore_errors=True)
         finally:
             if remove_containers is not None:
                 remove_containers()
-
-    try:
-        stack_cli("up")
-    except BaseException:
-        take_down()
-        raise
-    return Stack.from_mapping(read_env_file(STACK_ENV)), take_down
+            os.close(lock)
 
 
 def wait_until_aggregates_intact(stack: Stack, timeout_s: float = 300.0) -> None:

@@ -16,12 +16,6 @@ import aiohttp
 from tests.kafka_tools import end_offsets, events_of_site, read_between
 from tests.stack import ROOT, Stack, eventually, restore
 
-PIDS = ROOT / ".run" / "pids"
-
-
-def pid_of(name: str) -> int:
-    return int((PIDS / f"{name}.pid").read_text().split()[0])
-
 
 async def post_until_accepted(http: aiohttp.ClientSession, url: str, event: dict[str, str],
                               attempts: int = 50) -> int:
@@ -56,7 +50,7 @@ async def test_a_gateway_killed_under_load_costs_no_accepted_event(
     try:
         tasks = [asyncio.create_task(send(e)) for e in events]
         await eventually(lambda: asyncio.sleep(0, done > 300), timeout_s=30)
-        os.kill(pid_of("gateway-2"), signal.SIGKILL)
+        stack.signal_part("gateway-2", signal.SIGKILL)
         await asyncio.gather(*tasks)
     finally:
         restore()
@@ -73,7 +67,7 @@ async def test_a_gateway_killed_under_load_costs_no_accepted_event(
 
 async def test_sigterm_drains_in_flight_requests_and_exits_zero(
         stack: Stack, http: aiohttp.ClientSession, site_id: str, tmp_path: Path) -> None:
-    port = 8199
+    port = stack.spare_port()
     env = {**os.environ, **stack.env(), "PORT": str(port)}
     log = (tmp_path / "gateway.log").open("wb")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ingest_gateway",

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import signal
 
-import pytest
-
-from tests.stack import ROOT, Stack, answers, load_native_stack, restore
-
-PIDS = ROOT / ".run" / "pids"
+from tests.stack import Stack, answers, load_native_stack, restore
 
 
-def pids() -> dict[str, int]:
-    return {path.stem: int(path.read_text().split()[0]) for path in PIDS.glob("*.pid")}
+def pids() -> dict[str, int | None]:
+    """Every running part of the private stack (pid checked against its start time)."""
+    native = load_native_stack()
+    return {name: native.running_pid(name) for name in native.names()}
 
 
 def test_up_brings_back_a_killed_nginx_master_and_nothing_else(stack: Stack) -> None:
     """NGINX's workers outlive a SIGKILLed master and keep holding the port; ``up`` must stop
     them and start NGINX again, leaving every other process as it was."""
-    if not (PIDS / "nginx.pid").exists():
-        pytest.skip("the stack under test was not started by infra/stack.py here")
     live_members_of_session = load_native_stack().session_members
     before = pids()
-    os.kill(before["nginx"], signal.SIGKILL)
+    assert None not in before.values(), before
+    stack.signal_part("nginx", signal.SIGKILL)
     assert live_members_of_session(before["nginx"])  # the orphaned workers
 
     restore()
