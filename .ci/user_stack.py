@@ -97,7 +97,7 @@ async def reading(env: dict[str, str], window: dict[str, str]) -> dict[str, Any]
                 "stored": await stored(env), "pids": pids()}
 
 
-async def seed(snapshot: Path) -> None:
+async def seed() -> dict[str, Any]:
     env = stack_env()
     now_ms = int(time.time() * 1000)
     events = known_events(now_ms)
@@ -116,8 +116,7 @@ async def seed(snapshot: Path) -> None:
             await asyncio.sleep(0.2)
     first = events[0]["ts"] // 60_000 * 60_000
     window = {"from": iso(first + 7 * 60_000), "to": iso(first + 41 * 60_000)}  # odd minutes
-    snapshot.write_text(json.dumps({"window": window, **await reading(env, window)}, indent=1))
-    print(f"user stack seeded: {EVENTS_SENT} events of {SITE}, reading saved in {snapshot}")
+    return {"window": window, **await reading(env, window)}
 
 
 def iso(ms: int) -> str:
@@ -133,8 +132,7 @@ def differences(before: Any, after: Any, path: str = "") -> list[str]:
     return [] if before == after else [f"{path}: {before!r} -> {after!r}"[:400]]
 
 
-async def check(snapshot: Path) -> int:
-    before = json.loads(snapshot.read_text())
+async def check(before: dict[str, Any]) -> int:
     after = {"window": before["window"], **await reading(stack_env(), before["window"])}
     found = differences(before, after)
     for line in found:
@@ -152,9 +150,10 @@ def main(argv: list[str]) -> int:
         sys.exit(__doc__)
     snapshot = Path(argv[2])
     if argv[1] == "seed":
-        asyncio.run(seed(snapshot))
+        snapshot.write_text(json.dumps(asyncio.run(seed()), indent=1))
+        print(f"user stack seeded: {EVENTS_SENT} events of {SITE}, reading saved in {snapshot}")
         return 0
-    return asyncio.run(check(snapshot))
+    return asyncio.run(check(json.loads(snapshot.read_text())))
 
 
 if __name__ == "__main__":
