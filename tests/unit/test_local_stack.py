@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from tests.containers import docker_engine_answers
+from tests import stack as test_stack
 from tests.stack import load_native_stack
 
 
@@ -97,3 +99,41 @@ def test_stop_leaves_a_stranger_alone_that_got_a_recorded_pid(
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_port_base_and_stack_dir_give_a_second_stack_its_own_ports_and_state(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HTTP_PORT", raising=False)
+    stack = load_stack_module(monkeypatch, tmp_path, {
+        "PORT_BASE": "23000", "STACK_DIR": str(tmp_path / "private"),
+        "KAFKA_TOPIC": "test-page-views", "AGGREGATOR_GROUP": "test-aggregators"})
+    ports = stack.Ports.load()
+    every = [ports.http, ports.kafka, ports.kafka_controller, ports.mongo, ports.redis,
+             *(ports.gateway_base + i for i in range(stack.GATEWAYS)),
+             *(ports.query_base + i for i in range(stack.QUERY_APIS)),
+             *(ports.aggregator_base + i for i in range(stack.AGGREGATORS))]
+    assert len(set(every)) == len(every)
+    assert all(23000 <= port < 23000 + test_stack.SPARE_PORTS[0] for port in every)
+    assert stack.RUN == tmp_path / "private"
+    env = stack.stack_env(ports)
+    assert (env["KAFKA_TOPIC"], env["AGGREGATOR_GROUP"]) == ("test-page-views", "test-aggregators")
+    assert env["HTTP_URL"] == "http://127.0.0.1:23000"
+
+
+def test_a_test_session_takes_a_port_block_no_other_session_holds_and_no_process_uses(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    blocks = [29600, 29700, 29800]
+    monkeypatch.setattr(test_stack, "PORT_BLOCKS", blocks)
+    monkeypatch.setattr(test_stack, "TEST_STACKS", tmp_path)
+    held_base, held_lock = test_stack.reserve_block()  # another session's
+    assert held_base == blocks[0]
+    with socket.socket() as listener:  # a stranger on a port inside the second block
+        listener.bind(("127.0.0.1", blocks[1] + 42))
+        listener.listen()
+        base, lock = test_stack.reserve_block()
+    os.close(lock)
+    os.close(held_lock)
+    assert base == blocks[2]
+    released, lock = test_stack.reserve_block()  # a finished session's block is free again
+    os.close(lock)
+    assert released == blocks[0]
