@@ -55,6 +55,7 @@ class Stack:
     kafka_bootstrap: str
     topic: str
     dead_letter_topic: str
+    group: str  # the stack's aggregators' consumer group
     mongo_url: str
     redis_url: str
     gateway_urls: tuple[str, ...]
@@ -71,6 +72,7 @@ class Stack:
             return tuple(u for u in env.get(name, "").split(",") if u)
         return cls(http_url=env["HTTP_URL"], kafka_bootstrap=env["KAFKA_BOOTSTRAP"],
                    topic=env["KAFKA_TOPIC"], dead_letter_topic=env["KAFKA_DEAD_LETTER_TOPIC"],
+                   group=env["AGGREGATOR_GROUP"],
                    mongo_url=env["MONGO_URL"], redis_url=env["REDIS_URL"],
                    gateway_urls=urls("GATEWAY_URLS"), query_urls=urls("QUERY_URLS"),
                    aggregator_urls=urls("AGGREGATOR_URLS"), directory=directory,
@@ -79,6 +81,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         return {"HTTP_URL": self.http_url, "KAFKA_BOOTSTRAP": self.kafka_bootstrap,
                 "KAFKA_TOPIC": self.topic, "KAFKA_DEAD_LETTER_TOPIC": self.dead_letter_topic,
+                "AGGREGATOR_GROUP": self.group,
                 "MONGO_URL": self.mongo_url, "REDIS_URL": self.redis_url}
 
     def spare_port(self, index: int = 0) -> int:

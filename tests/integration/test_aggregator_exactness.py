@@ -216,7 +216,7 @@ async def _stack_group_caught_up(stack: Stack) -> bool:
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets("pageview-aggregators")
+        committed = await admin.list_consumer_group_offsets(stack.group)
     finally:
         await admin.close()
     return all(committed.get(tp) is not None and committed[tp].offset >= end[tp]

@@ -33,7 +33,6 @@ from contracts.event import PageView
 from contracts.keys import intact_key, rebuild_lock_key
 from contracts.mongo import event_document
 from contracts.timebuckets import HOUR_MS, buckets_of
-from contracts.topics import AGGREGATOR_GROUP
 from tests.aggregator_harness import produce_events
 from tests.expectations import assert_redis_matches, current_keys, recount, total_views
 from tests.stack import ROOT, Stack, eventually
@@ -265,7 +264,7 @@ async def test_a_rebuild_from_mongodb_recovers_history_the_topic_no_longer_holds
     await ensure_topic_holds(stack, MIDWAY_RECORDS, rng)
 
     async def committed_past_old_offsets() -> bool:
-        committed = await committed_offsets(stack.kafka_bootstrap, AGGREGATOR_GROUP,
+        committed = await committed_offsets(stack.kafka_bootstrap, stack.group,
                                             stack.topic)
         return committed.get(0, 0) > 300
 

@@ -13,8 +13,8 @@ from types import ModuleType
 
 import pytest
 
-from tests.containers import docker_engine_answers
 from tests import stack as test_stack
+from tests.containers import docker_engine_answers
 from tests.stack import load_native_stack
 
 
@@ -114,7 +114,7 @@ def test_port_base_and_stack_dir_give_a_second_stack_its_own_ports_and_state(
              *(ports.aggregator_base + i for i in range(stack.AGGREGATORS))]
     assert len(set(every)) == len(every)
     assert all(23000 <= port < 23000 + test_stack.SPARE_PORTS[0] for port in every)
-    assert stack.RUN == tmp_path / "private"
+    assert tmp_path / "private" == stack.RUN
     env = stack.stack_env(ports)
     assert (env["KAFKA_TOPIC"], env["AGGREGATOR_GROUP"]) == ("test-page-views", "test-aggregators")
     assert env["HTTP_URL"] == "http://127.0.0.1:23000"
