@@ -1,0 +1,135 @@
+"""The Redis apply script's own offset check, on the real Redis: a range at or below the
+offset already applied for a site and partition changes nothing, even when the caller's
+pre-check let it through (a stale read, another aggregator that applied it meanwhile).
+
+Exactly-once step 3 in the README. The pipeline filters redelivered records first, so its
+own tests never reach this check; these tests call the real ``RedisSink`` (and a pipeline
+whose pre-check is stale) so that only the script stands between a redo and a double count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from redis.asyncio import Redis
+
+from aggregator.aggregate import aggregate, to_ops
+from aggregator.dead_letters import ListDeadLetters
+from aggregator.metrics import AggregatorMetrics
+from aggregator.mongo_sink import MongoSink
+from aggregator.pipeline import Pipeline
+from aggregator.redis_sink import RedisSink
+from aggregator.source import InMemorySource, Record
+from contracts.event import PageView, encode_event
+from contracts.keys import SiteKeys
+from contracts.settings import Retention
+from tests.expectations import assert_redis_matches, recount, total_views
+
+RETENTION = Retention()
+
+
+def make_events(site_id: str, n: int) -> list[PageView]:
+    now = int(time.time() * 1000)
+    return [PageView(event_id=str(uuid.uuid4()), site_id=site_id, page_id=f"/p{i % 3}",
+                     user_id=f"user-{i % 4}", ts=now - i * 61_000, received_at=now)
+            for i in range(n)]
+
+
+async def apply(sink: RedisSink, site_id: str, events: Iterable[PageView], partition: int,
+                first: int, last: int) -> int | None:
+    """What the pipeline sends for one site's records ``first..last`` of one partition."""
+    ops = to_ops(SiteKeys(site_id), aggregate(events), RETENTION)
+    return await sink.apply(ops, partition, first, last)
+
+
+async def test_a_range_at_or_below_the_applied_offset_changes_nothing(redis: Redis,
+                                                                       site_id: str) -> None:
+    sink = RedisSink(redis)
+    events = make_events(site_id, 6)  # partition 0, offsets 0..5
+    assert await apply(sink, site_id, events[:3], 0, 0, 2) is None
+
+    # Redone whole, redone from the applied offset itself, redone overlapping the next
+    # records: each refused, with the offset already applied, and nothing counted.
+    assert await apply(sink, site_id, events[:3], 0, 0, 2) == 2
+    assert await apply(sink, site_id, events[2:3], 0, 2, 2) == 2
+    assert await apply(sink, site_id, events[1:6], 0, 1, 5) == 2
+    await assert_redis_matches(redis, site_id, recount(events[:3]), RETENTION)
+    assert await sink.applied_offsets([SiteKeys(site_id)]) == {(site_id, 0): 2}
+
+    # The records past it apply; then they are refused in turn.
+    assert await apply(sink, site_id, events[3:], 0, 3, 5) is None
+    assert await apply(sink, site_id, events[3:], 0, 3, 5) == 5
+    await assert_redis_matches(redis, site_id, recount(events), RETENTION)
+
+
+async def test_the_applied_offset_is_kept_per_partition(redis: Redis, site_id: str) -> None:
+    sink = RedisSink(redis)
+    on_zero, on_one = make_events(site_id, 3), make_events(site_id, 2)
+    assert await apply(sink, site_id, on_zero, 0, 10, 12) is None
+    # Lower offsets of another partition are not "at or below" partition 0's.
+    assert await apply(sink, site_id, on_one, 1, 0, 1) is None
+    assert await apply(sink, site_id, on_one, 1, 0, 1) == 1
+    assert await sink.applied_offsets([SiteKeys(site_id)]) == {(site_id, 0): 12,
+                                                               (site_id, 1): 1}
+    await assert_redis_matches(redis, site_id, recount(on_zero + on_one), RETENTION)
+
+
+class StalePreCheck:
+    """The real sink, but its applied offsets read as they were before anything was applied:
+    what an aggregator sees when another member applied the range after it looked (a
+    rebalance), so the pipeline's own pre-check lets every record through."""
+
+    def __init__(self, sink: RedisSink) -> None:
+        self._sink = sink
+
+    async def current(self, site_ids: Iterable[str]) -> dict[str, SiteKeys]:
+        return await self._sink.current(site_ids)
+
+    async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]:
+        return {}
+
+    async def apply(self, ops: Any, partition: int, first: int, last: int,
+                    live: bool = True) -> int | None:
+        return await self._sink.apply(ops, partition, first, last, live)
+
+    async def remember_sites(self, site_ids: Iterable[str]) -> None:
+        await self._sink.remember_sites(site_ids)
+
+
+def records_of(events: Sequence[PageView], partition: int, first_offset: int) -> list[Record]:
+    return [Record(partition, first_offset + i, e.kafka_key, encode_event(e))
+            for i, e in enumerate(events)]
+
+
+def pipeline(source: InMemorySource, mongo: AsyncCollection[dict[str, Any]],
+             redis: RedisSink | StalePreCheck, metrics: AggregatorMetrics) -> Pipeline:
+    return Pipeline(source=source, mongo=MongoSink(mongo), redis=redis,
+                    dead_letters=ListDeadLetters(), metrics=metrics, stopping=asyncio.Event(),
+                    retention=RETENTION)
+
+
+async def test_a_redelivery_past_a_stale_pre_check_counts_nothing_twice(
+        redis: Redis, mongo_events: AsyncCollection[dict[str, Any]], site_id: str) -> None:
+    """Real MongoDB and Redis: the redelivered copies are at the stored documents' own
+    positions, so MongoDB says they count (a redo); only the script's check refuses them."""
+    on_zero, on_one = make_events(site_id, 8), make_events(site_id, 3)
+    records = records_of(on_zero, 0, 100) + records_of(on_one, 1, 40)
+    counted = recount(on_zero + on_one)
+
+    first = InMemorySource(records)
+    await pipeline(first, mongo_events, RedisSink(redis), AggregatorMetrics()).process(
+        await first.poll(len(records), 0))
+    await assert_redis_matches(redis, site_id, counted, RETENTION)
+
+    again, metrics = InMemorySource(records), AggregatorMetrics()
+    await pipeline(again, mongo_events, StalePreCheck(RedisSink(redis)), metrics).process(
+        await again.poll(len(records), 0))
+    assert await total_views(redis, site_id) == counted.total
+    await assert_redis_matches(redis, site_id, counted, RETENTION)
+    assert metrics.skipped.labels("already_applied")._value.get() == len(records)
+    assert again.committed == {0: 108, 1: 43}
