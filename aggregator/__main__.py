@@ -31,7 +31,7 @@ from aggregator.source import KafkaSource
 from aggregator.topic_reader import TopicReader
 from contracts.logs import configure_logging
 from contracts.mongo import EVENTS
-from contracts.redis_client import connect_redis
+from contracts.redis_client import connect_redis_client
 from contracts.settings import AggregatorSettings
 
 log = logging.getLogger("aggregator")
@@ -72,7 +72,7 @@ async def serve(settings: AggregatorSettings) -> None:
 
     metrics = AggregatorMetrics()
     health = StoreHealth(metrics.store_up)
-    redis = connect_redis(b.redis_url, timeout_s=5.0)
+    redis = connect_redis_client(b.redis_url, timeout_s=5.0)
     mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
         b.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
     source = KafkaSource.create(b.kafka_bootstrap, b.topic, settings.group_id,

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from contracts.keys import SiteKeys
+from contracts.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class SwitchOutcome:
 
 
 class Generations:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._switch = redis.register_script(SWITCH_SCRIPT)
 

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aggregator.metrics import AggregatorMetrics
@@ -26,6 +25,7 @@ from aggregator.outage import Outage
 from aggregator.rebuild import Rebuild, RebuildLost
 from aggregator.topic_reader import TopicReader
 from contracts.keys import intact_key, rebuild_lock_key
+from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 
 class LossWatch:
-    def __init__(self, redis: Redis, reader: Callable[[], TopicReader], instance: str,
+    def __init__(self, redis: RedisClient, reader: Callable[[], TopicReader], instance: str,
                  metrics: AggregatorMetrics, retention: Retention,
                  interval_s: float = 1.0) -> None:
         self._redis = redis

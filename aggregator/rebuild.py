@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
-from redis.asyncio import Redis
 
 from aggregator.aggregate import aggregate, to_ops
 from aggregator.generations import Generations, kind_of
@@ -39,6 +38,7 @@ from aggregator.source import Record
 from aggregator.topic_reader import TopicReader
 from contracts.event import PageView
 from contracts.keys import SiteKeys, build_marker_key, sites_key
+from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class Builder:
 class Rebuild:
     """One run: ``run()`` reads, then switches (or verifies) every site it found."""
 
-    def __init__(self, redis: Redis, reader: TopicReader, *, retention: Retention,
+    def __init__(self, redis: RedisClient, reader: TopicReader, *, retention: Retention,
                  site: str | None = None, verify: bool = False,
                  progress: Progress | None = None) -> None:
         self._redis = redis

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import orjson
-from redis.asyncio import Redis
 
 from aggregator.aggregate import RedisOps
 from contracts.keys import SiteKeys, sites_key
+from contracts.redis_client import RedisClient
 
 # KEYS[1]: offsets hash, KEYS[2]: the site's generation pointer. ARGV: partition, first
 # offset, last offset, ops as JSON, the generation of KEYS, "live" or "build".
@@ -61,7 +61,7 @@ class RedisSink:
     """Called by the pipeline; every method may block on the network and raises redis
     errors on outages (the pipeline backs off and retries)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._apply = redis.register_script(APPLY_SCRIPT)
 

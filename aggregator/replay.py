@@ -27,7 +27,7 @@ from aggregator.rebuild import MongoHistory, Outcome, Rebuild, RebuildLost
 from aggregator.topic_reader import TopicReader
 from contracts.event import SITE_ID_RE
 from contracts.mongo import EVENTS
-from contracts.redis_client import connect_redis
+from contracts.redis_client import connect_redis_client
 from contracts.settings import AggregatorSettings
 
 EXIT_DIFFERENT, EXIT_UNSETTLED, EXIT_LOST = 1, 3, 4
@@ -113,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def replay(args: argparse.Namespace, settings: AggregatorSettings) -> tuple[int, Outcome]:
     backends = settings.backends
-    redis = connect_redis(backends.redis_url, timeout_s=10.0)
+    redis = connect_redis_client(backends.redis_url, timeout_s=10.0)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(backends.mongo_url)
     bar = ProgressBar()
     try:

@@ -22,7 +22,7 @@ from contracts.httpkit import (
     metrics_handler,
 )
 from contracts.mongo import EVENTS
-from contracts.redis_client import connect_redis
+from contracts.redis_client import connect_redis_client
 from contracts.settings import QuerySettings
 from query_api.auth import auth_middleware
 from query_api.dashboard import dashboard_routes
@@ -84,7 +84,7 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
         return app
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
-        redis = connect_redis(settings.backends.redis_url)
+        redis = connect_redis_client(settings.backends.redis_url)
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.backends.mongo_url, serverSelectionTimeoutMS=MONGO_TIMEOUT_MS,
             connectTimeoutMS=MONGO_TIMEOUT_MS)

@@ -18,9 +18,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from redis.asyncio import Redis
-
 from contracts.keys import SiteKeys, intact_key
+from contracts.redis_client import RedisClient
 from query_api.model import Totals
 from query_api.ranges import TimeRange
 from query_api.tiling import Bucket, tile
@@ -85,7 +84,7 @@ def buckets_of_range(rng: TimeRange) -> list[Bucket]:
 class RedisReader:
     source = "redis"
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._rank = redis.register_script(RANK_SCRIPT)
         self._count_each = redis.register_script(COUNT_EACH_SCRIPT)

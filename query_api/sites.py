@@ -21,10 +21,10 @@ from typing import Any, Protocol
 from aiohttp import web
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contracts.keys import intact_key, sites_key
+from contracts.redis_client import RedisClient
 from query_api.service import Unavailable
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class SiteLister(Protocol):
 class SiteDirectory:
     """Redis's set of sites, with MongoDB as the fallback."""
 
-    def __init__(self, redis: Redis, events: AsyncCollection[dict[str, Any]],
+    def __init__(self, redis: RedisClient, events: AsyncCollection[dict[str, Any]],
                  mongo_timeout_ms: int) -> None:
         self._redis = redis
         self._events = events

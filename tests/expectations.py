@@ -13,12 +13,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from pymongo.asynchronous.collection import AsyncCollection
-from redis.asyncio import Redis
 
 from aggregator.aggregate import expire_at
 from contracts.event import PageView
 from contracts.keys import REALTIME_WINDOW_MINUTES, SiteKeys
 from contracts.mongo import EVENT_INDEXES, event_document
+from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 from contracts.timebuckets import buckets_of, datetime_to_ms
 
@@ -65,7 +65,7 @@ def recount(events: Iterable[PageView]) -> Expected:
     return out
 
 
-async def current_keys(redis: Redis, site_id: str) -> SiteKeys:
+async def current_keys(redis: RedisClient, site_id: str) -> SiteKeys:
     """The site's keys in the generation its pointer names (a replay moves it)."""
     pointer = await redis.get(SiteKeys(site_id).generation_pointer())
     if pointer is None:
@@ -73,7 +73,7 @@ async def current_keys(redis: Redis, site_id: str) -> SiteKeys:
     return SiteKeys(site_id, pointer.decode() if isinstance(pointer, bytes) else pointer)
 
 
-async def total_views(redis: Redis, site_id: str) -> int:
+async def total_views(redis: RedisClient, site_id: str) -> int:
     return int(await redis.get((await current_keys(redis, site_id)).total_views()) or 0)
 
 
@@ -81,11 +81,11 @@ def close_to(estimate: int, exact: int) -> bool:
     return abs(estimate - exact) <= max(HLL_SMALL_SET_SLACK, HLL_TOLERANCE * exact)
 
 
-async def hll_estimate(redis: Redis, site_id: str, members: Iterable[str]) -> int:
+async def hll_estimate(redis: RedisClient, site_id: str, members: Iterable[str]) -> int:
     return (await hll_estimates(redis, site_id, [list(members)]))[0]
 
 
-async def hll_estimates(redis: Redis, site_id: str, member_sets: Sequence[Collection[str]]
+async def hll_estimates(redis: RedisClient, site_id: str, member_sets: Sequence[Collection[str]]
                         ) -> list[int]:
     """What a HyperLogLog holding exactly each set of members reports.
 
@@ -102,8 +102,8 @@ async def hll_estimates(redis: Redis, site_id: str, member_sets: Sequence[Collec
                 key = scratch.page_visitors(str(i))
                 for j in range(0, len(members), 5000):
                     pipe.pfadd(key, *members[j:j + 5000])
-                pipe.pfcount(key)
-                pipe.delete(key)
+                pipe.execute_command("PFCOUNT", key)  # by name: a cluster pipeline
+                pipe.execute_command("DEL", key)  # blocks its pfcount() and delete()
             results = await pipe.execute()
         at = 0
         for members in chunk:
@@ -113,18 +113,19 @@ async def hll_estimates(redis: Redis, site_id: str, member_sets: Sequence[Collec
     return counts
 
 
-async def _pipelined(redis: Redis, calls: Sequence[tuple[str, str]]) -> list[Any]:
-    """(command, key) pairs, in pipelines of a few thousand."""
+async def _pipelined(redis: RedisClient, calls: Sequence[tuple[str, str]]) -> list[Any]:
+    """(command, key) pairs, in pipelines of a few thousand; sent by name, as a cluster
+    pipeline refuses some commands' methods (``pfcount``)."""
     out: list[Any] = []
     for start in range(0, len(calls), 5000):
         async with redis.pipeline(transaction=False) as pipe:
             for command, key in calls[start:start + 5000]:
-                getattr(pipe, command)(key)
+                pipe.execute_command(command.upper(), key)
             out += await pipe.execute()
     return out
 
 
-async def assert_redis_matches(redis: Redis, site_id: str, expected: Expected,
+async def assert_redis_matches(redis: RedisClient, site_id: str, expected: Expected,
                                retention: Retention | None = None) -> None:
     """Every aggregate of the site, exactly: counters, per-page and per-bucket views, every
     HyperLogLog (overall, per page, per bucket, per bucket and page, the last five
