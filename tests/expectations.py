@@ -22,12 +22,6 @@ from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 from contracts.timebuckets import buckets_of, datetime_to_ms
 
-# For answers that merge HyperLogLogs in ways a test cannot replay: the standard error is
-# 0.81%; allow well over 3 sigma. Small sets are not exact either: two visitors whose hashes
-# land in the same register count once (seen: 48 for 50).
-HLL_TOLERANCE = 0.03
-HLL_SMALL_SET_SLACK = 3
-
 
 @dataclass
 class Expected:
@@ -75,10 +69,6 @@ async def current_keys(redis: RedisClient, site_id: str) -> SiteKeys:
 
 async def total_views(redis: RedisClient, site_id: str) -> int:
     return int(await redis.get((await current_keys(redis, site_id)).total_views()) or 0)
-
-
-def close_to(estimate: int, exact: int) -> bool:
-    return abs(estimate - exact) <= max(HLL_SMALL_SET_SLACK, HLL_TOLERANCE * exact)
 
 
 async def hll_estimate(redis: RedisClient, site_id: str, members: Iterable[str]) -> int:
