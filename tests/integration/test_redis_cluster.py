@@ -12,14 +12,17 @@ query API's Redis reader: every number exact.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from pymongo.asynchronous.collection import AsyncCollection
 from redis import Redis as SyncRedis
@@ -41,8 +44,9 @@ from contracts.timebuckets import HOUR_MS, MINUTE_MS
 from query_api.model import Totals
 from query_api.ranges import ALL_TIME, TimeRange
 from query_api.redis_reader import RedisReader
-from tests.expectations import assert_redis_matches, hll_estimate, recount
-from tests.stack import Stack, poll_until, port_taken
+from tests.aggregator_harness import Aggregator, create_topic, produce_events
+from tests.expectations import assert_redis_matches, hll_estimate, recount, total_views
+from tests.stack import Stack, eventually, poll_until, port_taken
 
 RETENTION = Retention()
 # Spare ports of the stack's block: the aggregator harness takes them in turn from 0, so
@@ -111,11 +115,15 @@ def cluster(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         shutil.rmtree(root, ignore_errors=True)
 
 
+def cluster_url(ports: list[int]) -> str:
+    """What ``REDIS_URL`` names: two of the three nodes (the client discovers the third)."""
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2])
+
+
 @pytest.fixture
 async def cluster_client(cluster: list[int]) -> AsyncIterator[RedisCluster]:
     """The services' own factory, given what ``REDIS_URL`` would name."""
-    client = connect_redis_client(
-        "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in cluster[:2]), timeout_s=5.0)
+    client = connect_redis_client(cluster_url(cluster), timeout_s=5.0)
     assert isinstance(client, RedisCluster)
     await client.initialize()
     yield client
@@ -234,3 +242,36 @@ def test_the_cluster_has_three_masters_owning_the_slots(cluster: list[int]) -> N
     with SyncRedis(port=cluster[0]) as client:
         shards = client.execute_command("CLUSTER", "SLOTS")
     assert len({tuple(shard[2][:2]) for shard in shards}) == 3
+
+
+async def test_an_aggregator_process_given_a_cluster_redis_url_counts_exactly(
+        stack: Stack, cluster: list[int], cluster_client: RedisCluster,
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """``python -m aggregator`` itself, configured only through ``REDIS_URL``: events of two
+    sites on different masters, then client retries of some (same event ids)."""
+    topic = await create_topic(stack, partitions=3)
+    aggregator = Aggregator(stack, topic, tmp_path, extra_env={"REDIS_URL": cluster_url(cluster)})
+    aggregator.start()
+    try:
+        await aggregator.wait_consuming(http)
+        now = int(time.time() * 1000)
+        sites = sites_on_two_masters(cluster_client)
+        events = {site: make_events(site, 30 + 11 * i, now) for i, site in enumerate(sites)}
+        sent = [e for site in sites for e in events[site]]
+        await produce_events(stack, topic.name, sent)
+        await produce_events(stack, topic.name, sent[::4])  # client retries: count once
+
+        for site in sites:
+            async def counted(site: str = site) -> bool:
+                total = await total_views(cluster_client, site)
+                assert total <= len(events[site]), f"counted {total}: double count"
+                return total == len(events[site])
+            await eventually(counted, timeout_s=120, interval_s=0.2,
+                             message=f"{site} counted on the cluster")
+        for site in sites:
+            await assert_redis_matches(cluster_client, site, recount(events[site]),
+                                       Retention.from_env(os.environ))
+        assert (await aggregator.readiness(http)).get("redis") is True
+    finally:
+        if aggregator.running():
+            assert await aggregator.terminate() == 0, aggregator.log_tail()
