@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.event import PageView, UndecodableRecord, decode_event, encode_event
 from tests.kafka_tools import partitions_of, read_between
-from tests.stack import ROOT, SPARE_PORTS, Stack, eventually
+from tests.stack import HARNESS_SPARES, ROOT, Stack, eventually
 
 _spare_ports = itertools.count()
 
@@ -31,7 +31,7 @@ _spare_ports = itertools.count()
 def spare_port(stack: Stack) -> int:
     """The next of the private stack's spare ports, in turn (few harness processes live at
     once)."""
-    return stack.spare_port(next(_spare_ports) % len(SPARE_PORTS))
+    return stack.spare_port(HARNESS_SPARES[next(_spare_ports) % len(HARNESS_SPARES)])
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The private stack that integration and end-to-end tests run on.
 
 The test session starts a whole stack of its own from this checkout (``infra/stack.py up``
-with ``STACK_DIR`` and ``PORT_BASE``): its own ports, a block of 60 chosen so that test runs and
+with ``STACK_DIR`` and ``PORT_BASE``): its own ports, a block of 100 chosen so that test runs and
 the user's stack (``make up``) coexist, its own data, topic and consumer group names. It never
 reads the user's ``.run/``, never signals its processes and never writes to its servers. The
 session stops its stack at the end, unless ``TEST_STACK_KEEP=1`` (``make test KEEP=1``), which
@@ -41,8 +41,12 @@ from tests.containers import docker_engine_answers, start_servers
 ROOT = Path(__file__).resolve().parent.parent
 TEST_STACKS = ROOT / ".test-stack"  # <port base>/: one private stack's state
 PORT_BLOCKS = range(21000, 32000, 100)  # below Linux's ephemeral ports (32768 and up)
-BLOCK_SIZE = 60  # infra/stack.py Ports.from_base uses base .. base + 39
-SPARE_PORTS = range(45, 60)  # offsets in the block for processes a test starts itself
+BLOCK_SIZE = 100  # infra/stack.py Ports.from_base uses base .. base + 39
+SPARE_PORTS = range(40, 100)  # offsets in the block for processes a test starts itself
+# Which spare ports (indexes into SPARE_PORTS) each kind of test process takes, so none collide:
+HARNESS_SPARES = range(0, 30)  # tests/aggregator_harness.py's aggregators, in turn
+CLUSTER_SPARES = range(30, 36)  # the Redis Cluster test's three masters and their buses
+OWN_PROCESS_SPARES = range(36, 60)  # a gateway or query API that a test starts itself
 KEEP_VARIABLE = "TEST_STACK_KEEP"
 PRIVATE_NAMES = {"KAFKA_TOPIC": "test-page-views", "AGGREGATOR_GROUP": "test-aggregators"}
 SERVICE_PREFIXES = ("gateway-", "aggregator-", "query-", "nginx")
@@ -84,7 +88,7 @@ class Stack:
                 "AGGREGATOR_GROUP": self.group,
                 "MONGO_URL": self.mongo_url, "REDIS_URL": self.redis_url}
 
-    def spare_port(self, index: int = 0) -> int:
+    def spare_port(self, index: int) -> int:
         """A port of this stack's reserved block that no part of it uses, for a process the
         test starts itself (another test run never takes a port of this block)."""
         return self.port_base + SPARE_PORTS[index]

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.kafka_tools import end_offsets, events_of_site, read_between
-from tests.stack import ROOT, Stack, eventually, restore
+from tests.stack import OWN_PROCESS_SPARES, ROOT, Stack, eventually, restore
 
 
 async def post_until_accepted(http: aiohttp.ClientSession, url: str, event: dict[str, str],
@@ -67,7 +67,7 @@ async def test_a_gateway_killed_under_load_costs_no_accepted_event(
 
 async def test_sigterm_drains_in_flight_requests_and_exits_zero(
         stack: Stack, http: aiohttp.ClientSession, site_id: str, tmp_path: Path) -> None:
-    port = stack.spare_port()
+    port = stack.spare_port(OWN_PROCESS_SPARES[0])
     env = {**os.environ, **stack.env(), "PORT": str(port)}
     log = (tmp_path / "gateway.log").open("wb")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ingest_gateway",

@@ -46,14 +46,14 @@ from query_api.ranges import ALL_TIME, TimeRange
 from query_api.redis_reader import RedisReader
 from tests.aggregator_harness import Aggregator, create_topic, produce_events
 from tests.expectations import assert_redis_matches, hll_estimate, recount, total_views
-from tests.stack import Stack, eventually, poll_until, port_taken
+from tests.stack import CLUSTER_SPARES, Stack, eventually, poll_until, port_taken
 
 RETENTION = Retention()
 # Spare ports of the stack's block: the aggregator harness takes them in turn from 0, so
 # these come from the top. Cluster bus ports are set explicitly (``cluster-port``): the
 # default, port + 10000, could fall in another session's block.
-CLIENT_PORT_INDEXES = (9, 10, 11)
-BUS_PORT_INDEXES = (12, 13, 14)
+CLIENT_PORT_INDEXES = CLUSTER_SPARES[:3]
+BUS_PORT_INDEXES = CLUSTER_SPARES[3:]
 
 
 def cluster_state(port: int) -> str:
