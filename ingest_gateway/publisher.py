@@ -163,7 +163,9 @@ class KafkaPublisher:
                 _raise_first_failure(futures)
         except (TimeoutError, KafkaError) as exc:
             self._last_failure = time.monotonic()
-            if isinstance(exc, FATAL_PRODUCER_ERRORS):
+            # Only the current producer's failure replaces it: requests still in flight on
+            # a producer already replaced fail too, and must not replace its successor.
+            if isinstance(exc, FATAL_PRODUCER_ERRORS) and producer is self._producer:
                 self._broken.set()
             log.warning("publish_failed", extra={"fields": {
                 "error": repr(exc), "events": len(events), "sent": len(futures)}})

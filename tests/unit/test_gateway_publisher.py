@@ -7,11 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber, ProducerClosed
 
 from contracts.event import PageView
 from contracts.settings import GatewaySettings
-from ingest_gateway.publisher import KafkaPublisher, PublishUnavailable
+from ingest_gateway.publisher import FATAL_PRODUCER_ERRORS, KafkaPublisher, PublishUnavailable
 from tests.stack import eventually
 
 EVENTS = [PageView(f"e{i}", "s", "/p", "u", 1, 1) for i in range(3)]
@@ -108,3 +108,71 @@ async def test_a_failed_message_fails_the_request_at_once(
     producer.pending[1].set_result(object())
     await asyncio.sleep(0)
     assert publisher.in_flight == 0
+
+
+class Producers:
+    """A factory handing out a new ``HeldProducer`` per (re)connection, as aiokafka would."""
+
+    def __init__(self) -> None:
+        self.made: list[HeldProducer] = []
+
+    def __call__(self, _: GatewaySettings) -> HeldProducer:
+        self.made.append(HeldProducer())
+        return self.made[-1]
+
+
+@pytest.mark.parametrize("error", FATAL_PRODUCER_ERRORS, ids=lambda e: e.__name__)
+async def test_a_producer_whose_idempotence_state_broke_is_replaced(
+        error: type[Exception]) -> None:
+    producers = Producers()
+    kafka = KafkaPublisher(GatewaySettings(produce_timeout_s=0.5),
+                           new_producer=producers)
+    runner = asyncio.create_task(kafka.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, kafka.ready), timeout_s=5)
+        failing = asyncio.create_task(kafka.publish(EVENTS[:1]))
+        await eventually(lambda: asyncio.sleep(0, bool(producers.made[0].pending)))
+        producers.made[0].pending[0].set_exception(error())
+        with pytest.raises(PublishUnavailable):
+            await failing
+        await eventually(lambda: asyncio.sleep(0, len(producers.made) == 2), timeout_s=5,
+                         message="a new producer")
+        publishing = asyncio.create_task(kafka.publish(EVENTS[1:2]))
+        await eventually(lambda: asyncio.sleep(0, bool(producers.made[1].pending)))
+        producers.made[1].pending[0].set_result(object())
+        await publishing  # the new producer publishes
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_a_failure_of_a_replaced_producer_does_not_replace_its_successor() -> None:
+    producers = Producers()
+    kafka = KafkaPublisher(GatewaySettings(produce_timeout_s=5.0),
+                           new_producer=producers)
+    runner = asyncio.create_task(kafka.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, kafka.ready), timeout_s=5)
+        first = asyncio.create_task(kafka.publish(EVENTS[:1]))
+        second = asyncio.create_task(kafka.publish(EVENTS[1:2]))  # in flight on the same one
+        await eventually(lambda: asyncio.sleep(0, len(producers.made[0].pending) == 2))
+        producers.made[0].pending[0].set_exception(OutOfOrderSequenceNumber())
+        with pytest.raises(PublishUnavailable):
+            await first
+        await eventually(lambda: asyncio.sleep(0, len(producers.made) == 2), timeout_s=5)
+        # The old producer fails its other pending send only now (as stopping it does).
+        producers.made[0].pending[1].set_exception(ProducerClosed())
+        with pytest.raises(PublishUnavailable):
+            await second
+        # Let the publisher's loop act on a "broken" signal, if it got one (it reacts within
+        # a few loop iterations: nothing in between waits for time).
+        for _ in range(50):
+            await asyncio.sleep(0)
+        third = asyncio.create_task(kafka.publish(EVENTS[2:3]))
+        await eventually(lambda: asyncio.sleep(0, bool(producers.made[-1].pending)))
+        producers.made[-1].pending[0].set_result(object())
+        await third
+        assert len(producers.made) == 2
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
