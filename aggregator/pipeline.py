@@ -45,6 +45,7 @@ from aggregator.mongo_sink import Located
 from aggregator.redis_sink import GenerationMoved
 from aggregator.source import Record, RecordSource
 from contracts.event import UndecodableRecord, decode_event
+from contracts.failpoints import AFTER_MONGO, AFTER_REDIS, CRASH_EXIT_STATUS, Failpoint
 from contracts.keys import SiteKeys
 from contracts.mongo import event_document
 from contracts.settings import Retention
@@ -84,18 +85,21 @@ class Stopping(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CrashHook:
-    """Test-only fault injection: exit abruptly at a named step of the given batch, to prove
-    a crash there loses and doubles nothing. ``point`` is None in production."""
+    """Fires the aggregator's failpoints (each named and described in
+    ``contracts/failpoints.py``): exits abruptly at that step of the given batch and every
+    later one, to prove a crash there loses and doubles nothing. ``point`` is None (off)
+    unless ``AGGREGATOR_CRASH_AT`` names one; ``exit`` is replaceable for unit tests."""
 
     point: str | None = None
     at_batch: int = 0
+    exit: Callable[[int], None] = os._exit
 
-    def maybe_crash(self, point: str, batch_number: int) -> None:
-        if point == self.point and batch_number >= self.at_batch:
+    def maybe_crash(self, failpoint: Failpoint, batch_number: int) -> None:
+        if failpoint.name == self.point and batch_number >= self.at_batch:
             logging.getLogger(__name__).error("crash_hook_fired", extra={"fields": {
-                "point": point, "batch": batch_number}})
+                "point": failpoint.name, "batch": batch_number}})
             logging.shutdown()
-            os._exit(70)
+            self.exit(CRASH_EXIT_STATUS)
 
 
 @dataclass
@@ -142,7 +146,7 @@ class Pipeline:
 
         counting = await self._retry("mongo", lambda: self.mongo.write(fresh))
         self.metrics.skipped.labels("client_retry").inc(len(fresh) - len(counting))
-        self.crash.maybe_crash("after_mongo", self.batches)
+        self.crash.maybe_crash(AFTER_MONGO, self.batches)
 
         new_sites = site_ids - self.known_sites
         if new_sites:
@@ -151,7 +155,7 @@ class Pipeline:
         counted = {(r.partition, r.offset) for r in counting}
         for (site_id, partition), group in group_by_site_partition(fresh).items():
             await self._apply(sites, site_id, partition, group, counted)
-        self.crash.maybe_crash("after_redis", self.batches)
+        self.crash.maybe_crash(AFTER_REDIS, self.batches)
 
         next_offsets: dict[int, int] = {}
         for r in records:

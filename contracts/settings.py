@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from contracts.event import DEFAULT_LATE_WINDOW_MS
+from contracts.failpoints import CRASH_AT_BATCH_VARIABLE, CRASH_AT_VARIABLE, FAILPOINTS
 from contracts.keys import HOUR_TTL_S, MINUTE_TTL_S
 from contracts.topics import AGGREGATOR_GROUP, DEAD_LETTER_TOPIC, PAGE_VIEWS_TOPIC
 
@@ -167,7 +168,7 @@ class AggregatorSettings:
     backoff_max_s: float = 5.0
     instance: str = "aggregator"
     log_level: str = "INFO"
-    crash_at: str | None = None  # test-only fault hook: "after_mongo" or "after_redis"
+    crash_at: str | None = None  # a failpoint's name (contracts/failpoints.py); None: off
     crash_at_batch: int = 0
     auto_rebuild: bool = True  # rebuild Redis from the topic when it lost the aggregates
 
@@ -185,8 +186,8 @@ class AggregatorSettings:
             backoff_max_s=env.number("AGGREGATOR_BACKOFF_MAX_S", cls.backoff_max_s),
             instance=env.text("INSTANCE", cls.instance),
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
-            crash_at=env.text("AGGREGATOR_CRASH_AT", "") or None,
-            crash_at_batch=env.integer("AGGREGATOR_CRASH_AT_BATCH", 0),
+            crash_at=_failpoint(env.text(CRASH_AT_VARIABLE, "")),
+            crash_at_batch=env.integer(CRASH_AT_BATCH_VARIABLE, 0),
             auto_rebuild=env.flag("AGGREGATOR_AUTO_REBUILD", cls.auto_rebuild),
         )
 
@@ -220,6 +221,15 @@ class QuerySettings:
             raise SettingsError("set STATS_TOKENS (comma-separated bearer tokens), "
                                 "or STATS_AUTH_DISABLED=true for a local stack")
         return settings
+
+
+def _failpoint(name: str) -> str | None:
+    if not name:
+        return None
+    if name not in FAILPOINTS:
+        raise SettingsError(f"{CRASH_AT_VARIABLE} must be one of {', '.join(FAILPOINTS)}, "
+                            f"got {name!r}")
+    return name
 
 
 def _no_compression(codec: str) -> str | None:

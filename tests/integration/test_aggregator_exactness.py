@@ -19,6 +19,12 @@ from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
 from contracts.event import PageView, encode_event
+from contracts.failpoints import (
+    CRASH_AT_BATCH_VARIABLE,
+    CRASH_AT_VARIABLE,
+    CRASH_EXIT_STATUS,
+    FAILPOINTS,
+)
 from tests.aggregator_harness import (
     Aggregator,
     create_topic,
@@ -154,13 +160,14 @@ async def test_a_crash_between_mongo_and_redis_and_after_redis_counts_exactly(
     topic = await create_topic(stack)
     events = make_events(site_id, 8_000, seed=13)
     await produce_events(stack, topic.name, events)
-    for point in ("after_mongo", "after_redis"):
+    for point in FAILPOINTS:  # after_mongo, after_redis
         crashing = Aggregator(stack, topic, tmp_path, extra_env={
-            "AGGREGATOR_CRASH_AT": point, "AGGREGATOR_CRASH_AT_BATCH": "2",
+            CRASH_AT_VARIABLE: point, CRASH_AT_BATCH_VARIABLE: "2",
             "AGGREGATOR_MAX_RECORDS": "500"})
         crashing.start()
         assert crashing.proc is not None
-        assert await asyncio.to_thread(crashing.proc.wait, 120) == 70, crashing.log_tail()
+        assert await asyncio.to_thread(crashing.proc.wait, 120) == CRASH_EXIT_STATUS, \
+            crashing.log_tail()
         assert "crash_hook_fired" in crashing.log_tail()
     survivor = Aggregator(stack, topic, tmp_path)
     survivor.start()
