@@ -14,15 +14,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.stack import ROOT, Stack, eventually
+from tests.stack import OWN_PROCESS_SPARES, ROOT, Stack, eventually
 
 
 class GatewayProcess:
     """``python -m ingest_gateway`` with the stack's backends; its JSON log goes to a file."""
 
-    def __init__(self, stack: Stack, port_index: int, log_path: Path,
+    def __init__(self, stack: Stack, nth: int, log_path: Path,
                  env: dict[str, str] | None = None) -> None:
-        self.port = stack.spare_port(port_index)
+        """``nth``: which of the stack's spare ports for a test's own processes to take."""
+        self.port = stack.spare_port(OWN_PROCESS_SPARES[nth])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._env = {**os.environ, **stack.env(), "PORT": str(self.port), **(env or {})}
