@@ -14,7 +14,8 @@ Why it is exact while live counting goes on:
   nothing more is applied by the rebuild to a site once it is switched.
 - A rebuild that dies leaves the pointer alone: the current generation is untouched, and a
   new rebuild starts over in a fresh generation. A marker key per run detects a Redis that
-  lost the half-built generation (flushed or restarted) before anything switches to it.
+  lost the half-built generation (flushed or restarted) before anything switches to it;
+  the run then deletes what it wrote after the loss, which no pointer would ever name.
 """
 
 from __future__ import annotations
@@ -170,6 +171,9 @@ class Rebuild:
                     await self._switch(site_id)
             if self._builder.sites and not self._verify:
                 await self._redis.sadd(sites_key(), *self._builder.sites)
+        except RebuildLost:
+            await self._discard_unswitched()
+            raise
         finally:
             await self._reader.stop()
             if self._verify:
@@ -181,6 +185,14 @@ class Rebuild:
         self.outcome.counted = self._builder.counted
         self.outcome.seconds = time.perf_counter() - started
         return self.outcome
+
+    async def _discard_unswitched(self) -> None:
+        """Redis lost part of the new generation: delete the rest of it (what was applied
+        after the loss), for every site not switched to it. No pointer names those keys,
+        and nothing else would ever delete them."""
+        for site_id, site in self._builder.sites.items():
+            if site_id not in self._builder.switched:
+                await self._gens.delete(site)
 
     async def _read_history(self, history: MongoHistory) -> None:
         done = 0
