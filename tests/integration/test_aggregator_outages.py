@@ -44,6 +44,7 @@ READYZ_BOUND_S = {"redis": 2.0, "mongo": 1.0 + 2.0 + 1.0}
 CAP_S = 0.2
 RETRY_MARGIN_S = 0.45
 OUTAGE_WINDOW_S = 8.0
+SESSION_TIMEOUT_S = 10.0  # aggregator.source.KafkaSource.create
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -174,3 +175,47 @@ async def test_during_a_redis_outage_retries_stay_within_the_backoff_cap_and_the
     assert [e for e in aggregator.log_events("partitions_revoked") if e["partitions"]] == []
     outages: list[dict[str, Any]] = aggregator.log_events("store_unavailable")
     assert [e["store"] for e in outages] == ["redis"]
+
+
+async def test_during_a_mongo_outage_longer_than_the_session_timeout_the_group_is_kept(
+        stack: Stack, redis: Redis, http: aiohttp.ClientSession, site_id: str,
+        tmp_path: Path) -> None:
+    topic = await create_topic(stack, partitions=2)
+    events = make_events(site_id, 2_000, seed=37)
+    aggregator = Aggregator(stack, topic, tmp_path, extra_env={
+        "AGGREGATOR_BACKOFF_MAX_S": str(CAP_S)})
+    aggregator.start()
+    try:
+        await produce_events(stack, topic.name, events[:1_000])
+        await wait_for_total(redis, site_id, 1_000)
+        await eventually(lambda: _committed(stack, topic.group, 1_000), timeout_s=30)
+        members = await _group(stack, topic.group)
+        assert len(members) == 1 and members[0][1], members
+
+        await asyncio.to_thread(stop_part, "ferretdb")
+        try:
+            await eventually(lambda: _status_is(aggregator, http, 503), timeout_s=30,
+                             message="/readyz sees MongoDB down")
+            await produce_events(stack, topic.name, events[1_000:])  # a batch to hold
+            # Watch the group through more than the consumer's 10 s session timeout: the
+            # same member keeps the same partitions the whole time.
+            watch_until = time.monotonic() + SESSION_TIMEOUT_S + 2.0
+            samples = 0
+            while time.monotonic() < watch_until:
+                assert await _group(stack, topic.group) == members
+                samples += 1
+                await asyncio.sleep(0.5)  # sampling the group, not waiting for a condition
+            assert samples >= 10
+            assert await committed_total(stack, topic.group) == 1_000
+            assert (await aggregator.readiness(http))["mongo"] is False
+        finally:
+            await asyncio.to_thread(restore)
+        await wait_for_total(redis, site_id, len(events))
+        await eventually(lambda: _committed(stack, topic.group, len(events)), timeout_s=30)
+        assert await _group(stack, topic.group) == members
+    finally:
+        assert await aggregator.terminate() == 0, aggregator.log_tail()
+    await assert_redis_matches(redis, site_id, recount(events))
+    assert len(aggregator.log_events("partitions_assigned")) == 1
+    assert [e for e in aggregator.log_events("partitions_revoked") if e["partitions"]] == []
+    assert [e["store"] for e in aggregator.log_events("store_unavailable")] == ["mongo"]
