@@ -129,6 +129,11 @@ def differences(before: Any, after: Any, path: str = "") -> list[str]:
         for key in sorted(set(before) | set(after)):
             found += differences(before.get(key), after.get(key), f"{path}.{key}")
         return found
+    if (isinstance(before, list) and isinstance(after, list) and before != after
+            and all(isinstance(item, str) for item in before + after)):
+        added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+        return [f"{path}: added {added[:5]!r} ({len(added)}), removed {removed[:5]!r} "
+                f"({len(removed)})"]
     return [] if before == after else [f"{path}: {before!r} -> {after!r}"[:400]]
 
 
