@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table.render(table.rows(data)))
     print()
     print(limits_table(data))
+    if "query" in chosen:
+        print()
+        print(query.summary_table(data))
     for note in run.notes:
         print(f"- {note}")
     return 0

@@ -1,127 +1,228 @@
-"""bench-query: the stats endpoints through NGINX, idle and while ingestion runs.
+"""bench-query: every stats endpoint on a large seeded site, idle and during steady ingest.
 
-The data is one site (``bench-query``) seeded once with events whose ids are fixed, so a
-second run re-sends them without counting anything twice and every run queries the same
-aggregates. Each endpoint is loaded by wrk for ``BENCH_SECONDS``; "busy" repeats that while
-a second wrk sends single events to /track as fast as it can.
+The data (``bench.seed``): one site with 10,000 pages, 200,000 visitors and 30 days of
+history, and 1,000 small sites, seeded once and reused. For each endpoint, in each condition:
+
+1. the maximum rate, closed-loop: wrk with ``CONNECTIONS`` connections for
+   ``BENCH_SECONDS``, compared with the trivial aiohttp handler behind NGINX of the same run;
+2. latency open-loop (``bench.openloop``) at 25%, 50% and 75% of that maximum: requests at
+   fixed times, latency from the scheduled time (p50/p99/p99.9);
+3. Redis meanwhile (``bench.redis_watch``): the slowest command or script in SLOWLOG and
+   the costliest commands; and the query API's CPU per request during the wrk run.
+
+"During ingest" repeats it all while ``bench.steady`` sends a fixed 2,000 events/s
+(``BENCH_QUERY_INGEST_RATE``) through the gateway to the large site.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import os
 import time
-import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
-import orjson
 
-from bench import wrk
+from bench import openloop, wrk
 from bench.cpu import busiest
 from bench.drain import wait_for_redis_answers, wait_for_stack
 from bench.limits import AIOHTTP_VIA_NGINX, NGINX_STATIC
 from bench.progress import say
+from bench.redis_watch import RedisWatch
 from bench.results import Figure, Run
+from bench.seed import SeedInfo, SeedSpec, ensure_seeded, seed_timeout_s
 from bench.settings import BenchSettings
+from bench.steady import SteadyIngest
+from bench.table import number, percent, render
+from contracts.timebuckets import HOUR_MS, MINUTE_MS, iso_z
 
 SUITE = "query"
-SITE = "bench-query"
-SEED_EVENTS = 20_000
-SEED_NAMESPACE = uuid.UUID("6a1f0c0e-5c7a-4d43-9d3c-1b1e0b9e7a11")
 CONNECTIONS = 32
-BUSY_TRACK_CONNECTIONS = 32
-ENDPOINTS = {
-    "/stats": f"/stats?site_id={SITE}&limit=10",
-    "/stats/timeseries": f"/stats/timeseries?site_id={SITE}&period=24h",
-    "/stats/top": f"/stats/top?site_id={SITE}&limit=10",
-    "/stats/realtime": f"/stats/realtime?site_id={SITE}",
-}
+FRACTIONS = (0.25, 0.5, 0.75)
+INGEST_RATE = 2_000
+INGEST_BATCH = 20
+OPENLOOP_PROCESSES = 2
 
 
-def seed_batches(now_ms: int, batch: int = 1000) -> list[bytes]:
-    """The seed events as /events bodies: 500 pages, 5,000 visitors, the last 6 hours;
-    ids derived from the index, so re-sending them never counts twice."""
-    rng = random.Random(11)
-    bodies = []
-    for start in range(0, SEED_EVENTS, batch):
-        events = [{"event_id": str(uuid.uuid5(SEED_NAMESPACE, str(i))), "site_id": SITE,
-                   "page_id": f"/docs/{int(500 * rng.random() ** 2)}",
-                   "user_id": f"visitor-{rng.randrange(5000)}",
-                   "ts": now_ms - rng.randrange(6 * 3600 * 1000)}
-                  for i in range(start, start + batch)]
-        bodies.append(orjson.dumps(events))
-    return bodies
+def odd_minute_range(now_ms: int) -> tuple[int, int]:
+    """``from``/``to`` at odd minutes, mixing day, hour and minute tiles, all still in Redis:
+    from 17 minutes past an hour about 45 hours ago (minute buckets live 48 h) to 13 minutes
+    before the current minute. It holds a whole UTC day unless "now" is after about 20:40
+    UTC, when only hour and minute tiles fit."""
+    start = (now_ms - 46 * HOUR_MS) // HOUR_MS * HOUR_MS + HOUR_MS + 17 * MINUTE_MS
+    end = now_ms // MINUTE_MS * MINUTE_MS - 13 * MINUTE_MS
+    return start, end
 
 
-async def _total(http: aiohttp.ClientSession, s: BenchSettings) -> tuple[int, str]:
-    async with http.get(f"{s.http_url}/stats?site_id={SITE}&limit=1",
-                        headers=s.stats_headers()) as response:
-        body = await response.json()
-        return int(body.get("total_views", 0)), response.headers.get("X-Stats-Source", "?")
+def endpoints(site: str, page: str, now_ms: int) -> dict[str, str]:
+    """Name -> path and query of every endpoint measured (parameters as in
+    ``query_api.routes.ENDPOINT_PARAMS``)."""
+    start, end = odd_minute_range(now_ms)
+
+    def q(**params: str) -> str:
+        return urlencode({"site_id": site, **params})
+
+    return {
+        "/stats all-time limit=100": f"/stats?{q(limit='100')}",
+        "/stats period=7d": f"/stats?{q(period='7d')}",
+        "/stats period=30d": f"/stats?{q(period='30d')}",
+        "/stats from/to odd minutes": f"/stats?{q(**{'from': iso_z(start), 'to': iso_z(end)})}",
+        "/stats/top": f"/stats/top?{q(limit='10')}",
+        "/stats/timeseries 24h by hour": f"/stats/timeseries?{q(period='24h', interval='hour')}",
+        "/stats/timeseries 30d by day": f"/stats/timeseries?{q(period='30d', interval='day')}",
+        "/stats/pages/{id} 30d": f"/stats/pages/{quote(page, safe='')}?{q(period='30d')}",
+        "/stats/realtime": f"/stats/realtime?{q()}",
+        "/stats/compare 7d": f"/stats/compare?{q(period='7d')}",
+    }
 
 
-async def seed(s: BenchSettings) -> None:
-    async with aiohttp.ClientSession() as http:
-        total, _ = await _total(http, s)
-        if total >= SEED_EVENTS:
-            return
-        say(SUITE, f"seeding site {SITE} with {SEED_EVENTS:,} events")
-        for body in seed_batches(int(time.time() * 1000)):
-            async with http.post(f"{s.http_url}/events", data=body,
-                                 headers={"Content-Type": "application/json"}) as response:
-                if response.status != 202:
-                    raise RuntimeError(f"seeding failed: {response.status} "
-                                       f"{await response.text()}")
-        deadline = time.monotonic() + s.drain_timeout_s
-        while total < SEED_EVENTS and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            total, _ = await _total(http, s)
+def cpu_ms_per_request(cores: float, rps: float) -> float | None:
+    """Milliseconds of CPU per request from cores busy at a request rate."""
+    return None if rps <= 0 else cores / rps * 1000
 
 
-async def _sources(s: BenchSettings) -> dict[str, str]:
-    """Which store answered each endpoint (``X-Stats-Source``): the figures are Redis's."""
+@dataclass(frozen=True)
+class QueryConfig:
+    ingest_rate: int = INGEST_RATE
+    openloop_processes: int = OPENLOOP_PROCESSES
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> QueryConfig:
+        return cls(int(env.get("BENCH_QUERY_INGEST_RATE", "") or INGEST_RATE),
+                   int(env.get("BENCH_OPENLOOP_PROCESSES", "") or OPENLOOP_PROCESSES))
+
+
+async def _sources(s: BenchSettings, paths: Mapping[str, str]) -> dict[str, str]:
+    """Status and ``X-Stats-Source`` of each endpoint: the figures must be Redis's."""
     out = {}
-    async with aiohttp.ClientSession() as http:
-        for name, path in ENDPOINTS.items():
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        for name, path in paths.items():
             async with http.get(f"{s.http_url}{path}", headers=s.stats_headers()) as response:
                 await response.read()
                 out[name] = f"{response.status} {response.headers.get('X-Stats-Source', '?')}"
     return out
 
 
-async def _measure(s: BenchSettings, run: Run, condition: str, sources: dict[str, str]) -> None:
-    for name, path in ENDPOINTS.items():
-        say(SUITE, f"GET {name} ({condition}), {CONNECTIONS} connections, {s.seconds:g}s")
-        result, cpu = await wrk.run_measured(f"{s.http_url}{path}", "get.lua", CONNECTIONS,
-                                             s.seconds, s.wrk_threads, s.stats_headers())
-        run.add(Figure(SUITE, f"{name} {condition}", result.rps, "req/s", result.latency,
-                       result.errors, AIOHTTP_VIA_NGINX,
-                       {"path": path, "connections": CONNECTIONS, "answered": sources[name],
-                        "cpu_cores": cpu, "wrk_cpu_cores": result.cpu_cores,
-                        "busiest": busiest(cpu),
-                        "ratio_to_nginx_204": run.ratio_to(result.rps, NGINX_STATIC)}))
-        say(SUITE, f"  {result.rps:,.0f} req/s, p99 {result.latency.p99:.1f} ms, "
-                   f"{result.errors} errors; busiest: {busiest(cpu)}")
+async def _measure_one(s: BenchSettings, run: Run, cfg: QueryConfig, name: str, path: str,
+                       condition: str, answered: str) -> None:
+    url = f"{s.http_url}{path}"
+    say(SUITE, f"{name} ({condition}): max rate, wrk -c{CONNECTIONS}, {s.seconds:g}s")
+    async with RedisWatch(s.redis_url) as watch:
+        result, cpu = await wrk.run_measured(url, "get.lua", CONNECTIONS, s.seconds,
+                                             s.wrk_threads, s.stats_headers())
+        points: dict[str, Any] = {}
+        for fraction in FRACTIONS:
+            rate = result.rps * fraction
+            if rate < 1:
+                points[f"{fraction:.0%}"] = None
+                continue
+            point = await openloop.run(url, rate, s.seconds, s.stats_headers(),
+                                       cfg.openloop_processes)
+            points[f"{fraction:.0%}"] = point.as_json()
+            lat = point.latency
+            say(SUITE, f"  open-loop {fraction:.0%} = {rate:,.0f} req/s: p50 {lat.p50:.1f} "
+                       f"p99 {lat.p99:.1f} p99.9 {lat.p999:.1f} ms, {point.errors} errors, "
+                       f"generator late by up to {point.max_send_lag_ms:.0f} ms")
+    slow = watch.summary.as_json()
+    query_ms = cpu_ms_per_request(cpu.get("query", 0.0), result.rps)
+    redis_ms = cpu_ms_per_request(cpu.get("redis", 0.0), result.rps)
+    run.add(Figure(SUITE, f"{name} {condition}", result.rps, "req/s", result.latency,
+                   result.errors, AIOHTTP_VIA_NGINX,
+                   {"path": path, "condition": condition, "endpoint": name,
+                    "connections": CONNECTIONS, "answered": answered,
+                    "latency_is": "closed-loop wrk at the maximum rate; open-loop in 'open_loop'",
+                    "open_loop": points, "redis_slowlog": slow,
+                    "redis_costliest": watch.costs,
+                    "redis_latency_percentiles_us": watch.latency_percentiles,
+                    "query_cpu_ms_per_request": query_ms, "redis_cpu_ms_per_request": redis_ms,
+                    "cpu_cores": cpu, "wrk_cpu_cores": result.cpu_cores,
+                    "busiest": busiest(cpu),
+                    "ratio_to_nginx_204": run.ratio_to(result.rps, NGINX_STATIC)}))
+    share = percent(run.ratio_to(result.rps, AIOHTTP_VIA_NGINX))
+    say(SUITE, f"  max {result.rps:,.0f} req/s ({share} of trivial), {result.errors} "
+               f"errors; slowest Redis "
+               f"{slow['slowest_us']:,} us ({slow['slowest_command']}); query CPU "
+               f"{number(query_ms, 2)} ms/request; busiest: {busiest(cpu)}")
+
+
+async def _measure(s: BenchSettings, run: Run, cfg: QueryConfig, paths: Mapping[str, str],
+                   condition: str, sources: Mapping[str, str]) -> None:
+    for name, path in paths.items():
+        await _measure_one(s, run, cfg, name, path, condition, sources[name])
 
 
 async def run_suite(s: BenchSettings, run: Run) -> None:
     if not await wait_for_redis_answers(s, SUITE):
         run.notes.append("query: the query API did not answer from Redis; not measured")
         return
-    await seed(s)
-    sources = await _sources(s)
-    await _measure(s, run, "idle", sources)
-    busy_s = len(ENDPOINTS) * (s.seconds + 0.5) + 2
-    say(SUITE, f"background load: POST /track, {BUSY_TRACK_CONNECTIONS} connections, "
-               f"{busy_s:g}s")
-    background = asyncio.create_task(wrk.run(f"{s.http_url}/track", "track.lua",
-                                             BUSY_TRACK_CONNECTIONS, busy_s, 1))
-    try:
-        await asyncio.sleep(1)
-        await _measure(s, run, "during ingest", sources)
-    finally:
-        ingest = await background
-    run.notes.append(f"query 'during ingest': a wrk on /track ({BUSY_TRACK_CONNECTIONS} "
-                     f"connections) ran alongside at {ingest.rps:,.0f} events/s, p99 "
-                     f"{ingest.latency.p99:.1f} ms")
+    spec = SeedSpec.from_env(os.environ)
+    cfg = QueryConfig.from_env(os.environ)
+    info: SeedInfo = await ensure_seeded(s, spec, seed_timeout_s(os.environ))
     await wait_for_stack(s, SUITE)
+    paths = endpoints(spec.site, spec.page(0), int(time.time() * 1000))
+    sources = await _sources(s, paths)
+    run.settings["query_seed"] = info.as_json()
+    run.settings["query_endpoints"] = dict(paths)
+    age_h = (time.time() * 1000 - info.anchor_ms) / HOUR_MS
+    run.notes.append(f"query: site {spec.site} ({spec.pages:,} pages, {spec.visitors:,} "
+                     f"visitors, {spec.events:,} events over {spec.days} days to "
+                     f"{iso_z(info.anchor_ms)}, {age_h:.1f} h before the run; "
+                     f"{spec.small_sites:,} small sites of {spec.small_events} events); "
+                     f"{'seeded in this run' if info.seeded_now else 'seed reused'}")
+    if age_h > 40:
+        run.notes.append("query: the seed is older than 40 h, so the minute buckets of the "
+                         "odd-minute range hold little of it (re-seed: delete "
+                         ".run/bench-seed.json and use another BENCH_SEED_EVENTS)")
+    await _measure(s, run, cfg, paths, "idle", sources)
+    say(SUITE, f"background load: a steady {cfg.ingest_rate:,} events/s to POST /events "
+               f"({INGEST_BATCH} a request)")
+    async with SteadyIngest(s.http_url, spec, cfg.ingest_rate, INGEST_BATCH) as ingest:
+        await asyncio.sleep(2)
+        await _measure(s, run, cfg, paths, "during ingest", sources)
+    stats = ingest.stats.as_json(cfg.ingest_rate, INGEST_BATCH)
+    run.settings["query_ingest"] = stats
+    run.notes.append(f"query 'during ingest': {stats['accepted_events_per_s']} events/s "
+                     f"accepted of {cfg.ingest_rate:,} scheduled, {stats['errors']} failed and "
+                     f"{stats['missed_batches']} missed batches")
+    drained, took = await wait_for_stack(s, SUITE)
+    run.notes.append(f"query: after the ingest the aggregators worked off {drained:,} "
+                     f"records in {took:.0f}s")
+
+
+def _cell(point: dict[str, Any] | None) -> str:
+    if not point:
+        return "-"
+    lat = point["latency"]
+    text = f"{number(lat['p50_ms'], 1)}/{number(lat['p99_ms'], 1)}/{number(lat['p999_ms'], 1)}"
+    return text + (f" ({point['errors']} err)" if point["errors"] else "")
+
+
+SUMMARY_HEADERS = ("endpoint", "condition", "max req/s", "of trivial",
+                   "p50/p99/p99.9 ms @25%", "@50%", "@75%", "slowest Redis us",
+                   "query CPU ms/req")
+
+
+def summary_rows(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One row per endpoint and condition from a results document."""
+    out: list[tuple[str, ...]] = []
+    for f in data.get("figures", []):
+        extra = f.get("extra") or {}
+        if f.get("suite") != SUITE or "open_loop" not in extra:
+            continue
+        points = extra["open_loop"]
+        slow = extra.get("redis_slowlog") or {}
+        out.append((str(extra["endpoint"]), str(extra["condition"]), number(f["value"]),
+                    percent(f.get("ratio")), _cell(points.get("25%")), _cell(points.get("50%")),
+                    _cell(points.get("75%")),
+                    f"{number(slow.get('slowest_us'))} {slow.get('slowest_command', '')}",
+                    number(extra.get("query_cpu_ms_per_request"), 2)))
+    return out
+
+
+def summary_table(data: Mapping[str, Any]) -> str:
+    rows = summary_rows(data)
+    return render(rows, SUMMARY_HEADERS) if rows else ""

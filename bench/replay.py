@@ -2,8 +2,8 @@
 
 Runs the real CLI against the stack and times it from outside (wall time, start-up
 included) as well as reading its own JSON summary (records read, counted, seconds). By
-default it rebuilds one site, ``bench-query`` (the query benchmark's seeded site; not
-re-seeded here, its events are already on the topic once ``bench-query`` ran): the
+default it rebuilds one site, ``bench-small-0000`` (one of the query benchmark's small seeded
+sites; not re-seeded here, its events are already on the topic once ``bench-query`` ran): the
 replay still reads the whole topic, so the read rate is the full rebuild's, but only the
 benchmark's own site is switched to a new generation while other people's tests run on the
 same stack. ``BENCH_REPLAY_FULL=1`` rebuilds every site instead (a true full rebuild).
@@ -22,11 +22,12 @@ import orjson
 from bench.cpu import CpuWindow, busiest, stack_groups
 from bench.limits import KAFKA_PRODUCER
 from bench.progress import say
-from bench.query import SITE
 from bench.results import Figure, Run
+from bench.seed import SeedSpec
 from bench.settings import ROOT, BenchSettings
 
 SUITE = "replay"
+SITE = SeedSpec().small_site(0)
 
 
 def parse_summary(output: str) -> dict[str, object]:
