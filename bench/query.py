@@ -29,6 +29,7 @@ import aiohttp
 from bench import openloop, wrk
 from bench.cpu import busiest
 from bench.drain import wait_for_redis_answers, wait_for_stack
+from bench.kafka import GroupLag
 from bench.limits import AIOHTTP_VIA_NGINX, NGINX_STATIC
 from bench.progress import say
 from bench.redis_watch import RedisWatch
@@ -180,14 +181,17 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
     await _measure(s, run, cfg, paths, "idle", sources)
     say(SUITE, f"background load: a steady {cfg.ingest_rate:,} events/s to POST /events "
                f"({INGEST_BATCH} a request)")
-    async with SteadyIngest(s.http_url, spec, cfg.ingest_rate, INGEST_BATCH) as ingest:
+    async with SteadyIngest(s.http_url, spec, cfg.ingest_rate, INGEST_BATCH) as ingest, \
+            GroupLag(s.kafka_bootstrap, s.topic, s.aggregator_group) as group:
         await asyncio.sleep(2)
         await _measure(s, run, cfg, paths, "during ingest", sources)
+        behind = await group.lag()
     stats = ingest.stats.as_json(cfg.ingest_rate, INGEST_BATCH)
     run.settings["query_ingest"] = stats
     run.notes.append(f"query 'during ingest': {stats['accepted_events_per_s']} events/s "
                      f"accepted of {cfg.ingest_rate:,} scheduled, {stats['errors']} failed and "
-                     f"{stats['missed_batches']} missed batches")
+                     f"{stats['missed_batches']} missed batches; the aggregators were "
+                     f"{behind:,} records behind at the end")
     drained, took = await wait_for_stack(s, SUITE)
     run.notes.append(f"query: after the ingest the aggregators worked off {drained:,} "
                      f"records in {took:.0f}s")
