@@ -2,7 +2,7 @@
 
 Runs the real CLI against the stack and times it from outside (wall time, start-up
 included) as well as reading its own JSON summary (records read, counted, seconds). By
-default it rebuilds one site, ``bench-small-0000`` (one of the query benchmark's small seeded
+default it rebuilds one site, ``bench-small-site-0000`` (one of the query benchmark's small seeded
 sites; not re-seeded here, its events are already on the topic once ``bench-query`` ran): the
 replay still reads the whole topic, so the read rate is the full rebuild's, but only the
 benchmark's own site is switched to a new generation while other people's tests run on the

@@ -5,7 +5,9 @@ and a month of history is what makes day, hour and minute buckets all matter. Th
 are encoded with the contracts codec and keyed like the gateway's records, so the stack's
 own aggregators count them exactly as they count live traffic.
 
-Why fixed ids and a fixed anchor: every event id is derived from its index, and the time
+Why fixed ids and a fixed anchor: every event id is derived from its site and index (the
+site in it too: the stack's MongoDB sink keys raw events by event id alone, so ids that were
+unique only per site would suppress each other across sites), and the time
 the history ends (the anchor) is kept in ``.run/bench-seed.json`` with the spec, so a
 re-run that finds the data incomplete re-sends the same events with the same ids and
 times, and the pipeline's de-duplication makes the second copy count nothing. A run that
@@ -74,10 +76,10 @@ class SeedSpec:
     @property
     def site(self) -> str:
         """The large site's id: names its size, so a smaller quick seed is another site."""
-        return f"bench-big-{self.pages}p-{self.visitors}v-{self.days}d-{self.events}e"
+        return f"bench-large-{self.pages}p-{self.visitors}v-{self.days}d-{self.events}e"
 
     def small_site(self, index: int) -> str:
-        return f"bench-small-{index:04d}"
+        return f"bench-small-site-{index:04d}"
 
     def page(self, rank: int) -> str:
         """Page ids without slashes, so ``/stats/pages/{id}`` needs no escaping."""
@@ -99,7 +101,7 @@ def big_site_events(spec: SeedSpec, anchor_ms: int, seed: int = 13) -> Iterator[
     span = spec.days * DAY_MS
     for i in range(spec.events):
         rank = min(bisect.bisect(cumulative, rng.random() * total), spec.pages - 1)
-        yield PageView(event_id=f"seed-{i:09d}", site_id=spec.site, page_id=spec.page(rank),
+        yield PageView(event_id=f"{spec.site}-{i:09d}", site_id=spec.site, page_id=spec.page(rank),
                        user_id=f"visitor-{rng.randrange(spec.visitors):06d}",
                        ts=anchor_ms - 1 - rng.randrange(span), received_at=anchor_ms)
 
@@ -111,7 +113,7 @@ def small_site_events(spec: SeedSpec, anchor_ms: int, seed: int = 17) -> Iterato
     for index in range(spec.small_sites):
         site = spec.small_site(index)
         for i in range(spec.small_events):
-            yield PageView(event_id=f"seed-{i:06d}", site_id=site,
+            yield PageView(event_id=f"{site}-{i:06d}", site_id=site,
                            page_id=spec.page(int(20 * rng.random() ** 2)),
                            user_id=f"visitor-{rng.randrange(50):03d}",
                            ts=anchor_ms - 1 - rng.randrange(span), received_at=anchor_ms)
