@@ -30,7 +30,7 @@ import orjson
 
 from bench.stats import Latency, percentile
 
-REQUEST_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 30.0
 
 
 def send_offsets(rate: float, seconds: float, processes: int = 1, index: int = 0

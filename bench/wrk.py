@@ -76,11 +76,12 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def run(url: str, script: str, connections: int, seconds: float, threads: int = 2,
-              headers: dict[str, str] | None = None) -> WrkResult:
-    """Load ``url`` for ``seconds`` with ``connections`` keep-alive connections."""
+              headers: dict[str, str] | None = None, timeout_s: int = 5) -> WrkResult:
+    """Load ``url`` for ``seconds`` with ``connections`` keep-alive connections; an answer
+    slower than ``timeout_s`` counts as an error."""
     path = script_with_report(script)
     args = ["wrk", "-t", str(max(1, min(threads, connections))), "-c", str(connections),
-            "-d", f"{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(path)]
+            "-d", f"{max(1, round(seconds))}s", "--timeout", f"{timeout_s}s", "-s", str(path)]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
     try:
@@ -103,10 +104,10 @@ async def run(url: str, script: str, connections: int, seconds: float, threads: 
 
 
 async def run_measured(url: str, script: str, connections: int, seconds: float, threads: int,
-                       headers: dict[str, str] | None = None
+                       headers: dict[str, str] | None = None, timeout_s: int = 5
                        ) -> tuple[WrkResult, dict[str, float]]:
     """``run``, plus the cores each part of the stack (and this benchmark) used meanwhile."""
     window = CpuWindow({**stack_groups(), "bench+wrk": [os.getpid()]})
     window.start()
-    result = await run(url, script, connections, seconds, threads, headers)
+    result = await run(url, script, connections, seconds, threads, headers, timeout_s)
     return result, window.stop()
