@@ -23,6 +23,19 @@ async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
     return sorted(TopicPartition(topic, p["partition"]) for p in described[0]["partitions"])
 
 
+async def group_members(bootstrap: str, group: str) -> list[tuple[str, bytes]]:
+    """(member id, assignment) of each member of a consumer group, as its coordinator sees
+    it: an empty list once every member left."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    _error, _group_id, _state, _protocol_type, _protocol, members, *_ = response.groups[0]
+    return sorted((member[0], bytes(member[4])) for member in members)
+
+
 async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()

@@ -40,7 +40,7 @@ from tests.expectations import (
     recount,
     total_views,
 )
-from tests.kafka_tools import stop_quietly
+from tests.kafka_tools import group_members, stop_quietly
 from tests.stack import Stack, eventually, restore, stop_part
 
 HOUR_MS = 3_600_000
@@ -285,7 +285,7 @@ async def test_sigterm_mid_stream_commits_exactly_what_it_applied_and_leaves_the
                      interval_s=0.01, message="the aggregator at work")
     assert await aggregator.terminate() == 0, aggregator.log_tail()
     # Gone from the group at once (a member that did not leave stays for the session timeout).
-    assert await _group_members(stack, topic.group) == []
+    assert await group_members(stack.kafka_bootstrap, topic.group) == []
     counted = await total_views(redis, site_id)
     assert 0 < counted < len(events), "SIGTERM came after the work was done: send more"
     # The batch in hand was finished and committed: on every partition, the committed offset
@@ -304,15 +304,6 @@ async def test_sigterm_mid_stream_commits_exactly_what_it_applied_and_leaves_the
     assert await mongo_events.count_documents({"site_id": site_id}) == len(events)
 
 
-async def _group_members(stack: Stack, group: str) -> list[Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        [response] = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
-    _error, _group, _state, _protocol_type, _protocol, members, *_ = response.groups[0]
-    return list(members)
 
 
 async def _committed_offsets(stack: Stack, group: str) -> dict[int, int]:

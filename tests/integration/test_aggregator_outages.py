@@ -17,7 +17,6 @@ from urllib.parse import urlparse
 
 import aiohttp
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from tests.aggregator_harness import Aggregator, create_topic, produce_events
@@ -27,6 +26,7 @@ from tests.integration.test_aggregator_exactness import (
     make_events,
     wait_for_total,
 )
+from tests.kafka_tools import group_members
 from tests.stack import Stack, eventually, restore, stop_part
 from tests.tcp_proxy import Relay
 
@@ -61,18 +61,6 @@ async def _refuses(host: str, port: int) -> float | None:
         return time.monotonic()
     writer.close()
     return None
-
-
-async def _group(stack: Stack, group: str) -> list[tuple[str, bytes]]:
-    """(member id, assignment) of each member of the group, as the coordinator sees it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        [response] = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
-    _error, _group_id, _state, _protocol_type, _protocol, members, *_ = response.groups[0]
-    return sorted((member[0], bytes(member[4])) for member in members)
 
 
 async def _committed(stack: Stack, group: str, n: int) -> bool:
@@ -132,7 +120,7 @@ async def test_during_a_redis_outage_retries_stay_within_the_backoff_cap_and_the
         await produce_events(stack, topic.name, events[:1_000])
         await wait_for_total(redis, site_id, 1_000)
         await eventually(lambda: _committed(stack, topic.group, 1_000), timeout_s=30)
-        members = await _group(stack, topic.group)
+        members = await group_members(stack.kafka_bootstrap, topic.group)
         assert len(members) == 1 and members[0][1], members  # one member, owning partitions
 
         await asyncio.to_thread(stop_part, "redis")
@@ -156,14 +144,14 @@ async def test_during_a_redis_outage_retries_stay_within_the_backoff_cap_and_the
                 f"{len(attempts)} connections in {window_end - window_start:.1f}s")
             # Membership is kept: the same member owns the same partitions; nothing is
             # committed while the batch waits.
-            assert await _group(stack, topic.group) == members
+            assert await group_members(stack.kafka_bootstrap, topic.group) == members
             assert await committed_total(stack, topic.group) == 1_000
             assert aggregator.running()
         finally:
             await asyncio.to_thread(restore)
         await wait_for_total(redis, site_id, len(events))
         await eventually(lambda: _committed(stack, topic.group, len(events)), timeout_s=30)
-        assert await _group(stack, topic.group) == members
+        assert await group_members(stack.kafka_bootstrap, topic.group) == members
         await eventually(lambda: _status_is(aggregator, http, 200), timeout_s=30)
     finally:
         assert await aggregator.terminate() == 0, aggregator.log_tail()
@@ -189,7 +177,7 @@ async def test_during_a_mongo_outage_longer_than_the_session_timeout_the_group_i
         await produce_events(stack, topic.name, events[:1_000])
         await wait_for_total(redis, site_id, 1_000)
         await eventually(lambda: _committed(stack, topic.group, 1_000), timeout_s=30)
-        members = await _group(stack, topic.group)
+        members = await group_members(stack.kafka_bootstrap, topic.group)
         assert len(members) == 1 and members[0][1], members
 
         await asyncio.to_thread(stop_part, "ferretdb")
@@ -202,7 +190,7 @@ async def test_during_a_mongo_outage_longer_than_the_session_timeout_the_group_i
             watch_until = time.monotonic() + SESSION_TIMEOUT_S + 2.0
             samples = 0
             while time.monotonic() < watch_until:
-                assert await _group(stack, topic.group) == members
+                assert await group_members(stack.kafka_bootstrap, topic.group) == members
                 samples += 1
                 await asyncio.sleep(0.5)  # sampling the group, not waiting for a condition
             assert samples >= 10
@@ -212,7 +200,7 @@ async def test_during_a_mongo_outage_longer_than_the_session_timeout_the_group_i
             await asyncio.to_thread(restore)
         await wait_for_total(redis, site_id, len(events))
         await eventually(lambda: _committed(stack, topic.group, len(events)), timeout_s=30)
-        assert await _group(stack, topic.group) == members
+        assert await group_members(stack.kafka_bootstrap, topic.group) == members
     finally:
         assert await aggregator.terminate() == 0, aggregator.log_tail()
     await assert_redis_matches(redis, site_id, recount(events))
