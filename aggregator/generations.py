@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from contracts.aggregates import Kind, parse_suffix
+from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys
 from contracts.redis_client import RedisClient
 
@@ -60,12 +62,10 @@ class Generations:
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._switch = redis.register_script(SWITCH_SCRIPT)
+        self._store = GenerationStore(redis)
 
     async def current(self, site_id: str) -> SiteKeys:
-        pointer = await self._redis.get(SiteKeys(site_id).generation_pointer())
-        if pointer is None:
-            return SiteKeys(site_id)
-        return SiteKeys(site_id, pointer.decode() if isinstance(pointer, bytes) else pointer)
+        return await self._store.current_one(site_id)
 
     async def switch(self, current: SiteKeys, new: SiteKeys, positions: dict[int, int],
                      really: bool = True) -> SwitchOutcome:
@@ -97,48 +97,24 @@ class Generations:
 
     async def snapshot(self, site: SiteKeys, suffixes: list[str]) -> dict[str, Any]:
         """The value of each named aggregate of one generation, read atomically (one
-        MULTI/EXEC): counters as ints, hashes and sorted sets as dicts, HyperLogLogs as
-        their count. The applied offsets come back under ``"offsets"``."""
+        MULTI/EXEC): counters as ints, rankings as {page: views}, HyperLogLogs as their
+        count. The applied offsets come back under ``"offsets"``."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(site.applied_offsets())
-            for suffix in suffixes:
-                _read(pipe, site.named(suffix), suffix)
+            for name in suffixes:
+                key = site.named(name)
+                kind = parse_suffix(name).aggregate.kind
+                if kind is Kind.RANKING:
+                    pipe.zrange(key, 0, -1, withscores=True)
+                elif kind is Kind.UNIQUES:
+                    pipe.pfcount(key)
+                else:
+                    pipe.get(key)
             replies = await pipe.execute()
         values: dict[str, Any] = {"offsets": {int(p): int(o) for p, o in replies[0].items()}}
-        for suffix, reply in zip(suffixes, replies[1:], strict=True):
-            values[suffix] = _decode(suffix, reply)
+        for name, reply in zip(suffixes, replies[1:], strict=True):
+            if parse_suffix(name).aggregate.kind is Kind.RANKING:
+                values[name] = {m.decode(): -int(s) for m, s in reply}
+            else:
+                values[name] = int(reply or 0)
         return values
-
-
-def kind_of(suffix: str) -> str:
-    """How an aggregate is stored, from its name (see ``contracts.keys``)."""
-    if suffix.startswith("uv"):
-        return "hll"
-    if suffix == "pages":
-        return "zset"
-    if suffix.startswith("pages:"):
-        return "hash"
-    if suffix == "offsets":
-        return "offsets"
-    return "counter"
-
-
-def _read(pipe: Any, key: str, suffix: str) -> None:
-    kind = kind_of(suffix)
-    if kind == "hll":
-        pipe.pfcount(key)
-    elif kind == "zset":
-        pipe.zrange(key, 0, -1, withscores=True)
-    elif kind == "hash":
-        pipe.hgetall(key)
-    else:
-        pipe.get(key)
-
-
-def _decode(suffix: str, reply: Any) -> Any:
-    kind = kind_of(suffix)
-    if kind == "zset":
-        return {m.decode(): int(s) for m, s in reply}
-    if kind == "hash":
-        return {f.decode(): int(v) for f, v in reply.items()}
-    return int(reply or 0)

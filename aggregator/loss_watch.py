@@ -24,19 +24,21 @@ from aggregator.metrics import AggregatorMetrics
 from aggregator.outage import Outage
 from aggregator.rebuild import Rebuild, RebuildLost
 from aggregator.topic_reader import TopicReader
-from contracts.keys import intact_key, rebuild_lock_key
+from contracts.keys import LAYOUT_VERSION, intact_key, rebuild_lock_key
 from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 
 log = logging.getLogger(__name__)
 LOCK_TTL_MS = 15_000
 
-# KEYS: lock, intact. ARGV: token, now (ms). Marks Redis intact only if this rebuild still
-# holds the lock: a flush during the rebuild took the lock too, and the rebuild starts over.
+# KEYS: lock, intact, the previous layout's intact. ARGV: token, now (ms). Marks Redis intact
+# only if this rebuild still holds the lock: a flush during the rebuild took the lock too,
+# and the rebuild starts over. The previous layout's marker goes: an older aggregator must
+# not take this layout's generations for its own.
 FINISH_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 return 1
 """
 RENEW_SCRIPT = """
@@ -99,7 +101,7 @@ class LossWatch:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-        finished = await self._finish(keys=[lock, intact_key()],
+        finished = await self._finish(keys=[lock, intact_key(), intact_key(LAYOUT_VERSION - 1)],
                                       args=[token, int(time.time() * 1000)])
         self._metrics.rebuilds.inc()
         log.info("rebuild_finished", extra={"fields": {

@@ -31,12 +31,13 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 
 from aggregator.aggregate import aggregate, to_ops
-from aggregator.generations import Generations, kind_of
+from aggregator.generations import Generations
 from aggregator.history import stored_events
 from aggregator.pipeline import decode_all, group_by_site_partition
 from aggregator.redis_sink import RedisSink
 from aggregator.source import Record
 from aggregator.topic_reader import TopicReader
+from contracts.aggregates import Kind, parse_suffix
 from contracts.event import PageView
 from contracts.keys import SiteKeys, build_marker_key, sites_key
 from contracts.redis_client import RedisClient
@@ -55,7 +56,7 @@ class RebuildLost(RuntimeError):
 @dataclass(frozen=True)
 class Difference:
     site_id: str
-    aggregate: str  # the key without its generation, e.g. ``views:h:490000``
+    aggregate: str  # the key without its generation, e.g. ``views:h490000``
     field: str  # page id for per-page aggregates, "" otherwise
     live: int
     rebuilt: int
@@ -241,7 +242,7 @@ class Rebuild:
             live = await self._gens.current(site_id)
             names = ({live.suffix_of(k) for k in await self._gens.keys_of(live)}
                      | {scratch.suffix_of(k) for k in await self._gens.keys_of(scratch)})
-            suffixes = sorted(names - {"offsets"})
+            suffixes = sorted(n for n in names if _in_catalog(n))
             now = await self._gens.snapshot(live, suffixes)
             seen = self._builder.last_seen[site_id]
             applied = {p: o for p, o in now["offsets"].items() if p != STORED_PARTITION}
@@ -257,12 +258,22 @@ class Rebuild:
         self.outcome.unsettled.append(site_id)
 
 
+def _in_catalog(name: str) -> bool:
+    """Whether a key name is an aggregate of this layout (not the offsets, nor a key an
+    older layout left in a generation not rebuilt since)."""
+    try:
+        parse_suffix(name)
+    except ValueError:
+        return False
+    return True
+
+
 def diff(site_id: str, live: dict[str, Any], rebuilt: dict[str, Any], suffixes: list[str]
          ) -> list[Difference]:
     out: list[Difference] = []
     for suffix in suffixes:
         a, b = live[suffix], rebuilt[suffix]
-        if kind_of(suffix) in ("zset", "hash"):
+        if parse_suffix(suffix).aggregate.kind is Kind.RANKING:
             for name in sorted(set(a) | set(b)):
                 if a.get(name, 0) != b.get(name, 0):
                     out.append(Difference(site_id, suffix, name, a.get(name, 0),

@@ -17,11 +17,15 @@ from collections.abc import Iterable
 import orjson
 
 from aggregator.aggregate import RedisOps
+from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys, sites_key
 from contracts.redis_client import RedisClient
 
 # KEYS[1]: offsets hash, KEYS[2]: the site's generation pointer. ARGV: partition, first
-# offset, last offset, ops as JSON, the generation of KEYS, "live" or "build".
+# offset, last offset, ops as JSON, the generation of KEYS, "live" or "build". Each op is
+# [opcode, key index, expire_at, arguments...] (``aggregate.RedisOps``). Every opcode is
+# checked before anything is written: an unknown one fails the call loudly and changes
+# nothing (a script is not rolled back halfway).
 APPLY_SCRIPT = """
 if ARGV[6] == 'live' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then
   return -3
@@ -32,19 +36,20 @@ if stored >= tonumber(ARGV[2]) then
 end
 local ops = cjson.decode(ARGV[4])
 for _, op in ipairs(ops) do
+  if op[1] ~= 'i' and op[1] ~= 'z' and op[1] ~= 'p' then
+    return redis.error_reply('unknown aggregate operation: ' .. tostring(op[1]))
+  end
+end
+for _, op in ipairs(ops) do
   local kind, key = op[1], KEYS[op[2]]
   if kind == 'i' then
-    redis.call('INCRBY', key, op[3])
-    if op[4] > 0 then redis.call('EXPIREAT', key, op[4]) end
+    redis.call('INCRBY', key, op[4])
   elseif kind == 'z' then
-    redis.call('ZINCRBY', key, op[4], op[3])
-  elseif kind == 'h' then
-    redis.call('HINCRBY', key, op[3], op[4])
-    if op[5] > 0 then redis.call('EXPIREAT', key, op[5]) end
-  elseif kind == 'p' then
+    for i = 4, #op, 2 do redis.call('ZINCRBY', key, op[i + 1], op[i]) end
+  else
     redis.call('PFADD', key, unpack(op, 4))
-    if op[3] > 0 then redis.call('EXPIREAT', key, op[3]) end
   end
+  if op[3] > 0 then redis.call('EXPIREAT', key, op[3]) end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return -2
@@ -64,16 +69,11 @@ class RedisSink:
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._apply = redis.register_script(APPLY_SCRIPT)
+        self._generations = GenerationStore(redis)
 
     async def current(self, site_ids: Iterable[str]) -> dict[str, SiteKeys]:
         """Each site's keys in its current generation, in one round trip."""
-        ids = list(site_ids)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for site_id in ids:
-                pipe.get(SiteKeys(site_id).generation_pointer())
-            pointers = await pipe.execute()
-        return {site_id: SiteKeys(site_id, g.decode()) if g else SiteKeys(site_id)
-                for site_id, g in zip(ids, pointers, strict=True)}
+        return await self._generations.current(site_ids)
 
     async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]:
         """(site, partition) -> last offset applied, for every given site, in one round trip."""

@@ -27,12 +27,11 @@ SLOW_US = 1000  # the issue's bound
 def script_names() -> dict[str, str]:
     """SHA1 -> a readable name, for every Lua script of the services."""
     from aggregator import generations, redis_sink
-    from query_api import redis_reader
+    from query_api import redis_reads
 
     sources = {"apply (aggregator)": redis_sink.APPLY_SCRIPT,
                "switch (rebuild)": generations.SWITCH_SCRIPT,
-               "rank (query API)": redis_reader.RANK_SCRIPT,
-               "count_each (query API)": redis_reader.COUNT_EACH_SCRIPT}
+               "read (query API)": redis_reads.READ_SCRIPT}
     return {hashlib.sha1(src.encode()).hexdigest(): name for name, src in sources.items()}
 
 

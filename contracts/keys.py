@@ -1,22 +1,24 @@
-"""The Redis key layout: one function per key, and no key string is built anywhere else.
+"""The Redis key layout: where each site's aggregates and markers live.
 
 Every key of one site carries the site as a Redis Cluster hash tag (``{site}``), so a site's
 whole update, together with the applied-offset marker it covers, is a single-slot atomic
 step, and the same code runs on one Redis or on a cluster. Keys also carry a generation,
-so a rebuild can fill a new generation while the current one keeps serving.
-
-Bucket numbers are epoch minutes, hours and days (see ``contracts.timebuckets``).
+so a rebuild can fill a new generation while the current one keeps serving. The names of
+the aggregates inside a generation come from the catalog (``contracts.aggregates``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contracts.aggregates import Aggregate, Scope, suffix
+
 PREFIX = "pv"
-# Default retention of minute and hour buckets; the configured one is
-# ``contracts.settings.Retention`` (REDIS_MINUTE_TTL_S, REDIS_HOUR_TTL_S).
-MINUTE_TTL_S = 48 * 3600
-HOUR_TTL_S = 90 * 24 * 3600
+# The layout of the aggregates (``contracts.aggregates``). A Redis whose aggregates were
+# written in another layout is not intact (``intact_key`` names the version): the
+# aggregators rebuild it into this layout, as after a loss, and meanwhile the query API
+# answers from MongoDB. Raise it whenever the catalog changes what a key holds.
+LAYOUT_VERSION = 2
 REALTIME_WINDOW_MINUTES = 5  # "visitors right now": the last five minute buckets
 DEFAULT_GENERATION = "0"
 
@@ -31,10 +33,11 @@ def sites_key() -> str:
     return f"{PREFIX}:sites"
 
 
-def intact_key() -> str:
-    """Present while Redis holds every aggregate: set when a rebuild completes. Redis
-    restarted empty or flushed loses it, which is how its loss is detected."""
-    return f"{_META}:intact"
+def intact_key(layout: int = LAYOUT_VERSION) -> str:
+    """Present while Redis holds every aggregate in this layout: set when a rebuild
+    completes. Redis restarted empty or flushed loses it, which is how its loss is
+    detected; an upgrade to a new layout looks for a key that is not there yet."""
+    return f"{_META}:intact" if layout == 1 else f"{_META}:intact:v{layout}"
 
 
 def build_marker_key(generation: str) -> str:
@@ -60,14 +63,18 @@ class SiteKeys:
         """SCAN pattern for every key of this generation (site ids hold no glob characters)."""
         return f"{self._base}:*"
 
-    def named(self, suffix: str) -> str:
+    def named(self, name: str) -> str:
         """The key of an aggregate in this generation, by its name (see ``suffix_of``)."""
-        return f"{self._base}:{suffix}"
+        return f"{self._base}:{name}"
 
     def suffix_of(self, key: str) -> str:
         """A key of this generation without its generation prefix: the same aggregate's
-        name in any generation (``views:h:490000``)."""
+        name in any generation (``views:h490000``)."""
         return key.removeprefix(f"{self._base}:")
+
+    def key(self, aggregate: Aggregate, scope: Scope, page: str | None = None) -> str:
+        """Where ``aggregate`` for ``scope`` (and ``page``) lives in this generation."""
+        return self.named(suffix(aggregate, scope, page))
 
     def generation_pointer(self) -> str:
         """Which generation of this site's aggregates is current (a string)."""
@@ -76,34 +83,3 @@ class SiteKeys:
     def applied_offsets(self) -> str:
         """Hash partition -> last Kafka offset applied to this site's aggregates."""
         return f"{self._base}:offsets"
-
-    def total_views(self) -> str:
-        return f"{self._base}:views"
-
-    def page_views(self) -> str:
-        """Sorted set page -> views: per-page totals and the top-pages ranking in one key."""
-        return f"{self._base}:pages"
-
-    def visitors(self) -> str:
-        """HyperLogLog of every visitor of the site."""
-        return f"{self._base}:uv"
-
-    def page_visitors(self, page_id: str) -> str:
-        return f"{self._base}:uv:p:{page_id}"
-
-    def bucket_views(self, unit: str, bucket: int) -> str:
-        """Total views in one minute (``m``), hour (``h``) or day (``d``) bucket."""
-        return f"{self._base}:views:{unit}:{bucket}"
-
-    def bucket_page_views(self, unit: str, bucket: int) -> str:
-        """Hash page -> views in one bucket."""
-        return f"{self._base}:pages:{unit}:{bucket}"
-
-    def bucket_visitors(self, unit: str, bucket: int) -> str:
-        """HyperLogLog of the visitors in one minute, hour or day bucket."""
-        return f"{self._base}:uv:{unit}:{bucket}"
-
-    def bucket_page_visitors(self, unit: str, bucket: int, page_id: str) -> str:
-        """HyperLogLog of one page's visitors in one minute, hour or day bucket."""
-        return f"{self._base}:uv:{unit}:{bucket}:p:{page_id}"
-

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from contracts.aggregates import UNITS
 from contracts.event import PageView
-from contracts.timebuckets import buckets_of, ms_to_datetime
+from contracts.timebuckets import ms_to_datetime
 
 DATABASE = "pageviews"
 EVENTS = "events"
@@ -23,11 +24,10 @@ EVENT_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
 
 
 def event_document(event: PageView, partition: int, offset: int) -> dict[str, Any]:
-    b = buckets_of(event.ts)
     return {
         "_id": event.event_id, "site_id": event.site_id, "page_id": event.page_id,
         "user_id": event.user_id, "ts": ms_to_datetime(event.ts),
         "received_at": ms_to_datetime(event.received_at),
-        "minute": b.minute, "hour": b.hour, "day": b.day,
+        **{unit.mongo_field: unit.bucket_of(event.ts) for unit in UNITS},
         "partition": partition, "offset": offset,
     }

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from contracts.aggregates import HOUR, MINUTE
 from contracts.event import DEFAULT_LATE_WINDOW_MS
 from contracts.failpoints import CRASH_AT_BATCH_VARIABLE, CRASH_AT_VARIABLE, FAILPOINTS
-from contracts.keys import HOUR_TTL_S, MINUTE_TTL_S
 from contracts.topics import AGGREGATOR_GROUP, DEAD_LETTER_TOPIC, PAGE_VIEWS_TOPIC
 
 
@@ -100,12 +100,13 @@ class Retention:
     The aggregator and the replay set these expiries; the query API reads the same values
     to know which buckets Redis no longer holds (and answers those from MongoDB)."""
 
-    minute_ttl_s: int = MINUTE_TTL_S  # 48 h
-    hour_ttl_s: int = HOUR_TTL_S  # 90 days
+    minute_ttl_s: int = MINUTE.default_ttl_s or 0  # 48 h
+    hour_ttl_s: int = HOUR.default_ttl_s or 0  # 90 days
 
     def ttl_of(self, unit: str) -> int | None:
-        """Seconds a bucket key of this unit (``m``, ``h``, ``d``) lives; None: for ever."""
-        return {"m": self.minute_ttl_s, "h": self.hour_ttl_s, "d": None}[unit]
+        """Seconds a bucket key of this unit (``m``, ``h``, ``d``) lives after the bucket
+        ends; None: for ever."""
+        return {MINUTE.code: self.minute_ttl_s, HOUR.code: self.hour_ttl_s}.get(unit)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Retention:

@@ -20,12 +20,11 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
+from contracts.aggregates import MINUTE, UNIT_BY_INTERVAL
 from query_api.model import Totals
 from query_api.ranges import TimeRange
-from query_api.tiling import INTERVAL_UNITS, UNIT_MS
 
-FIELD_OF_UNIT = {"m": "minute", "h": "hour", "d": "day"}
-MINUTE_MS = UNIT_MS["m"]
+MINUTE_MS = MINUTE.ms
 
 
 def match_stage(site_id: str, rng: TimeRange, page_id: str | None = None,
@@ -98,12 +97,11 @@ class MongoReader:
                      page_id: str | None) -> list[Totals]:
         if not slots:
             return []
-        unit = INTERVAL_UNITS[interval]
-        field = FIELD_OF_UNIT[unit]
+        unit = UNIT_BY_INTERVAL[interval]
+        field = unit.mongo_field
         whole = TimeRange(slots[0].bounds()[0], slots[-1].bounds()[1])
         match = match_stage(site_id, whole, page_id)
         views, uniques = await asyncio.gather(self._grouped([match, *count_by(field)]),
                                               self._grouped([match, *distinct_users_by(field)]))
-        size = UNIT_MS[unit]
-        numbers = [slot.bounds()[0] // size for slot in slots]
+        numbers = [unit.bucket_of(slot.bounds()[0]) for slot in slots]
         return [Totals(views.get(n, 0), uniques.get(n, 0)) for n in numbers]

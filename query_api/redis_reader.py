@@ -1,84 +1,53 @@
-"""Answering from the Redis aggregates with pipelined reads: no per-page round trips.
+"""Answering from the Redis aggregates (``contracts.aggregates``) at a bounded cost a request.
 
-A bounded range is tiled into day, hour and minute buckets (``query_api.tiling``); views are
-the sum of the buckets' counters (or of one field of their per-page hashes), visitors one
-PFCOUNT over the union of the buckets' HyperLogLogs. Pages ranked by views come from
-merging the buckets' hashes inside Redis (one script call; only the requested rows come
-back), and per-page visitors are one pipelined round trip of PFCOUNTs. All time uses the
-site's running totals. Keys are those of the site's current generation (its pointer), so
-a rebuild can switch over atomically. Every key is the site's (one hash-tag slot), so
-multi-key commands and the script work on Cluster.
+- All time, or a range that is one bucket: rankings are read as they are kept, sorted
+  (``ZRANGE`` of the requested rows), counters and HyperLogLogs directly.
+- A range of several buckets (``query_api.tiling``): views are the sum of the buckets'
+  counters, visitors one PFCOUNT over the union of their HyperLogLogs, and the ranking the
+  sum of their rankings, merged in this process. The merged ranking and every count of a
+  union are cached with the view counters they came from (``versioned_cache``): idle, a
+  request reads only those counters; while events arrive, only the buckets that changed.
 
-Called by ``StatsService``; raises redis errors when Redis is down (the service then asks
-MongoDB). Which ranges Redis can answer at all is decided by the service, not here.
+Every read goes through ``ReadScript``: one script call per batch, checked against the
+site's generation pointer, each touching a bounded number of keys; a request takes one
+round trip, two when something it needs changed. Raises redis errors when Redis is down
+(``StatsService`` then asks MongoDB). Which ranges Redis can answer at all is decided by the
+service, not here.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from contracts.aggregates import ALL_TIME, PAGE_VISITORS, RANKING, VIEWS, VISITORS, Scope
 from contracts.keys import SiteKeys, intact_key
 from contracts.redis_client import RedisClient
 from query_api.model import Totals
 from query_api.ranges import TimeRange
-from query_api.tiling import Bucket, tile
+from query_api.redis_reads import ENTRIES_PER_SLICE, Batch, Packer, ReadScript
+from query_api.tiling import tile
+from query_api.versioned_cache import MergedRanking, VersionedCache
 
 INTACT_CHECK_S = 1.0
-PIPELINE_CHUNK = 2000  # commands per round trip when asking about many pages
-
-# Ranks pages by views inside Redis, so only the page of results crosses the network:
-# a site with 10,000 pages sends back ``limit`` rows, not 10,000 per bucket (parsing those
-# in Python costs far more than Redis merging them). KEYS: the range's per-bucket page
-# hashes (mode "h") or the all-time pages sorted set (mode "z"), all in the site's slot.
-# ARGV: mode, offset, limit. Returns the number of pages, then page, views pairs, sorted by
-# views descending and page id ascending (byte order, as Python sorts UTF-8 text).
-RANK_SCRIPT = """
-local counts = {}
-for _, key in ipairs(KEYS) do
-  local flat
-  if ARGV[1] == 'z' then
-    flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  else
-    flat = redis.call('HGETALL', key)
-  end
-  for i = 1, #flat, 2 do
-    counts[flat[i]] = (counts[flat[i]] or 0) + tonumber(flat[i + 1])
-  end
-end
-local rows = {}
-for page, n in pairs(counts) do
-  if n > 0 then rows[#rows + 1] = {page, n} end
-end
-table.sort(rows, function(a, b)
-  if a[2] ~= b[2] then return a[2] > b[2] end
-  return a[1] < b[1]
-end)
-local out = {#rows}
-local last = math.min(#rows, tonumber(ARGV[2]) + tonumber(ARGV[3]))
-for i = tonumber(ARGV[2]) + 1, last do
-  out[#out + 1] = rows[i][1]
-  out[#out + 1] = rows[i][2]
-end
-return out
-"""
+MAX_MERGED_ENTRIES = 2_000_000  # (bucket, page) entries of merged rankings a process keeps
+MAX_CACHED_COUNTS = 100_000  # cached PFCOUNTs of unions
+TORN_RETRIES = 3
+Query = tuple[list[Scope], str | None]  # scopes to add up, and a page (None: the site)
 
 
-# One PFCOUNT per page over that page's bucket HyperLogLogs (ARGV[1] keys each, in order),
-# inside Redis: a page of 100 rows costs one command to send and one reply to parse, not 100
-# (redis-py's per-command cost dominated /stats).
-COUNT_EACH_SCRIPT = """
-local per, out = tonumber(ARGV[1]), {}
-for i = 1, #KEYS, per do
-  out[#out + 1] = redis.call('PFCOUNT', unpack(KEYS, i, i + per - 1))
-end
-return out
-"""
+def scopes_of_range(rng: TimeRange) -> list[Scope]:
+    """All time, or the fewest buckets that tile a bounded range."""
+    return tile(*rng.bounds()) if rng.bounded else [ALL_TIME]
 
 
-def buckets_of_range(rng: TimeRange) -> list[Bucket]:
-    start, end = rng.bounds()
-    return tile(start, end)
+class TornRead(RedisError):
+    """A ranking kept changing while it was read in slices, every time it was tried (the
+    request is answered from MongoDB)."""
 
 
 class RedisReader:
@@ -86,107 +55,179 @@ class RedisReader:
 
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
-        self._rank = redis.register_script(RANK_SCRIPT)
-        self._count_each = redis.register_script(COUNT_EACH_SCRIPT)
+        self._reads = ReadScript(redis)
         self._intact = False
         self._intact_checked = float("-inf")
+        self._merged: OrderedDict[Hashable, MergedRanking] = OrderedDict()
+        self._counts: VersionedCache[int] = VersionedCache(MAX_CACHED_COUNTS)
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
 
     async def complete(self) -> bool:
-        """Redis lost its state (flushed, restarted empty) until a rebuild marks it intact
-        again. Asked at most once per ``INTACT_CHECK_S``: losing state is rare, and a
-        request should not pay a round trip for it."""
+        """Redis lost its state (flushed, restarted empty), or holds another layout, until a
+        rebuild marks it intact. Asked at most once per ``INTACT_CHECK_S``: that is rare,
+        and a request should not pay a round trip for it."""
         now = time.monotonic()
         if now - self._intact_checked >= INTACT_CHECK_S:
             self._intact = bool(await self._redis.exists(intact_key()))
             self._intact_checked = now
         return self._intact
 
-    async def _site_keys(self, site_id: str) -> SiteKeys:
-        """The keys of the site's current generation (a rebuild fills a new generation and
-        then moves the pointer; without a pointer it is the default one)."""
-        current = await self._redis.get(SiteKeys(site_id).generation_pointer())
-        if current is None:
-            return SiteKeys(site_id)
-        return SiteKeys(site_id, current.decode() if isinstance(current, bytes) else current)
-
-    async def _run(self, commands: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
-        """Run commands in pipelines of ``PIPELINE_CHUNK`` (one round trip each)."""
-        results: list[Any] = []
-        for start in range(0, len(commands), PIPELINE_CHUNK):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name, args in commands[start:start + PIPELINE_CHUNK]:
-                    pipe.execute_command(name, *args)
-                results.extend(await pipe.execute())
-        return results
+    # -- views and visitors -------------------------------------------------------------
 
     async def totals(self, site_id: str, rng: TimeRange, page_id: str | None) -> Totals:
-        keys = await self._site_keys(site_id)
-        if not rng.bounded:
-            if page_id is None:
-                views, uniques = await self._run([("GET", (keys.total_views(),)),
-                                                  ("PFCOUNT", (keys.visitors(),))])
-            else:
-                views, uniques = await self._run([
-                    ("ZSCORE", (keys.page_views(), page_id)),
-                    ("PFCOUNT", (keys.page_visitors(page_id),))])
-            return Totals(int(float(views or 0)), int(uniques))
-        return (await self.series(site_id, [rng], "", page_id))[0]
+        return (await self._totals(site_id, [(scopes_of_range(rng), page_id)]))[0]
 
     async def series(self, site_id: str, slots: list[TimeRange], interval: str,
                      page_id: str | None) -> list[Totals]:
         del interval  # every slot is tiled on its own; the interval only shaped the slots
-        keys = await self._site_keys(site_id)
-        commands: list[tuple[str, tuple[Any, ...]]] = []
-        sizes: list[int] = []
-        for slot in slots:
-            buckets = buckets_of_range(slot)
-            sizes.append(len(buckets))
-            for b in buckets:
-                if page_id is None:
-                    commands.append(("GET", (keys.bucket_views(b.unit, b.number),)))
-                else:
-                    commands.append(("HGET", (keys.bucket_page_views(b.unit, b.number),
-                                              page_id)))
-            hlls = [keys.bucket_visitors(b.unit, b.number) if page_id is None
-                    else keys.bucket_page_visitors(b.unit, b.number, page_id)
-                    for b in buckets]
-            commands.append(("PFCOUNT", tuple(hlls)))
-        results = await self._run(commands)
-        out: list[Totals] = []
-        cursor = 0
-        for size in sizes:
-            views = sum(int(v or 0) for v in results[cursor:cursor + size])
-            out.append(Totals(views, int(results[cursor + size])))
-            cursor += size + 1
-        return out
-
-    async def ranked_pages(self, site_id: str, rng: TimeRange, offset: int, limit: int
-                           ) -> tuple[int, list[tuple[str, int]]]:
-        keys = await self._site_keys(site_id)
-        if rng.bounded:
-            names = [keys.bucket_page_views(b.unit, b.number) for b in buckets_of_range(rng)]
-            mode = "h"
-        else:
-            names, mode = [keys.page_views()], "z"
-        reply = await self._rank(keys=names, args=[mode, offset, limit])
-        pages = [(reply[i].decode(), int(reply[i + 1])) for i in range(1, len(reply), 2)]
-        return int(reply[0]), pages
+        return await self._totals(site_id, [(scopes_of_range(s), page_id) for s in slots])
 
     async def page_uniques(self, site_id: str, rng: TimeRange, pages: list[str]
                            ) -> dict[str, int]:
-        if not pages:
-            return {}
-        keys = await self._site_keys(site_id)
-        if not rng.bounded:
-            names = [keys.page_visitors(p) for p in pages]
-        else:
-            buckets = buckets_of_range(rng)
-            names = [keys.bucket_page_visitors(b.unit, b.number, p)
-                     for p in pages for b in buckets]
-        if not names:  # a range of no buckets
-            return dict.fromkeys(pages, 0)
-        counts = await self._count_each(keys=names, args=[len(names) // len(pages)])
-        return {page: int(n) for page, n in zip(pages, counts, strict=True)}
+        scopes = scopes_of_range(rng)
+        found = await self._totals(site_id, [(scopes, p) for p in pages])
+        return {p: t.unique_visitors for p, t in zip(pages, found, strict=True)}
+
+    async def _totals(self, site_id: str, queries: list[Query]) -> list[Totals]:
+        """Views and visitors of each query, in one round trip (two when a union's views
+        changed since its visitors were counted). The views of each scope are the version
+        of the union's count: a cached count is used only while they are the same."""
+        spots: list[tuple[Batch, int, int]] = []  # per query: batch, views reply, count reply
+
+        def plan(keys: SiteKeys) -> list[Batch]:
+            spots.clear()
+            packer = Packer()
+            for scopes, page in queries:
+                batch = packer.batch_for(2 * len(scopes))
+                hlls = _hlls(keys, scopes, page)
+                count = -1
+                if len(scopes) == 1 or not self._counts.known(tuple(hlls)):
+                    count = batch.add("pfcount", hlls)  # cheap, or no cached count to hope for
+                spots.append((batch, _add_views(batch, keys, scopes, page), count))
+            return packer.batches
+
+        keys, replies = await self._reads.run(site_id, plan)
+        reply_of = _replies_by_batch(spots, replies)
+        views: list[list[int]] = []
+        uniques: list[int | None] = []
+        for (scopes, page), (batch, at_views, at_count) in zip(queries, spots, strict=True):
+            reply = reply_of[id(batch)]
+            per_scope = [int(v) if page is None else -int(v) for v in reply[at_views]]
+            hlls = tuple(_hlls(keys, scopes, page))
+            if at_count >= 0:
+                self._counts.put(hlls, tuple(per_scope), int(reply[at_count]))
+            views.append(per_scope)
+            uniques.append(self._counts.get(hlls, tuple(per_scope)))
+        stale = [i for i, u in enumerate(uniques) if u is None]
+        if stale:  # their views changed since they were counted: count them again
+            counted = await self._count(site_id, keys, [queries[i] for i in stale])
+            for i, n in zip(stale, counted, strict=True):
+                uniques[i] = n
+                self._counts.put(tuple(_hlls(keys, *queries[i])), tuple(views[i]), n)
+        return [Totals(sum(v), int(u or 0)) for v, u in zip(views, uniques, strict=True)]
+
+    async def _count(self, site_id: str, keys: SiteKeys, queries: list[Query]) -> list[int]:
+        spots: list[tuple[Batch, int]] = []
+
+        def plan(current: SiteKeys) -> list[Batch]:
+            spots.clear()
+            packer = Packer()
+            for scopes, page in queries:
+                batch = packer.batch_for(len(scopes))
+                spots.append((batch, batch.add("pfcount", _hlls(current, scopes, page))))
+            return packer.batches
+
+        _, replies = await self._reads.run(site_id, plan, expect=keys)
+        reply_of = _replies_by_batch(spots, replies)
+        return [int(reply_of[id(batch)][at]) for batch, at in spots]
+
+    # -- rankings -----------------------------------------------------------------------
+
+    async def ranked_pages(self, site_id: str, rng: TimeRange, offset: int, limit: int
+                           ) -> tuple[int, list[tuple[str, int]]]:
+        scopes = scopes_of_range(rng)
+        if len(scopes) == 1:  # kept sorted by Redis: read just the rows asked for
+            _, size, rows = await self._read_ranking(site_id, None, scopes[0], offset,
+                                                     offset + limit)
+            return size, rows
+        ranked = (await self._merged_ranking(site_id, scopes)).ranked()
+        return len(ranked), ranked[offset:offset + limit]
+
+    async def _merged_ranking(self, site_id: str, scopes: list[Scope]) -> MergedRanking:
+        """The range's ranking, summed here: each bucket's views (its version) are read; a
+        bucket whose version changed since it was merged is read again and swapped in."""
+        def plan(keys: SiteKeys) -> list[Batch]:
+            batch = Batch()
+            batch.add("get", [keys.key(VIEWS, s) for s in scopes])
+            return [batch]
+
+        keys, replies = await self._reads.run(site_id, plan)
+        versions = [int(v) for v in replies[0][0]]
+        ident = (keys, tuple(scopes))
+        merged = self._merged.pop(ident, None) or MergedRanking()
+        for scope, version in zip(scopes, versions, strict=True):
+            if merged.buckets.get(scope, (-1, {}))[0] != version:
+                read_version, _, pages = await self._read_ranking(site_id, keys, scope, 0, None)
+                merged.swap(scope, read_version, dict(pages))
+        self._merged[ident] = merged
+        while sum(m.size for m in self._merged.values()) > MAX_MERGED_ENTRIES and \
+                len(self._merged) > 1:
+            self._merged.popitem(last=False)
+        return merged
+
+    async def _read_ranking(self, site_id: str, keys: SiteKeys | None, scope: Scope,
+                            start: int, stop: int | None
+                            ) -> tuple[int, int, list[tuple[str, int]]]:
+        """Rows ``start`` to ``stop`` (None: all) of a ranking, with its size and its
+        scope's views read in the first and the last call: when those agree, no event came
+        in between and the slices fit together. Returns (views, size, rows)."""
+        size_hint = ENTRIES_PER_SLICE
+        for _ in range(TORN_RETRIES):
+            def plan(current: SiteKeys, size_hint: int = size_hint) -> list[Batch]:
+                name, counter = current.key(RANKING, scope), current.key(VIEWS, scope)
+                end = start + size_hint if stop is None else stop
+                batches = []
+                for at in range(start, max(end, start + 1), ENTRIES_PER_SLICE):
+                    batch = Batch()
+                    batch.add_range(name, at, min(at + ENTRIES_PER_SLICE, end) - 1)
+                    batches.append(batch)
+                batches[0].add("get", [counter])
+                batches[0].add("card", [name])
+                batches[-1].add("get", [counter])
+                return batches
+
+            _, replies = await self._reads.run(site_id, plan, expect=keys)
+            before, size = int(replies[0][1][0]), int(replies[0][2][0])
+            after = int(replies[-1][-1][0])
+            rows = [row for reply in replies for row in _pairs(reply[0])]
+            if stop is None and len(rows) < size:
+                size_hint = size  # it held more than one slice: read it all
+                continue
+            if before == after:
+                return before, size, rows
+        raise TornRead(scope.token)
+
+def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
+    """ZRANGE WITHSCORES replies (member, negated views) as (page, views)."""
+    return [(flat[i].decode(), -int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+def _hlls(keys: SiteKeys, scopes: list[Scope], page: str | None) -> list[str]:
+    if page is None:
+        return [keys.key(VISITORS, s) for s in scopes]
+    return [keys.key(PAGE_VISITORS, s, page) for s in scopes]
+
+
+def _add_views(batch: Batch, keys: SiteKeys, scopes: list[Scope], page: str | None) -> int:
+    """Each scope's views: the site's counters, or the page's (negated) ranking scores."""
+    if page is None:
+        return batch.add("get", [keys.key(VIEWS, s) for s in scopes])
+    return batch.add("score", [keys.key(RANKING, s) for s in scopes], member=page)
+
+
+def _replies_by_batch(spots: Sequence[tuple[Any, ...]], replies: list[list[Any]]
+                      ) -> dict[int, list[Any]]:
+    batches = list(dict.fromkeys(spot[0] for spot in spots))
+    return {id(b): r for b, r in zip(batches, replies, strict=True)}

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from contracts.aggregates import DAY, HOUR, MINUTE, UNIT_BY_INTERVAL
 from contracts.httpkit import (
     error_response,
     json_response,
@@ -27,7 +28,7 @@ from query_api.model import StatsReader, Totals
 from query_api.ranges import REALTIME_MINUTES, TimeRange, parse_range, period_range
 from query_api.service import StatsService, Unavailable
 from query_api.sites import SITES
-from query_api.tiling import INTERVAL_UNITS, UNIT_MS, slot_count, slots
+from query_api.tiling import slot_count, slots
 
 RANGE_PARAMS = frozenset({"site_id", "period", "from", "to", "format"})
 # The query parameters each endpoint accepts (others are a 400); the OpenAPI test checks
@@ -214,9 +215,9 @@ async def page_stats(request: web.Request, service: StatsService) -> Answer:
 def _default_interval(rng: TimeRange) -> str:
     start, end = rng.bounds()
     length = end - start
-    if length <= 3 * UNIT_MS["h"]:
-        return "minute"
-    return "hour" if length <= 3 * UNIT_MS["d"] else "day"
+    if length <= 3 * HOUR.ms:
+        return MINUTE.interval
+    return HOUR.interval if length <= 3 * DAY.ms else DAY.interval
 
 
 async def timeseries(request: web.Request, service: StatsService) -> Answer:
@@ -225,7 +226,7 @@ async def timeseries(request: web.Request, service: StatsService) -> Answer:
     site = params.site_id(query)
     page = params.page_id(query.get("page_id"))
     rng = _bounded(_range(request, service, default="7d"))
-    interval = params.choice(query, "interval", tuple(INTERVAL_UNITS), None)
+    interval = params.choice(query, "interval", tuple(UNIT_BY_INTERVAL), None)
     interval = interval or _default_interval(rng)
     if slot_count(rng, interval) > MAX_SERIES_POINTS:
         raise params.BadParameter("interval", f"gives more than {MAX_SERIES_POINTS} buckets "
@@ -277,7 +278,7 @@ async def realtime(request: web.Request, service: StatsService) -> Answer:
     now = service.clock_ms()
     last5 = period_range("realtime", now)
     _, end = last5.bounds()
-    last1 = TimeRange(end - UNIT_MS["m"], end)
+    last1 = TimeRange(end - MINUTE.ms, end)
 
     async def ask(reader: StatsReader) -> tuple[Totals, Totals]:
         return (await reader.totals(site, last5, None), await reader.totals(site, last1, None))

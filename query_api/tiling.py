@@ -9,42 +9,23 @@ expired bucket is answered from MongoDB instead (see ``query_api.service``). Pur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from contracts.aggregates import MINUTE, UNIT_BY_CODE, UNIT_BY_INTERVAL, UNITS, Scope
 from contracts.settings import Retention
-from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS
 from query_api.ranges import TimeRange
 
-UNIT_MS = {"d": DAY_MS, "h": HOUR_MS, "m": MINUTE_MS}
-INTERVAL_UNITS = {"minute": "m", "hour": "h", "day": "d"}
 # A bucket whose key expires this soon is treated as gone: the answer must not change
 # source halfway through reading it.
 RETENTION_MARGIN_MS = 60_000
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Bucket:
-    """One Redis time bucket: unit ``m``/``h``/``d`` and its epoch-based number."""
-
-    unit: str
-    number: int
-
-    @property
-    def start_ms(self) -> int:
-        return self.number * UNIT_MS[self.unit]
-
-    @property
-    def end_ms(self) -> int:
-        return (self.number + 1) * UNIT_MS[self.unit]
+Bucket = Scope  # one Redis time bucket: a unit's code and its epoch-based number
 
 
 def tile(start_ms: int, end_ms: int) -> list[Bucket]:
     """The coarsest buckets that cover ``[start_ms, end_ms)`` exactly, in time order.
     Both ends must be whole minutes."""
-    if start_ms % MINUTE_MS or end_ms % MINUTE_MS:
+    if start_ms % MINUTE.ms or end_ms % MINUTE.ms:
         raise ValueError("range ends must be whole minutes")
     out: list[Bucket] = []
-    _cover(start_ms, end_ms, ("d", "h", "m"), out)
+    _cover(start_ms, end_ms, tuple(u.code for u in UNITS), out)
     return out
 
 
@@ -52,7 +33,7 @@ def _cover(start: int, end: int, units: tuple[str, ...], out: list[Bucket]) -> N
     if start >= end:
         return
     unit, finer = units[0], units[1:]
-    size = UNIT_MS[unit]
+    size = UNIT_BY_CODE[unit].ms
     first = -(-start // size) * size  # first whole bucket starts here
     last = end // size * size  # ... and the whole buckets end here
     if not finer:
@@ -70,7 +51,7 @@ def slots(rng: TimeRange, interval: str) -> list[TimeRange]:
     """The time-series buckets of ``rng``: interval-aligned, the first and last clipped to
     the range."""
     start, end = rng.bounds()
-    size = UNIT_MS[INTERVAL_UNITS[interval]]
+    size = UNIT_BY_INTERVAL[interval].ms
     out: list[TimeRange] = []
     cursor = start
     while cursor < end:
@@ -83,13 +64,13 @@ def slots(rng: TimeRange, interval: str) -> list[TimeRange]:
 def slot_count(rng: TimeRange, interval: str) -> int:
     """How many slots ``slots`` would return, without building them."""
     start, end = rng.bounds()
-    size = UNIT_MS[INTERVAL_UNITS[interval]]
+    size = UNIT_BY_INTERVAL[interval].ms
     return (end - 1) // size - start // size + 1
 
 
 def retained(bucket: Bucket, now_ms: int, retention: Retention) -> bool:
     """Whether Redis still holds this bucket's keys (day buckets stay forever)."""
-    ttl_s = retention.ttl_of(bucket.unit)
+    ttl_s = retention.ttl_of(bucket.unit or "")
     if ttl_s is None:
         return True
     return bucket.end_ms + ttl_s * 1000 > now_ms + RETENTION_MARGIN_MS

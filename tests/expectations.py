@@ -10,65 +10,67 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from aggregator.aggregate import expire_at
+from contracts.aggregates import (
+    ALL_TIME,
+    PAGE_VISITORS,
+    RANKING,
+    VIEWS,
+    VISITORS,
+    Scope,
+    expire_at,
+    parse_suffix,
+    scopes_of,
+    suffix,
+)
 from contracts.event import PageView
+from contracts.generations import GenerationStore
 from contracts.keys import REALTIME_WINDOW_MINUTES, SiteKeys
 from contracts.mongo import EVENT_INDEXES, event_document
 from contracts.redis_client import RedisClient
 from contracts.settings import Retention
-from contracts.timebuckets import buckets_of, datetime_to_ms
+from contracts.timebuckets import datetime_to_ms
 
 
 @dataclass
 class Expected:
+    """Every aggregate of one site, by its key name within a generation (its suffix)."""
+
     total: int = 0
-    pages: Counter[str] = field(default_factory=Counter)
-    buckets: Counter[tuple[str, int]] = field(default_factory=Counter)
-    page_buckets: dict[tuple[str, int], Counter[str]] = field(
-        default_factory=lambda: defaultdict(Counter))
-    visitors: set[str] = field(default_factory=set)
-    page_visitors: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    bucket_visitors: dict[tuple[str, int], set[str]] = field(
-        default_factory=lambda: defaultdict(set))  # (unit, bucket) -> visitors
-    bucket_page_visitors: dict[tuple[str, int, str], set[str]] = field(
-        default_factory=lambda: defaultdict(set))  # (unit, bucket, page) -> visitors
+    counters: Counter[str] = field(default_factory=Counter)
+    rankings: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    uniques: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
 def recount(events: Iterable[PageView]) -> Expected:
-    """Each distinct event id counted once: exactly what the pipeline promises."""
+    """Each distinct event id counted once, in all time and its minute, hour and day:
+    exactly what the pipeline promises, counted without the pipeline's code."""
     seen: set[str] = set()
     out = Expected()
     for e in events:
         if e.event_id in seen:
             continue
         seen.add(e.event_id)
-        b = buckets_of(e.ts)
         out.total += 1
-        out.pages[e.page_id] += 1
-        out.visitors.add(e.user_id)
-        out.page_visitors[e.page_id].add(e.user_id)
-        for unit, bucket in (("m", b.minute), ("h", b.hour), ("d", b.day)):
-            out.buckets[(unit, bucket)] += 1
-            out.page_buckets[(unit, bucket)][e.page_id] += 1
-            out.bucket_visitors[(unit, bucket)].add(e.user_id)
-            out.bucket_page_visitors[(unit, bucket, e.page_id)].add(e.user_id)
+        for scope in scopes_of(e.ts):
+            out.counters[suffix(VIEWS, scope)] += 1
+            out.rankings[suffix(RANKING, scope)][e.page_id] += 1
+            out.uniques[suffix(VISITORS, scope)].add(e.user_id)
+            out.uniques[suffix(PAGE_VISITORS, scope, e.page_id)].add(e.user_id)
     return out
 
 
 async def current_keys(redis: RedisClient, site_id: str) -> SiteKeys:
     """The site's keys in the generation its pointer names (a replay moves it)."""
-    pointer = await redis.get(SiteKeys(site_id).generation_pointer())
-    if pointer is None:
-        return SiteKeys(site_id)
-    return SiteKeys(site_id, pointer.decode() if isinstance(pointer, bytes) else pointer)
+    return await GenerationStore(redis).current_one(site_id)
 
 
 async def total_views(redis: RedisClient, site_id: str) -> int:
-    return int(await redis.get((await current_keys(redis, site_id)).total_views()) or 0)
+    return int(await redis.get((await current_keys(redis, site_id)).key(VIEWS, ALL_TIME))
+               or 0)
 
 
 async def hll_estimate(redis: RedisClient, site_id: str, members: Iterable[str]) -> int:
@@ -89,7 +91,7 @@ async def hll_estimates(redis: RedisClient, site_id: str, member_sets: Sequence[
         chunk = [list(members) for members in member_sets[start:start + 500]]
         async with redis.pipeline(transaction=False) as pipe:
             for i, members in enumerate(chunk):
-                key = scratch.page_visitors(str(i))
+                key = scratch.named(f"scratch:{i}")
                 for j in range(0, len(members), 5000):
                     pipe.pfadd(key, *members[j:j + 5000])
                 pipe.execute_command("PFCOUNT", key)  # by name: a cluster pipeline
@@ -117,71 +119,71 @@ async def _pipelined(redis: RedisClient, calls: Sequence[tuple[str, str]]) -> li
 
 async def assert_redis_matches(redis: RedisClient, site_id: str, expected: Expected,
                                retention: Retention | None = None) -> None:
-    """Every aggregate of the site, exactly: counters, per-page and per-bucket views, every
-    HyperLogLog (overall, per page, per bucket, per bucket and page, the last five
-    minutes), and every key's expiry under the retention the aggregators were given."""
+    """Every aggregate of the site, exactly, and nothing else: each counter, each ranking
+    (negated views, so ranked), each HyperLogLog (which must hold exactly the expected
+    visitors: see ``hll_estimates``), the last five minutes as the query API reads them,
+    and every key's expiry under the retention the aggregators were given."""
     retention = retention or Retention.from_env(os.environ)
     keys = await current_keys(redis, site_id)
-    assert await total_views(redis, site_id) == expected.total
-    ranked = cast(list[tuple[bytes, float]],
-                  await redis.zrange(keys.page_views(), 0, -1, withscores=True))
-    pages = {p.decode(): int(s) for p, s in ranked}
-    assert pages == dict(expected.pages)
-
-    # Buckets past (or within two minutes of) their retention are gone or about to go.
     now_s = time.time()
 
-    def kept(unit: str, bucket: int) -> bool:
-        expires = expire_at(unit, bucket, retention)
+    def expiry(name: str) -> int:
+        scope = parse_suffix(name).scope
+        return expire_at(scope, None if scope.unit is None else retention.ttl_of(scope.unit))
+
+    def kept(name: str) -> bool:
+        """Buckets past (or within two minutes of) their retention are gone or going."""
+        expires = expiry(name)
         return not expires or expires > now_s + 120
 
-    bucket_list = [b for b in sorted(expected.buckets) if kept(*b)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for unit, bucket in bucket_list:
-            pipe.get(keys.bucket_views(unit, bucket))
-            pipe.hgetall(keys.bucket_page_views(unit, bucket))
-        results = await pipe.execute()
-    for i, (unit, bucket) in enumerate(bucket_list):
-        assert int(results[2 * i] or 0) == expected.buckets[(unit, bucket)], (unit, bucket)
-        got = {k.decode(): int(v) for k, v in results[2 * i + 1].items()}
-        assert got == dict(expected.page_buckets[(unit, bucket)]), (unit, bucket)
+    counters = {n: v for n, v in expected.counters.items() if kept(n)}
+    rankings = {n: v for n, v in expected.rankings.items() if kept(n)}
+    uniques = {n: v for n, v in expected.uniques.items() if kept(n)}
+    held = {keys.suffix_of(k.decode()) async for k in redis.scan_iter(
+        match=keys.generation_match(), count=1000)} - {"offsets"}
+    unexpected = {n for n in held - set(counters) - set(rankings) - set(uniques) if kept(n)}
+    assert not unexpected, f"keys nothing should have written: {sorted(unexpected)[:5]}"
+    assert total_views_of(counters) == expected.total
 
-    # HyperLogLogs: each must hold exactly the expected set (see ``hll_estimates``).
-    hlls: list[tuple[str, set[str]]] = [(keys.visitors(), expected.visitors)]
-    hlls += [(keys.page_visitors(p), users) for p, users in expected.page_visitors.items()]
-    hlls += [(keys.bucket_visitors(u, b), users)
-             for (u, b), users in expected.bucket_visitors.items() if kept(u, b)]
-    hlls += [(keys.bucket_page_visitors(u, b, p), users)
-             for (u, b, p), users in expected.bucket_page_visitors.items() if kept(u, b)]
-    counted = await _pipelined(redis, [("pfcount", key) for key, _ in hlls])
-    estimates = await hll_estimates(redis, site_id, [users for _, users in hlls])
-    wrong = [key for (key, _), got, want in zip(hlls, counted, estimates, strict=True)
-             if got != want]
-    assert not wrong, f"{len(wrong)} HyperLogLogs differ, e.g. {wrong[:3]}"
+    got = await _pipelined(redis, [("get", keys.named(n)) for n in counters])
+    wrong = [(n, g, counters[n]) for n, g in zip(counters, got, strict=True)
+             if int(g or 0) != counters[n]]
+    assert not wrong, f"{len(wrong)} counters differ, e.g. {wrong[:3]}"
+
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in rankings:
+            pipe.zrange(keys.named(name), 0, -1, withscores=True)
+        ranked = await pipe.execute()
+    for name, rows in zip(rankings, ranked, strict=True):
+        want = sorted(rankings[name].items(), key=lambda pv: (-pv[1], pv[0]))
+        assert [(p.decode(), -int(s)) for p, s in rows] == want, name
+
+    names = list(uniques)
+    counted = await _pipelined(redis, [("pfcount", keys.named(n)) for n in names])
+    estimates = await hll_estimates(redis, site_id, [uniques[n] for n in names])
+    wrong_hll = [n for n, got_n, want in zip(names, counted, estimates, strict=True)
+                 if got_n != want]
+    assert not wrong_hll, f"{len(wrong_hll)} HyperLogLogs differ, e.g. {wrong_hll[:3]}"
 
     # "Right now": the union of the last five minute buckets, as the query API reads it.
     now_minute = int(now_s) // 60
-    recent = range(now_minute - REALTIME_WINDOW_MINUTES + 1, now_minute + 1)
-    recent_users = set().union(*(expected.bucket_visitors.get(("m", m), set())
-                                 for m in recent))
-    assert await redis.pfcount(*(keys.bucket_visitors("m", m) for m in recent)) == (
+    recent = [Scope("m", m) for m in range(now_minute - REALTIME_WINDOW_MINUTES + 1,
+                                           now_minute + 1)]
+    recent_users = set().union(*(expected.uniques.get(suffix(VISITORS, s), set())
+                                 for s in recent))
+    assert await redis.pfcount(*(keys.key(VISITORS, s) for s in recent)) == (
         await hll_estimate(redis, site_id, recent_users))
 
     # Expiry: minute and hour keys at their bucket's end plus the retention, the rest never.
-    timed: list[tuple[str, int]] = [(k, -1) for k in (keys.total_views(), keys.page_views(),
-                                                      keys.visitors())]
-    timed += [(keys.page_visitors(p), -1) for p in expected.page_visitors]
-    for unit, bucket in bucket_list:
-        expiry = expire_at(unit, bucket, retention) or -1
-        timed += [(keys.bucket_views(unit, bucket), expiry),
-                  (keys.bucket_page_views(unit, bucket), expiry),
-                  (keys.bucket_visitors(unit, bucket), expiry)]
-    timed += [(keys.bucket_page_visitors(u, b, p), expire_at(u, b, retention) or -1)
-              for (u, b, p) in expected.bucket_page_visitors if kept(u, b)]
-    expiries = await _pipelined(redis, [("expiretime", key) for key, _ in timed])
-    off = [(key, want, got) for (key, want), got in zip(timed, expiries, strict=True)
-           if got != want]
+    timed = [*counters, *rankings, *uniques]
+    expiries = await _pipelined(redis, [("expiretime", keys.named(n)) for n in timed])
+    off = [(n, expiry(n) or -1, got_e) for n, got_e in zip(timed, expiries, strict=True)
+           if got_e != (expiry(n) or -1)]
     assert not off, f"{len(off)} keys expire wrongly, e.g. {off[:3]}"
+
+
+def total_views_of(counters: dict[str, int]) -> int:
+    return counters.get(suffix(VIEWS, ALL_TIME), 0)
 
 
 async def assert_mongo_matches(events: AsyncCollection[dict[str, Any]], site_id: str,

@@ -28,6 +28,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
+from contracts.aggregates import ALL_TIME, VIEWS
 from contracts.event import PageView
 from contracts.keys import SiteKeys
 from contracts.mongo import EVENTS, event_document
@@ -163,7 +164,7 @@ async def scenario(stack: Stack, site_id: str, http: aiohttp.ClientSession, redi
         [event_document(v, partition=0, offset=i) for i, v in enumerate(views)])
 
     async def counted() -> bool:
-        return int(await redis.get(SiteKeys(site_id).total_views()) or 0) == len(events)
+        return int(await redis.get(SiteKeys(site_id).key(VIEWS, ALL_TIME)) or 0) == len(events)
 
     await eventually(counted, timeout_s=60, interval_s=0.2, message="events counted in Redis")
     return Scenario(site_id, events, hour0, old_hour)

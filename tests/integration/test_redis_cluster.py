@@ -36,6 +36,8 @@ from aggregator.mongo_sink import MongoSink
 from aggregator.pipeline import Pipeline
 from aggregator.redis_sink import RedisSink
 from aggregator.source import InMemorySource, Record
+from contracts.aggregates import ALL_TIME as ALL_TIME_SCOPE
+from contracts.aggregates import VIEWS
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys, intact_key, sites_key
 from contracts.redis_client import connect_redis_client
@@ -135,7 +137,7 @@ def sites_on_two_masters(client: RedisCluster) -> list[str]:
     by_node: dict[str, str] = {}
     while len(by_node) < 2:
         site = f"t-{uuid.uuid4().hex[:16]}"
-        node = client.get_node_from_key(SiteKeys(site).total_views())
+        node = client.get_node_from_key(SiteKeys(site).key(VIEWS, ALL_TIME_SCOPE))
         assert node is not None
         by_node.setdefault(node.name, site)
     return list(by_node.values())

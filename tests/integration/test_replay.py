@@ -29,10 +29,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
 from aggregator.history import committed_offsets
+from contracts.aggregates import HOUR, RANKING, VIEWS, Scope
 from contracts.event import PageView
 from contracts.keys import intact_key, rebuild_lock_key
 from contracts.mongo import event_document
-from contracts.timebuckets import HOUR_MS, buckets_of
+from contracts.timebuckets import HOUR_MS
 from tests.aggregator_harness import produce_events
 from tests.expectations import assert_redis_matches, current_keys, recount, total_views
 from tests.stack import ROOT, Stack, eventually
@@ -240,20 +241,20 @@ async def test_verify_finds_no_difference_on_a_healthy_site_and_finds_a_corrupte
     status, summary, err = await replay(stack, "--verify", "--site", site_id)
     assert (status, summary["differences"]) == (0, 0), err
 
-    hour = buckets_of(sent[0].ts).hour
+    hour = Scope("h", HOUR.bucket_of(sent[0].ts))
     keys = await current_keys(redis, site_id)
-    right = int(await redis.get(keys.bucket_views("h", hour)) or 0)
-    await redis.incrby(keys.bucket_views("h", hour), 7)
-    await redis.hincrby(keys.bucket_page_views("h", hour), sent[0].page_id, -1)
+    right = int(await redis.get(keys.key(VIEWS, hour)) or 0)
+    await redis.incrby(keys.key(VIEWS, hour), 7)
+    await redis.zincrby(keys.key(RANKING, hour), 1, sent[0].page_id)  # one view fewer
     try:
         status, summary, err = await replay(stack, "--verify", "--site", site_id)
     finally:
-        await redis.incrby(keys.bucket_views("h", hour), -7)
-        await redis.hincrby(keys.bucket_page_views("h", hour), sent[0].page_id, 1)
+        await redis.incrby(keys.key(VIEWS, hour), -7)
+        await redis.zincrby(keys.key(RANKING, hour), -1, sent[0].page_id)
     assert (status, summary["differences"]) == (1, 2), err
-    assert (f"DIFF site={site_id} aggregate=views:h:{hour} live={right + 7} rebuilt={right}"
-            in err)
-    assert f"aggregate=pages:h:{hour} page={sent[0].page_id}" in err
+    assert (f"DIFF site={site_id} aggregate=views:{hour.token} live={right + 7} "
+            f"rebuilt={right}" in err)
+    assert f"aggregate=rank:{hour.token} page={sent[0].page_id}" in err
     scratch = [k async for k in redis.scan_iter(match=f"pv:{{{site_id}}}:gv*", count=1000)]
     assert scratch == []  # the scratch generation is deleted
 

@@ -2,8 +2,9 @@
 
 ``FakeEventCollection`` behaves like a collection under ``insert_many(ordered=False)`` with
 ``_id`` = event id, so the real ``MongoSink`` runs on it;
-``FakeAggregateStore`` interprets the same operations the Lua script applies, with exact
-sets in place of HyperLogLogs. Both can be told to fail, like a store that went down.
+``FakeAggregateStore`` interprets the same operations the Lua script applies (by the
+catalog's kinds, ``contracts.aggregates``), with exact sets in place of HyperLogLogs and
+rankings holding negated views as Redis does. Both can be told to fail, like a store that went down.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any, cast
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import AutoReconnect, BulkWriteError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from aggregator.aggregate import RedisOps
 from aggregator.mongo_sink import DUPLICATE_KEY, MongoSink
 from aggregator.redis_sink import GenerationMoved
+from contracts.aggregates import OPCODES, Kind
 from contracts.keys import DEFAULT_GENERATION, SiteKeys
 
 
@@ -68,7 +71,6 @@ class FakeAggregateStore:
         self.offsets: dict[str, dict[int, int]] = defaultdict(dict)
         self.counters: Counter[str] = Counter()
         self.sorted_sets: dict[str, Counter[str]] = defaultdict(Counter)
-        self.hashes: dict[str, Counter[str]] = defaultdict(Counter)
         self.sets: dict[str, set[str]] = defaultdict(set)
         self.failures = 0
         self.pointers: dict[str, str] = {}  # site -> current generation, when not the default
@@ -89,6 +91,7 @@ class FakeAggregateStore:
 
     async def apply(self, ops: RedisOps, partition: int, first: int, last: int,
                     live: bool = True) -> int | None:
+        """The apply script's semantics, by the catalog's operation per kind."""
         self._maybe_fail()
         site_id = ops.keys[1].split("{")[1].split("}")[0]
         if live and self.pointers.get(site_id, DEFAULT_GENERATION) != ops.generation:
@@ -96,16 +99,18 @@ class FakeAggregateStore:
         marker = self.offsets[ops.keys[0]]
         if marker.get(partition, -1) >= first:
             return marker[partition]
+        kinds = {code: kind for kind, code in OPCODES.items()}
+        if any(op[0] not in kinds for op in ops.ops):
+            raise ResponseError(f"unknown aggregate operation in {ops.ops}")
         for op in ops.ops:
-            kind, key = op[0], ops.keys[int(op[1]) - 1]  # type: ignore[call-overload]
-            if kind == "i":
-                self.counters[key] += int(op[2])  # type: ignore[call-overload]
-            elif kind == "z":
-                self.sorted_sets[key][str(op[2])] += int(op[3])  # type: ignore[call-overload]
-            elif kind == "h":
-                self.hashes[key][str(op[2])] += int(op[3])  # type: ignore[call-overload]
-            elif kind == "p":
-                self.sets[key].update(str(m) for m in op[3:])
+            kind, key, args = kinds[str(op[0])], ops.keys[int(str(op[1])) - 1], op[3:]
+            if kind is Kind.COUNTER:
+                self.counters[key] += int(str(args[0]))
+            elif kind is Kind.RANKING:
+                for member, n in zip(args[::2], args[1::2], strict=True):
+                    self.sorted_sets[key][str(member)] += int(str(n))
+            else:
+                self.sets[key].update(str(m) for m in args)
         marker[partition] = last
         return None
 

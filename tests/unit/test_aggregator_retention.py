@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator.aggregate import aggregate, expire_at, to_ops
+from aggregator.aggregate import aggregate, to_ops
+from contracts.aggregates import ALL_TIME, CATALOG, Scope
 from contracts.event import PageView
 from contracts.keys import SiteKeys
 from contracts.settings import AggregatorSettings, QuerySettings, Retention, SettingsError
@@ -35,9 +36,12 @@ def test_bucket_keys_expire_at_their_end_plus_the_configured_retention() -> None
     retention = Retention(minute_ttl_s=7200, hour_ttl_s=86400)
     ops = to_ops(SiteKeys("s"), aggregate([PageView("e", "s", "/p", "u", NOW, NOW)]), retention)
     minute, hour = NOW // 60_000, NOW // 3_600_000
-    expiry = {ops.keys[int(str(op[1])) - 1]: op[-1] for op in ops.ops if op[0] in ("i", "h")}
+    expiry = {ops.keys[int(str(op[1])) - 1]: op[2] for op in ops.ops}
     site = SiteKeys("s")
-    assert expiry[site.bucket_views("m", minute)] == NOW // 1000 + 60 + 7200
-    assert expiry[site.bucket_views("h", hour)] == NOW // 1000 + 3600 + 86400
-    assert expiry[site.bucket_views("d", NOW // 86_400_000)] == 0  # never
-    assert expire_at("m", minute, retention) == NOW // 1000 + 60 + 7200
+    for agg in CATALOG:
+        page = "/p" if agg.per_page else None
+        assert expiry[site.key(agg, Scope("m", minute), page)] == NOW // 1000 + 60 + 7200
+        assert expiry[site.key(agg, Scope("h", hour), page)] == NOW // 1000 + 3600 + 86400
+        assert expiry[site.key(agg, Scope("d", NOW // 86_400_000), page)] == 0  # never
+        assert expiry[site.key(agg, ALL_TIME, page)] == 0
+    assert len(expiry) == 4 * len(CATALOG)

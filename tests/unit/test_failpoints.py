@@ -12,6 +12,7 @@ from aggregator.dead_letters import ListDeadLetters
 from aggregator.metrics import AggregatorMetrics
 from aggregator.pipeline import CrashHook, Pipeline
 from aggregator.source import InMemorySource
+from contracts.aggregates import ALL_TIME, VIEWS
 from contracts.failpoints import (
     AFTER_MONGO,
     AFTER_REDIS,
@@ -63,7 +64,7 @@ async def test_a_failpoint_exits_at_its_step_of_the_given_batch(name: str) -> No
     with pytest.raises(Exited) as exited:
         await pipeline.process(await source.poll(3, 0))
     assert exited.value.status == CRASH_EXIT_STATUS
-    assert (len(mongo.docs), redis.counters[SiteKeys("s").total_views()]) == STOPS_AT[name]
+    assert (len(mongo.docs), redis.counters[SiteKeys("s").key(VIEWS, ALL_TIME)]) == STOPS_AT[name]
     assert source.committed == {0: 3}
 
 
@@ -71,7 +72,7 @@ async def test_no_failpoint_fires_unless_named() -> None:
     pipeline, source, _, redis = pipeline_with(CrashHook(exit=raise_exited))
     while records := await source.poll(3, 0):
         await pipeline.process(records)
-    assert redis.counters[SiteKeys("s").total_views()] == 6
+    assert redis.counters[SiteKeys("s").key(VIEWS, ALL_TIME)] == 6
     assert AggregatorSettings.from_env({}).crash_at is None
 
 

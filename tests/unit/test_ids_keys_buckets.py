@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import uuid
 
+from contracts.aggregates import ALL_TIME, CATALOG, PAGE_VISITORS, VIEWS, Scope, scopes_of
 from contracts.ids import event_id_factory, uuid7
 from contracts.keys import SiteKeys
 from contracts.settings import Retention
-from contracts.timebuckets import buckets_of, iso_z
+from contracts.timebuckets import iso_z
 
 
 def test_uuid7_is_a_valid_version_7_uuid_carrying_the_time() -> None:
@@ -49,16 +50,16 @@ def test_ids_keep_increasing_when_the_clock_steps_back() -> None:
 
 def test_every_key_of_a_site_carries_the_site_hash_tag() -> None:
     keys = SiteKeys("shop.example")
-    names = [keys.applied_offsets(), keys.total_views(), keys.page_views(), keys.visitors(),
-             keys.page_visitors("/p"), keys.bucket_views("m", 1), keys.bucket_page_views("h", 2),
-             keys.bucket_visitors("d", 3), keys.bucket_page_visitors("h", 4, "/p"),
-             keys.generation_pointer()]
+    names = [keys.applied_offsets(), keys.generation_pointer()]
+    names += [keys.key(a, scope, "/p" if a.per_page else None)
+              for a in CATALOG for scope in (ALL_TIME, Scope("m", 1), Scope("h", 2),
+                                             Scope("d", 3))]
     assert all("{shop.example}" in name for name in names)
     assert len(set(names)) == len(names)
 
 
 def test_generations_do_not_share_keys() -> None:
-    assert SiteKeys("s", "1").total_views() != SiteKeys("s", "2").total_views()
+    assert SiteKeys("s", "1").key(VIEWS, ALL_TIME) != SiteKeys("s", "2").key(VIEWS, ALL_TIME)
 
 
 def test_minute_buckets_expire_and_day_buckets_stay() -> None:
@@ -68,14 +69,15 @@ def test_minute_buckets_expire_and_day_buckets_stay() -> None:
 
 
 def test_buckets_are_utc_epoch_units() -> None:
-    b = buckets_of(1_795_860_000_000 + 61_000)  # 2026-11-28T10:01:01Z
-    assert iso_z(b.minute * 60_000) == "2026-11-28T10:01:00Z"
-    assert iso_z(b.hour * 3_600_000) == "2026-11-28T10:00:00Z"
-    assert iso_z(b.day * 86_400_000) == "2026-11-28T00:00:00Z"
+    scopes = {s.unit: s for s in scopes_of(1_795_860_000_000 + 61_000)}  # 10:01:01Z
+    assert iso_z(scopes["m"].start_ms) == "2026-11-28T10:01:00Z"
+    assert iso_z(scopes["h"].start_ms) == "2026-11-28T10:00:00Z"
+    assert iso_z(scopes["d"].start_ms) == "2026-11-28T00:00:00Z"
+    assert scopes[None] == ALL_TIME
 
 
 def test_an_aggregate_is_named_alike_in_every_generation() -> None:
     live, rebuilt = SiteKeys("shop"), SiteKeys("shop", "r17")
-    name = live.suffix_of(live.bucket_page_views("h", 490_000))
-    assert name == "pages:h:490000"
-    assert rebuilt.named(name) == rebuilt.bucket_page_views("h", 490_000)
+    name = live.suffix_of(live.key(PAGE_VISITORS, Scope("h", 490_000), "a:b"))
+    assert name == "uvp:h490000:a:b"
+    assert rebuilt.named(name) == rebuilt.key(PAGE_VISITORS, Scope("h", 490_000), "a:b")

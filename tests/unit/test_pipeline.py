@@ -11,6 +11,7 @@ from aggregator.dead_letters import ListDeadLetters
 from aggregator.metrics import AggregatorMetrics
 from aggregator.pipeline import Pipeline, decode_all
 from aggregator.source import InMemorySource, Record
+from contracts.aggregates import ALL_TIME, RANKING, VIEWS
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys
 from contracts.settings import Retention
@@ -36,7 +37,7 @@ def make(records: list[Record]) -> tuple[Pipeline, InMemorySource, FakeEventColl
 
 
 def views(redis: FakeAggregateStore, site: str = "s") -> int:
-    return redis.counters[SiteKeys(site).total_views()]
+    return redis.counters[SiteKeys(site).key(VIEWS, ALL_TIME)]
 
 
 async def drain(pipeline: Pipeline, source: InMemorySource, batch: int = 3) -> None:
@@ -145,8 +146,8 @@ async def test_counts_do_not_depend_on_batch_size(batch: int) -> None:
     pipeline, source, _, redis, _ = make(records)
     await drain(pipeline, source, batch=batch)
     assert views(redis) == 5
-    pages = redis.sorted_sets[SiteKeys("s").page_views()]
-    assert sum(pages.values()) == 5
+    pages = redis.sorted_sets[SiteKeys("s").key(RANKING, ALL_TIME)]
+    assert sum(pages.values()) == -5  # rankings hold negated views
 
 
 async def test_a_generation_switch_mid_stream_moves_counting_to_the_new_generation() -> None:
@@ -155,11 +156,11 @@ async def test_a_generation_switch_mid_stream_moves_counting_to_the_new_generati
     pipeline, source, _, redis, _ = make([record(i, f"e{i}") for i in range(10)])
     await pipeline.process(await source.poll(3, 0))  # offsets 0..2 into generation 0
     rebuilt = SiteKeys("s", "r1")
-    redis.counters[rebuilt.total_views()] = 6
+    redis.counters[rebuilt.key(VIEWS, ALL_TIME)] = 6
     redis.offsets[rebuilt.applied_offsets()][0] = 5
     redis.pointers["s"] = "r1"
     await drain(pipeline, source)
-    assert redis.counters[rebuilt.total_views()] == 10
+    assert redis.counters[rebuilt.key(VIEWS, ALL_TIME)] == 10
     assert views(redis) == 3  # the old generation stopped at the switch
 
 
@@ -170,14 +171,14 @@ async def test_a_switch_between_reading_the_pointer_and_applying_is_caught() -> 
 
     async def switch_right_after_reading(site_ids: object) -> dict[str, SiteKeys]:
         current = await read_pointer(site_ids)  # type: ignore[arg-type]
-        redis.counters[rebuilt.total_views()] = 2  # offsets 0 and 1, already rebuilt
+        redis.counters[rebuilt.key(VIEWS, ALL_TIME)] = 2  # offsets 0 and 1, already rebuilt
         redis.offsets[rebuilt.applied_offsets()][0] = 1
         redis.pointers["s"] = "r1"
         return current
 
     redis.current = switch_right_after_reading  # type: ignore[method-assign]
     await pipeline.process(await source.poll(4, 0))
-    assert redis.counters[rebuilt.total_views()] == 4
+    assert redis.counters[rebuilt.key(VIEWS, ALL_TIME)] == 4
     assert views(redis) == 0
 
 

@@ -1,0 +1,148 @@
+"""The catalog of aggregates: each aggregate and each time unit, described once.
+
+Why one table: the aggregator's writer, the Lua apply script, the query API's readers, the
+rebuild and its ``--verify`` diff, and the test fakes all follow it, so an aggregate is
+added (or its resolution changed) here and nowhere else.
+
+Every aggregate exists for all time and for every time bucket (``Scope``) of every unit.
+A key is ``<site's generation>:<aggregate>:<scope>[:<page>]``, for example
+``pv:{shop}:g0:views:h490000`` or ``pv:{shop}:g0:uvp:d20424:/pricing``: the page id comes
+last, so any page id (``:`` included) parses back unambiguously.
+
+Rankings are sorted sets whose score is the *negated* view count: ``ZRANGE key 0 n-1``
+then lists pages by views descending and page id ascending (Redis orders equal scores by
+member bytes), the order every endpoint promises, with no sort per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class TimeUnit:
+    code: str  # in key names and the scope (``h490000``)
+    interval: str  # the API's name (``interval=hour``)
+    ms: int
+    mongo_field: str  # the bucket number stored on every raw event (``contracts.mongo``)
+    default_ttl_s: int | None  # how long a bucket's keys outlive its end; None: forever
+
+    def bucket_of(self, ts_ms: int) -> int:
+        return ts_ms // self.ms
+
+
+MINUTE = TimeUnit("m", "minute", MINUTE_MS, "minute", 48 * 3600)
+HOUR = TimeUnit("h", "hour", HOUR_MS, "hour", 90 * 24 * 3600)
+DAY = TimeUnit("d", "day", DAY_MS, "day", None)
+UNITS: tuple[TimeUnit, ...] = (DAY, HOUR, MINUTE)  # coarsest first: how ranges are tiled
+UNIT_BY_CODE = {u.code: u for u in UNITS}
+UNIT_BY_INTERVAL = {u.interval: u for u in UNITS}
+
+
+class Kind(StrEnum):
+    """How an aggregate is stored, and the one operation that adds to it."""
+
+    COUNTER = "counter"  # string: INCRBY views
+    RANKING = "ranking"  # sorted set page -> -views: ZINCRBY
+    UNIQUES = "uniques"  # HyperLogLog of visitor ids: PFADD
+
+
+# The operation code the apply script runs for each kind (``aggregator.aggregate``).
+OPCODES: dict[Kind, str] = {Kind.COUNTER: "i", Kind.RANKING: "z", Kind.UNIQUES: "p"}
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # one object per aggregate: hashed by identity
+class Aggregate:
+    name: str  # in key names; unique
+    kind: Kind
+    per_page: bool  # one key per page (a ranking holds pages as members instead)
+    meaning: str
+
+
+VIEWS = Aggregate("views", Kind.COUNTER, False, "page views of the site")
+RANKING = Aggregate("rank", Kind.RANKING, False, "views of each page, ranked")
+VISITORS = Aggregate("uv", Kind.UNIQUES, False, "unique visitors of the site")
+PAGE_VISITORS = Aggregate("uvp", Kind.UNIQUES, True, "unique visitors of one page")
+CATALOG: tuple[Aggregate, ...] = (VIEWS, RANKING, VISITORS, PAGE_VISITORS)
+BY_NAME = {a.name: a for a in CATALOG}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Scope:
+    """All time (``unit`` None), or one bucket: the epoch-based ``number`` of a ``unit``."""
+
+    unit: str | None = None  # a unit's code
+    number: int = 0
+
+    @property
+    def token(self) -> str:
+        return "t" if self.unit is None else f"{self.unit}{self.number}"
+
+    @property
+    def time_unit(self) -> TimeUnit | None:
+        return None if self.unit is None else UNIT_BY_CODE[self.unit]
+
+    @property
+    def start_ms(self) -> int:
+        return self.number * UNIT_BY_CODE[self.unit or ""].ms
+
+    @property
+    def end_ms(self) -> int:
+        return (self.number + 1) * UNIT_BY_CODE[self.unit or ""].ms
+
+    @classmethod
+    def parse(cls, token: str) -> Scope:
+        if token == "t":
+            return ALL_TIME
+        if token[:1] not in UNIT_BY_CODE or not token[1:].lstrip("-").isdigit():
+            raise ValueError(f"not a scope: {token!r}")
+        return cls(token[0], int(token[1:]))
+
+
+ALL_TIME = Scope()
+
+
+def scopes_of(ts_ms: int) -> tuple[Scope, ...]:
+    """Every scope an event at ``ts_ms`` counts in: all time and its bucket of each unit."""
+    return (ALL_TIME, *(Scope(u.code, u.bucket_of(ts_ms)) for u in UNITS))
+
+
+def suffix(aggregate: Aggregate, scope: Scope, page: str | None = None) -> str:
+    """The key name of an aggregate within a site's generation (see ``SiteKeys.named``)."""
+    if aggregate.per_page != (page is not None):
+        raise ValueError(f"{aggregate.name} {'needs' if aggregate.per_page else 'takes no'} "
+                         "page")
+    head = f"{aggregate.name}:{scope.token}"
+    return head if page is None else f"{head}:{page}"
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    aggregate: Aggregate
+    scope: Scope
+    page: str | None
+
+
+def parse_suffix(name: str) -> Parsed:
+    """The aggregate, scope and page a key name (``suffix``) stands for; ValueError for a
+    name the catalog does not know."""
+    parts = name.split(":", 2)
+    if len(parts) < 2 or parts[0] not in BY_NAME:
+        raise ValueError(f"not an aggregate: {name!r}")
+    aggregate = BY_NAME[parts[0]]
+    page = parts[2] if len(parts) == 3 else None
+    if aggregate.per_page != (page is not None):
+        raise ValueError(f"not an aggregate: {name!r}")
+    return Parsed(aggregate, Scope.parse(parts[1]), page)
+
+
+def expire_at(scope: Scope, ttl_s: int | None) -> int:
+    """Absolute expiry (epoch seconds) of a bucket's keys: the bucket's end plus its unit's
+    retention, so a rebuild sets the same expiry as live counting did. 0 means never."""
+    if scope.unit is None or ttl_s is None:
+        return 0
+    return scope.end_ms // 1000 + ttl_s
+

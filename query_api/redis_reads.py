@@ -1,0 +1,159 @@
+"""Reading one site's aggregates: a batch of reads in one script call per round trip, checked
+against the site's generation pointer.
+
+Why a script: the pointer check and the reads happen atomically, so an answer never mixes
+two generations, and the pointer costs no round trip of its own. The reader remembers the
+last generation each site had and sends it along; when the pointer names another (a rebuild
+switched), the script reads nothing and says so, and the batch is sent again for the new
+generation. Each call's work is bounded by the caller (``MAX_KEYS_PER_CALL``): no single
+script may hold Redis for long.
+
+Every key is the site's (one hash-tag slot, the pointer included), so this runs on Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.exceptions import NoScriptError, RedisError
+
+from contracts.generations import decode_pointer
+from contracts.keys import DEFAULT_GENERATION, SiteKeys
+from contracts.redis_client import RedisClient
+
+MAX_KEYS_PER_CALL = 256  # keys one script call may touch: well under a millisecond
+ENTRIES_PER_SLICE = 1000  # ranking entries one call may return
+
+# KEYS[1]: the site's pointer; the rest are read. ARGV[1]: the generation the keys belong
+# to, ARGV[2]: the reads as JSON, each [op, arguments...] with keys as indexes into KEYS:
+#   ["get", k...]          each counter (missing: 0)
+#   ["score", member, k...] each ranking's score of member (missing: 0)
+#   ["pfcount", k...]      one count of the union of the HyperLogLogs
+#   ["card", k...]         each ranking's number of members
+#   ["range", k, start, stop]  members and scores, in ranking order
+# Returns {"moved", pointer} when the pointer names another generation, else {"ok", ...}
+# with one reply per read. Unknown reads fail loudly.
+READ_SCRIPT = """
+local current = redis.call('GET', KEYS[1]) or '0'
+if current ~= ARGV[1] then return {'moved', current} end
+local reads = cjson.decode(ARGV[2])
+local out = {'ok'}
+for _, r in ipairs(reads) do
+  local op, reply = r[1], {}
+  if op == 'get' then
+    for i = 2, #r do reply[#reply + 1] = tonumber(redis.call('GET', KEYS[r[i]]) or '0') end
+  elseif op == 'score' then
+    for i = 3, #r do
+      reply[#reply + 1] = tonumber(redis.call('ZSCORE', KEYS[r[i]], r[2]) or '0')
+    end
+  elseif op == 'pfcount' then
+    local names = {}
+    for i = 2, #r do names[#names + 1] = KEYS[r[i]] end
+    reply = redis.call('PFCOUNT', unpack(names))
+  elseif op == 'card' then
+    for i = 2, #r do reply[#reply + 1] = redis.call('ZCARD', KEYS[r[i]]) end
+  elseif op == 'range' then
+    reply = redis.call('ZRANGE', KEYS[r[2]], r[3], r[4], 'WITHSCORES')
+  else
+    return redis.error_reply('unknown read: ' .. tostring(op))
+  end
+  out[#out + 1] = reply
+end
+return out
+"""
+
+
+@dataclass(eq=False)  # hashed by identity: replies are looked up per batch
+class Batch:
+    """Reads of one site's keys, to run in one script call (``ReadScript.run``)."""
+
+    keys: list[str] = field(default_factory=list)
+    reads: list[list[object]] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def key(self, name: str) -> int:
+        if name not in self._index:
+            self.keys.append(name)
+            self._index[name] = len(self.keys) + 1  # KEYS[1] is the pointer
+        return self._index[name]
+
+    def add(self, op: str, names: Sequence[str], *, member: str | None = None) -> int:
+        """Queue a read; returns the index of its reply."""
+        head: list[object] = [op] if member is None else [op, member]
+        self.reads.append([*head, *(self.key(n) for n in names)])
+        return len(self.reads) - 1
+
+    def add_range(self, name: str, start: int, stop: int) -> int:
+        self.reads.append(["range", self.key(name), start, stop])
+        return len(self.reads) - 1
+
+
+class GenerationChanged(RedisError):
+    """A rebuild switched the site's generation between two reads of one request (rare:
+    the request is answered from MongoDB, as when Redis cannot answer)."""
+
+
+class Packer:
+    """Batches filled up to ``MAX_KEYS_PER_CALL`` keys each, so no call holds Redis long."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def batch_for(self, n_keys: int) -> Batch:
+        """The batch the next ``n_keys`` keys go to (a new one when they would not fit;
+        more than fit in one go alone)."""
+        if not self.batches or (self.batches[-1].keys
+                                and len(self.batches[-1].keys) + n_keys > MAX_KEYS_PER_CALL):
+            self.batches.append(Batch())
+        return self.batches[-1]
+
+
+Plan = Callable[[SiteKeys], list[Batch]]
+
+
+class ReadScript:
+    def __init__(self, redis: RedisClient) -> None:
+        self._redis = redis
+        self._script = redis.register_script(READ_SCRIPT)
+        self._generations: dict[str, str] = {}  # site -> the generation its pointer last named
+
+    def site(self, site_id: str) -> SiteKeys:
+        return SiteKeys(site_id, self._generations.get(site_id, DEFAULT_GENERATION))
+
+    async def run(self, site_id: str, plan: Plan, expect: SiteKeys | None = None
+                  ) -> tuple[SiteKeys, list[list[Any]]]:
+        """Run the batches ``plan`` makes for the site's current generation, in one round
+        trip; replies per batch, in order. Re-plans when a rebuild switched generations,
+        unless the caller ``expect``s one generation (the second read of a request)."""
+        while True:
+            keys = self.site(site_id)
+            if expect is not None and keys != expect:
+                raise GenerationChanged(site_id)
+            batches = plan(keys)
+            if not batches:
+                return keys, []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for batch in batches:
+                    pipe.evalsha(self._script.sha, len(batch.keys) + 1,
+                                 keys.generation_pointer(), *batch.keys,
+                                 keys.generation, orjson.dumps(batch.reads))
+                replies = await self._execute(pipe, batches, keys)
+            moved = next((r for r in replies if r[0] == b"moved"), None)
+            if moved is None:
+                return keys, [r[1:] for r in replies]
+            self._generations[site_id] = decode_pointer(site_id, moved[1]).generation
+
+    async def _execute(self, pipe: Any, batches: list[Batch], keys: SiteKeys) -> list[Any]:
+        try:
+            return list(await pipe.execute())
+        except NoScriptError:  # not loaded yet (a new or restarted Redis): load it, once
+            pass
+        replies = []
+        for batch in batches:
+            replies.append(await self._script(
+                keys=[keys.generation_pointer(), *batch.keys],
+                args=[keys.generation, orjson.dumps(batch.reads)]))
+        return replies
