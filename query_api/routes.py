@@ -28,7 +28,7 @@ from query_api.model import StatsReader, Totals
 from query_api.ranges import REALTIME_MINUTES, TimeRange, parse_range, period_range
 from query_api.service import StatsService, Unavailable
 from query_api.sites import SITES
-from query_api.tiling import slot_count, slots
+from query_api.tiling import scope_count, slot_count, slots
 
 RANGE_PARAMS = frozenset({"site_id", "period", "from", "to", "format"})
 # The query parameters each endpoint accepts (others are a 400); the OpenAPI test checks
@@ -44,7 +44,9 @@ ENDPOINT_PARAMS: dict[str, frozenset[str]] = {
 }
 MAX_SERIES_POINTS = 10_000
 DEFAULT_TOP = 10
-MAX_RANKED_PAGES = 1_000_000  # ranking by visitors reads every page (up to this many)
+# Per-page visitor counts one request may read, as pages x time buckets (each a
+# HyperLogLog): bounds the work of one request whatever the site's size (see _page_reads).
+MAX_PAGE_BUCKETS = 20_000
 MAX_SITES = 10_000  # site ids per /stats/sites answer; total_sites counts them all
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,6 +104,17 @@ def _bounded(rng: TimeRange, name: str = "period") -> TimeRange:
     return rng
 
 
+def _page_reads(pages: int, rng: TimeRange, name: str) -> None:
+    """Refuse what would read more than ``MAX_PAGE_BUCKETS`` per-page visitor counts: a
+    400 that says how to ask for less, never a request that holds Redis."""
+    buckets = scope_count(rng)
+    if pages * buckets > MAX_PAGE_BUCKETS:
+        raise params.BadParameter(name, (
+            f"asks for the unique visitors of {pages:,} pages over {buckets:,} time buckets; "
+            f"one request reads at most {MAX_PAGE_BUCKETS:,} (pages x buckets): ask for "
+            "fewer pages, or a range on whole hours or days (fewer buckets)"))
+
+
 def _change(current: int, previous: int) -> dict[str, Any]:
     percent = None if previous == 0 else round((current - previous) * 100 / previous, 2)
     return {"absolute": current - previous, "percent": percent}
@@ -150,6 +163,8 @@ async def stats(request: web.Request, service: StatsService) -> Answer:
     rng = _range(request, service)
     if compare:
         _bounded(rng, "compare")
+    if page is None:
+        _page_reads(limit, rng, "limit")
 
     async def ask(reader: StatsReader) -> tuple[Totals, int, list[dict[str, Any]]]:
         if page is not None:
@@ -250,6 +265,7 @@ async def top(request: web.Request, service: StatsService) -> Answer:
     by = params.choice(query, "by", ("views", "unique_visitors"), "views")
     limit = params.bounded_int(query, "limit", DEFAULT_TOP, 1, params.MAX_LIMIT)
     rng = _range(request, service)
+    _page_reads(limit, rng, "limit")
 
     async def ask(reader: StatsReader) -> list[dict[str, Cell]]:
         if by == "views":
@@ -258,7 +274,9 @@ async def top(request: web.Request, service: StatsService) -> Answer:
             chosen = [p for p, _ in ranked]
             uniques = await reader.page_uniques(site, rng, chosen)
         else:  # every page's visitors are needed to rank by them
-            _, ranked = await reader.ranked_pages(site, rng, 0, MAX_RANKED_PAGES)
+            most = MAX_PAGE_BUCKETS // scope_count(rng)
+            total, ranked = await reader.ranked_pages(site, rng, 0, most)
+            _page_reads(total, rng, "by")
             views = dict(ranked)
             uniques = await reader.page_uniques(site, rng, list(views))
             chosen = sorted(views, key=lambda p: (-uniques[p], -views[p], p))[:limit]

@@ -29,6 +29,11 @@ def tile(start_ms: int, end_ms: int) -> list[Bucket]:
     return out
 
 
+def scope_count(rng: TimeRange) -> int:
+    """How many scopes a range is read from: its buckets, or 1 for all time."""
+    return len(tile(*rng.bounds())) if rng.bounded else 1
+
+
 def _cover(start: int, end: int, units: tuple[str, ...], out: list[Bucket]) -> None:
     if start >= end:
         return

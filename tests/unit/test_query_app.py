@@ -281,6 +281,29 @@ async def test_bad_parameters_get_a_400_naming_them(client: Client, path: str,
     assert body["error"] == "bad_parameter" and body["details"][0]["field"] == name
 
 
+async def test_a_request_reading_too_many_page_visitor_counts_is_refused_not_run(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pages x buckets is bounded: limit 1,000 over a range of odd minutes (about 30
+    buckets) would read 30,000 HyperLogLogs; the same on whole days is answered."""
+    odd = {"from": "2026-11-20T10:17:00Z", "to": "2026-11-27T10:13:00Z"}
+    response = await client.get("/stats", params={**odd, "limit": "1000"})
+    assert response.status == 400
+    body = await response.json()
+    assert body["details"][0]["field"] == "limit" and "fewer pages" in body["message"]
+    whole_days = {"from": "2026-11-20", "to": "2026-11-26"}
+    assert (await client.get("/stats", params={**whole_days, "limit": "1000"})).status == 200
+    assert (await client.get("/stats/top", params={**odd, "limit": "1000"})).status == 400
+
+    # Ranking by visitors reads every page's: refused when the pages x buckets are too many.
+    monkeypatch.setattr("query_api.routes.MAX_PAGE_BUCKETS", 2 * 8)  # 4 pages x 8 days
+    by_visitors = {"by": "unique_visitors", "from": "2026-11-21", "to": "2026-11-28",
+                   "site_id": SITE, "limit": "1"}
+    response = await client.get("/stats/top", params=by_visitors)
+    assert response.status == 400 and (await response.json())["details"][0]["field"] == "by"
+    monkeypatch.setattr("query_api.routes.MAX_PAGE_BUCKETS", 4 * 8)
+    assert (await client.get("/stats/top", params=by_visitors)).status == 200
+
+
 async def test_redis_down_falls_back_to_mongo_and_both_down_is_a_503(
         make: Callable[..., Awaitable[Client]]) -> None:
     client = await make(MemoryReader("redis", RedisConnectionError("refused")))
