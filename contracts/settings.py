@@ -202,6 +202,9 @@ class QuerySettings:
     auth_tokens: tuple[str, ...] = ()
     auth_disabled: bool = False
     mongo_query_timeout_ms: int = 20_000  # fallback queries give up (503) after this
+    # How long an answer is reused; well under the 100 ms freshness p99. 0: identical
+    # concurrent requests still share one computation, but nothing is kept after it.
+    answer_cache_ms: int = 20
     log_level: str = "INFO"
 
     @classmethod
@@ -216,6 +219,7 @@ class QuerySettings:
             auth_disabled=env.flag("STATS_AUTH_DISABLED", cls.auth_disabled),
             mongo_query_timeout_ms=env.integer("MONGO_QUERY_TIMEOUT_MS",
                                                cls.mongo_query_timeout_ms, minimum=100),
+            answer_cache_ms=env.integer("QUERY_ANSWER_CACHE_MS", cls.answer_cache_ms),
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
         )
         if not settings.auth_disabled and not settings.auth_tokens:

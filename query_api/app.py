@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 from pymongo import AsyncMongoClient
 
 from contracts.httpkit import (
@@ -24,6 +25,7 @@ from contracts.httpkit import (
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis_client
 from contracts.settings import QuerySettings
+from query_api.answer_cache import OUTCOMES, AnswerCache
 from query_api.auth import auth_middleware
 from query_api.dashboard import dashboard_routes
 from query_api.docs import render_docs
@@ -31,7 +33,7 @@ from query_api.model import StatsReader
 from query_api.mongo_reader import MongoReader
 from query_api.openapi import openapi_document
 from query_api.redis_reader import RedisReader
-from query_api.routes import DEPS, QueryDeps, add_routes
+from query_api.routes import DEPS, Answer, QueryDeps, add_routes
 from query_api.service import StatsService
 from query_api.sites import SITES, FixedSites, SiteDirectory, SiteLister
 
@@ -59,6 +61,20 @@ def docs_routes(app: web.Application) -> None:
     app.router.add_get("/docs", docs)
 
 
+def answer_cache(settings: QuerySettings, metrics: HttpMetrics) -> AnswerCache[Answer]:
+    """The app's one answer cache, counting its outcomes in the app's own registry."""
+    outcomes = Counter("query_api_answer_cache", "Stats lookups by answer-cache outcome: "
+                       "hit (reused), coalesced (joined a running computation), miss",
+                       ["outcome"], registry=metrics.registry)
+    for outcome in OUTCOMES:
+        outcomes.labels(outcome)  # listed at 0 from the start
+
+    def record(outcome: str) -> None:
+        outcomes.labels(outcome).inc()
+
+    return AnswerCache(settings.answer_cache_ms / 1000, record=record)
+
+
 def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clock_ms,
                readers: tuple[StatsReader, StatsReader] | None = None,
                sites: SiteLister | None = None) -> web.Application:
@@ -77,9 +93,11 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
     add_routes(app)
     docs_routes(app)
     dashboard_routes(app)
+    answers = answer_cache(settings, metrics)
     if readers is not None:
         app[DEPS] = QueryDeps(settings=settings, service=StatsService(*readers, clock_ms,
-                                                                          settings.retention))
+                                                                          settings.retention),
+                              answers=answers)
         app[SITES] = sites or FixedSites()
         return app
 
@@ -91,7 +109,7 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
         events = mongo[settings.backends.mongo_db][EVENTS]
         fallback = MongoReader(events, settings.mongo_query_timeout_ms)
         service = StatsService(RedisReader(redis), fallback, clock_ms, settings.retention)
-        app[DEPS] = QueryDeps(settings=settings, service=service)
+        app[DEPS] = QueryDeps(settings=settings, service=service, answers=answers)
         app[SITES] = SiteDirectory(redis, events, settings.mongo_query_timeout_ms)
         yield
         await redis.aclose()

@@ -8,7 +8,7 @@ the parameter; neither store answering is a 503; never a 5xx for any input.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from contracts.httpkit import (
 )
 from contracts.settings import QuerySettings
 from query_api import params
+from query_api.answer_cache import AnswerCache
 from query_api.csv_out import Cell, csv_response
 from query_api.model import StatsReader, Totals
 from query_api.ranges import REALTIME_MINUTES, TimeRange, parse_range, period_range
@@ -52,15 +53,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
-class QueryDeps:
-    settings: QuerySettings
-    service: StatsService
-
-
-DEPS = web.AppKey("query_deps", QueryDeps)
-
-
-@dataclass(frozen=True, slots=True)
 class Answer:
     """What a handler produces: the JSON body, and the CSV rendering of its items."""
 
@@ -71,13 +63,35 @@ class Answer:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class QueryDeps:
+    settings: QuerySettings
+    service: StatsService
+    answers: AnswerCache[Answer]  # one per app: identical requests share one computation
+
+
+DEPS = web.AppKey("query_deps", QueryDeps)
+
+
+def answer_key(request: web.Request, fmt: str) -> Hashable:
+    """What makes two requests the same question: the path as sent, the query parameters
+    in name order (``?a=1&b=2`` is ``?b=2&a=1``; a repeated name keeps its values' order,
+    since handlers read the first) and the output format. Not the method; the token was
+    checked by the auth middleware before."""
+    items = sorted(request.query.items(), key=lambda item: item[0])
+    return request.rel_url.raw_path, tuple(items), fmt
+
+
 def endpoint(build: Callable[[web.Request, StatsService], Awaitable[Answer]]) -> Handler:
-    """Wraps a builder: format negotiation, 400s and 503s, the source header."""
+    """Wraps a builder: format negotiation, single flight and the answer cache (successful
+    answers only), 400s and 503s, the source header."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             fmt = params.output_format(request.query, request.headers.get("Accept", ""))
-            answer = await build(request, request.app[DEPS].service)
+            deps = request.app[DEPS]
+            answer = await deps.answers.get_or_compute(answer_key(request, fmt),
+                                                       lambda: build(request, deps.service))
         except params.BadParameter as exc:
             return error_response(400, "bad_parameter", str(exc),
                                   [{"field": exc.name, "reason": exc.reason}])

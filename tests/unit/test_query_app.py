@@ -4,6 +4,7 @@ Redis and MongoDB: routing between them, every endpoint's shape (checked against
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import random
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from pymongo.errors import ServerSelectionTimeoutError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -24,7 +25,7 @@ from query_api.app import create_app
 from query_api.model import Totals
 from query_api.openapi import openapi_document
 from query_api.ranges import TimeRange
-from query_api.routes import ENDPOINT_PARAMS
+from query_api.routes import ENDPOINT_PARAMS, answer_key
 
 Client = TestClient[web.Request, web.Application]
 NOW = 1_795_860_000_000 + 17 * MINUTE_MS + 42_500  # 2026-11-28T10:17:42.5Z
@@ -318,6 +319,73 @@ async def test_redis_down_falls_back_to_mongo_and_both_down_is_a_503(
     assert body["details"] == [{"index": None, "field": None, "reason": body["message"]}]
     response = await client.get("/readyz")
     assert response.status == 503
+
+
+class GatedReader(MemoryReader):
+    """Holds every whole-site totals question until ``gate`` opens, and counts them: one
+    per /stats computation."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(source)
+        self.gate = asyncio.Event()
+        self.site_totals = 0
+
+    async def totals(self, site_id: str, rng: TimeRange, page_id: str | None) -> Totals:
+        if page_id is None:
+            self.site_totals += 1
+            await self.gate.wait()
+        return await super().totals(site_id, rng, page_id)
+
+
+async def cache_outcomes(client: Client) -> dict[str, float]:
+    text = await (await client.get("/metrics")).text()
+    found = re.findall(r'^query_api_answer_cache_total\{outcome="(\w+)"\} (\S+)$', text, re.M)
+    return {outcome: float(value) for outcome, value in found}
+
+
+async def test_concurrent_identical_requests_in_any_parameter_order_ask_the_store_once(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    redis = GatedReader("redis")
+    client = await make(redis)
+    first = asyncio.create_task(client.get(f"/stats?site_id={SITE}&limit=2&offset=1"))
+    second = asyncio.create_task(client.get(f"/stats?offset=1&limit=2&site_id={SITE}"))
+    for _ in range(200):  # until the second request has joined the first's computation
+        if (await cache_outcomes(client)).get("coalesced") == 1:
+            break
+        await asyncio.sleep(0.005)
+    redis.gate.set()
+    responses = await asyncio.gather(first, second)
+    bodies = [await r.json() for r in responses]
+    assert [r.status for r in responses] == [200, 200] and bodies[0] == bodies[1]
+    assert bodies[0]["total_views"] == 6 and len(bodies[0]["pages"]) == 2
+    assert redis.site_totals == 1
+    assert await cache_outcomes(client) == {"hit": 0, "coalesced": 1, "miss": 1}
+
+
+def test_the_answer_key_ignores_parameter_order_but_not_repeated_values_or_format() -> None:
+    def key(url: str, fmt: str = "json", method: str = "GET") -> object:
+        return answer_key(make_mocked_request(method, url), fmt)
+
+    assert key("/stats?site_id=a&limit=2") == key("/stats?limit=2&site_id=a", method="HEAD")
+    assert key("/stats?limit=1&limit=2") != key("/stats?limit=2&limit=1")  # the first counts
+    assert key("/stats?limit=2") != key("/stats?limit=2", "csv")
+    assert key("/stats") != key("/stats/top")
+
+
+async def test_a_503_is_not_kept_the_next_request_asks_the_stores_again(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    redis = MemoryReader("redis", RedisConnectionError("refused"))
+    mongo = MemoryReader("mongo", ServerSelectionTimeoutError("down"))
+    client = await make(redis, mongo, QuerySettings(auth_disabled=True,
+                                                    answer_cache_ms=60_000))
+    assert (await client.get("/stats", params={"site_id": SITE})).status == 503
+    redis.error = None
+    body, source = await get_json(client, "/stats")
+    assert source == "redis" and body["total_views"] == 6
+    assert (await client.get("/stats", params={"site_id": SITE, "bogus": "1"})).status == 400
+    assert await cache_outcomes(client) == {"hit": 0, "coalesced": 0, "miss": 3}
+    _, source = await get_json(client, "/stats")  # the kept answer this time
+    assert await cache_outcomes(client) == {"hit": 1, "coalesced": 0, "miss": 3}
 
 
 async def test_stats_need_a_valid_token_but_docs_do_not(

@@ -46,3 +46,14 @@ def test_the_query_api_refuses_to_start_public_unless_told_to() -> None:
         QuerySettings.from_env({})
     assert QuerySettings.from_env({"STATS_AUTH_DISABLED": "true"}).auth_disabled
     assert QuerySettings.from_env({"STATS_TOKENS": "t1,t2"}).auth_tokens == ("t1", "t2")
+
+
+def test_the_answer_cache_lasts_20_ms_by_default_and_0_turns_it_off() -> None:
+    public = {"STATS_AUTH_DISABLED": "true"}
+    assert QuerySettings.from_env(public).answer_cache_ms == 20
+    assert QuerySettings.from_env({**public, "QUERY_ANSWER_CACHE_MS": "0"}).answer_cache_ms == 0
+    assert QuerySettings.from_env({**public, "QUERY_ANSWER_CACHE_MS": " 50 "}
+                                  ).answer_cache_ms == 50
+    for bad in ("-1", "20ms", "0.5"):
+        with pytest.raises(SettingsError, match="QUERY_ANSWER_CACHE_MS"):
+            QuerySettings.from_env({**public, "QUERY_ANSWER_CACHE_MS": bad})
