@@ -136,10 +136,10 @@ class ReadScript:
             if not batches:
                 return keys, []
             async with self._redis.pipeline(transaction=False) as pipe:
-                for batch in batches:
-                    pipe.evalsha(self._script.sha, len(batch.keys) + 1,
-                                 keys.generation_pointer(), *batch.keys,
-                                 keys.generation, orjson.dumps(batch.reads))
+                for batch in batches:  # by name: a cluster pipeline blocks evalsha()
+                    pipe.execute_command("EVALSHA", self._script.sha, len(batch.keys) + 1,
+                                         keys.generation_pointer(), *batch.keys,
+                                         keys.generation, orjson.dumps(batch.reads))
                 replies = await self._execute(pipe, batches, keys)
             moved = next((r for r in replies if r[0] == b"moved"), None)
             if moved is None:

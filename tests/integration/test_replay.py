@@ -33,9 +33,11 @@ from contracts.aggregates import HOUR, RANKING, VIEWS, Scope
 from contracts.event import PageView
 from contracts.keys import intact_key, rebuild_lock_key
 from contracts.mongo import event_document
+from contracts.settings import Retention
 from contracts.timebuckets import HOUR_MS
 from tests.aggregator_harness import produce_events
 from tests.expectations import assert_redis_matches, current_keys, recount, total_views
+from tests.layout_v1 import write_layout_v1
 from tests.stack import ROOT, Stack, eventually
 
 pytestmark = pytest.mark.integration
@@ -171,6 +173,68 @@ async def test_a_flushed_redis_is_answered_from_mongo_then_rebuilt_exactly(
     source, body = await stats()
     assert body["total_views"] == len(sent)
     await assert_redis_matches(redis, site_id, recount(sent))
+
+
+@pytest.mark.runs_first
+async def test_redis_in_the_old_layout_is_rebuilt_into_the_new_and_never_answers_wrong(
+        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+        rng: random.Random, flush_guard: None) -> None:
+    """An upgrade over Redis data in layout 1: the new code notices (no intact marker of
+    its layout), answers from MongoDB meanwhile, rebuilds every site into layout 2 and then
+    answers from Redis, exactly; the old keys and marker are gone."""
+    sent = await post_counted(stack, http, redis, make_events(site_id, 500, rng))
+    current = await current_keys(redis, site_id)
+    # What the old code would have left: the site's generation in layout 1, marked intact
+    # in layout 1. The rebuild lock is held meanwhile, as a slow rebuild would.
+    await redis.set(rebuild_lock_key(), "test-holds-the-rebuild", px=120_000)
+    await redis.delete(*[k async for k in redis.scan_iter(match=current.generation_match())
+                         if not k.endswith(b":offsets")])
+    await write_layout_v1(redis, current, sent, Retention.from_env(os.environ))
+    assert await redis.exists(intact_key(1)) and not await redis.exists(intact_key())
+
+    async def stats(path: str = "/stats", **query: str) -> tuple[str, dict[str, Any]]:
+        async with http.get(f"{stack.http_url}{path}",
+                            params={"site_id": site_id, **query}) as r:
+            assert r.status == 200, await r.text()
+            return r.headers["X-Stats-Source"], await r.json()
+
+    async def from_mongo() -> bool:
+        return (await stats())[0] == "mongo"
+
+    await eventually(from_mongo, timeout_s=30, interval_s=0.2,
+                     message="the query API sees Redis is not in its layout")
+    during = make_events(site_id, 200, rng)
+    await post(http, stack, during)  # counted on while the old layout is in place
+    sent += during
+    expected_pages = recount(sent).rankings["rank:t"]
+    want_top = sorted(expected_pages.items(), key=lambda pv: (-pv[1], pv[0]))[:5]
+
+    async def exact(source: str) -> bool:
+        got_source, body = await stats(limit="5")
+        assert body["total_views"] <= len(sent), body  # never more than was sent
+        return got_source == source and body["total_views"] == len(sent) and [
+            (p["page_id"], p["views"]) for p in body["pages"]] == want_top
+
+    await eventually(lambda: exact("mongo"), timeout_s=60, interval_s=0.2,
+                     message="exact answers from MongoDB with the events sent meanwhile")
+    await redis.delete(rebuild_lock_key())  # let the aggregators rebuild into layout 2
+
+    async def rebuilt() -> bool:
+        source, body = await stats(limit="5")
+        assert body["total_views"] == len(sent), body  # every event is stored by now
+        if source == "redis":  # the moment Redis answers again, it answers exactly
+            assert [(p["page_id"], p["views"]) for p in body["pages"]] == want_top, body
+        return source == "redis"
+
+    await eventually(rebuilt, timeout_s=300, interval_s=0.3,
+                     message="answers from Redis after the rebuild into the new layout")
+    assert await exact("redis")
+    await assert_redis_matches(redis, site_id, recount(sent))  # no layout-1 key among them
+    assert not await redis.exists(intact_key(1))
+    old = [k async for k in redis.scan_iter(match=current.generation_match(), count=1000)]
+    assert old == []  # the generation in layout 1 is deleted once switched away from
+    _, top = await stats("/stats/top", limit="5")
+    assert [(p["page_id"], p["views"]) for p in top["pages"]] == want_top
 
 
 async def test_replay_while_events_keep_arriving_counts_every_event_exactly_once(
