@@ -21,11 +21,13 @@ from pymongo.errors import ConnectionFailure
 from aggregator.app import create_app
 from aggregator.dead_letters import KafkaDeadLetters
 from aggregator.health import StoreHealth, ping_stores
+from aggregator.history import committed_offsets
 from aggregator.loss_watch import LossWatch
 from aggregator.metrics import AggregatorMetrics
 from aggregator.mongo_sink import MongoSink
 from aggregator.outage import Outage
 from aggregator.pipeline import CrashHook, Pipeline
+from aggregator.rebuild import MongoHistory
 from aggregator.redis_sink import RedisSink
 from aggregator.source import KafkaSource
 from aggregator.topic_reader import TopicReader
@@ -103,8 +105,14 @@ async def serve(settings: AggregatorSettings) -> None:
         consuming = True
         background.append(asyncio.create_task(lag_reporter(source, metrics)))
         if settings.auto_rebuild:
+            async def history() -> MongoHistory:
+                """What MongoDB holds below the group's commits, then the topic: history
+                the topic's retention dropped is rebuilt too."""
+                return MongoHistory(mongo[b.mongo_db][EVENTS], await committed_offsets(
+                    b.kafka_bootstrap, settings.group_id, b.topic))
+
             watch = LossWatch(redis, lambda: TopicReader(b.kafka_bootstrap, b.topic),
-                              settings.instance, metrics, settings.retention)
+                              settings.instance, metrics, settings.retention, history)
             background.append(asyncio.create_task(watch.run(stopping)))
         log.info("aggregator_consuming", extra={"fields": {"topic": b.topic}})
         await pipeline.run(settings.max_records, settings.max_wait_ms)

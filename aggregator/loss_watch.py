@@ -1,9 +1,11 @@
 """Noticing that Redis lost the aggregates, and rebuilding them, from inside the aggregators.
 
-Redis restarted empty or flushed loses ``intact_key()`` with everything else. Every
-aggregator checks for it each second; while it is missing the query API answers from
-MongoDB, and the one aggregator that takes the rebuild lock replays the topic into a new
-generation (``aggregator.rebuild``) and sets the key again when every site is switched.
+Redis restarted empty or flushed loses ``intact_key()`` with everything else; a Redis in an
+older layout never had this layout's key. Every aggregator checks for it each second; while
+it is missing the query API answers from MongoDB, and the one aggregator that takes the
+rebuild lock rebuilds into a new generation (``aggregator.rebuild``) from what MongoDB holds
+below the group's commits and then the topic (so history past the topic's retention is kept)
+and sets the key again when every site is switched.
 The lock expires unless its holder keeps renewing it, so a rebuilder that dies is replaced
 within seconds. Live counting goes on throughout; the rebuild's switch makes it exact.
 """
@@ -15,14 +17,15 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
+from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from aggregator.metrics import AggregatorMetrics
 from aggregator.outage import Outage
-from aggregator.rebuild import Rebuild, RebuildLost
+from aggregator.rebuild import MongoHistory, Rebuild, RebuildLost
 from aggregator.topic_reader import TopicReader
 from contracts.keys import LAYOUT_VERSION, intact_key, rebuild_lock_key
 from contracts.redis_client import RedisClient
@@ -50,8 +53,10 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 class LossWatch:
     def __init__(self, redis: RedisClient, reader: Callable[[], TopicReader], instance: str,
                  metrics: AggregatorMetrics, retention: Retention,
+                 history: Callable[[], Awaitable[MongoHistory]] | None = None,
                  interval_s: float = 1.0) -> None:
         self._redis = redis
+        self._history = history
         self._retention = retention
         self._metrics = metrics
         self._reader = reader
@@ -69,7 +74,7 @@ class LossWatch:
                 if not self.intact:
                     await self._rebuild_if_first()
                 self._outage.succeeded()
-            except (RedisError, OSError, KafkaError) as exc:
+            except (RedisError, OSError, KafkaError, PyMongoError) as exc:
                 self._outage.failed(exc)  # logged once per outage, not every second
             except Exception:  # a bug must not stop the watch; the next second tries again
                 log.exception("loss_watch_failed")
@@ -92,8 +97,9 @@ class LossWatch:
         log.warning("rebuild_started", extra={"fields": {"reason": "redis_lost_aggregates"}})
         renewing = asyncio.create_task(self._keep_lock(token))
         try:
+            history = None if self._history is None else await self._history()
             outcome = await Rebuild(self._redis, self._reader(), retention=self._retention,
-                                    progress=_log_progress()).run()
+                                    progress=_log_progress()).run(history=history)
         except RebuildLost:
             log.warning("rebuild_lost_midway", extra={"fields": {}})
             return

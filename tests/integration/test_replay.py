@@ -136,8 +136,18 @@ async def flush_guard(stack: Stack, redis: Redis) -> AsyncIterator[None]:
 @pytest.mark.runs_first
 async def test_a_flushed_redis_is_answered_from_mongo_then_rebuilt_exactly(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
-        rng: random.Random, flush_guard: None) -> None:
+        rng: random.Random, flush_guard: None,
+        mongo_events: AsyncCollection[dict[str, Any]]) -> None:
     sent = await post_counted(stack, http, redis, make_events(site_id, 600, rng))
+    # Events whose records have left the topic (its retention): only MongoDB still has
+    # them, below the group's commits. The rebuild must count them too.
+    committed = (await committed_offsets(stack.kafka_bootstrap, stack.group,
+                                         stack.topic)).get(0, 0)
+    assert committed > 0
+    history = make_events(site_id, min(committed, 150), rng)
+    await mongo_events.insert_many(
+        [event_document(e, partition=0, offset=i) for i, e in enumerate(history)])
+    sent += history
 
     # Hold the rebuild lock, as a slow rebuild would, so the answers in between are seen.
     async with redis.pipeline(transaction=True) as pipe:
