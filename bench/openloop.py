@@ -2,64 +2,111 @@
 
 Why: wrk is closed-loop (a connection sends its next request only when the last one is
 answered), so a slow answer delays the requests behind it and they are never measured:
-"coordinated omission". Debian has no wrk2, so this is the open-loop generator. Each request
-has a scheduled send time (``rate`` a second, evenly spaced); its latency is measured from
-that time, not from when it actually left, so time spent queued behind a slow answer (for
-a free connection, or in the generator itself) counts.
+"coordinated omission". Debian has no wrk2, so vegeta (Go, built by ``bench.vegeta``) sends
+the requests: ``rate`` a second, evenly spaced, each on a free worker (up to
+``MAX_WORKERS`` in flight), whatever the server answers. A Python generator did this
+before and could not send more than 3,000-4,000 requests/s on 2 cores.
 
-Why processes: one Python process sending thousands of requests a second would itself be
-the bottleneck, so the schedule is split over worker processes (``python -m bench.openloop``),
-interleaved so that together they send the single evenly spaced schedule. Each worker is
-told the common start time only once all are ready. The workers report every latency;
-the parent merges them. ``max_send_lag_ms`` (how late a request was handed to the client)
-shows whether the generator kept up. The schedule and merge maths are pure and tested.
+vegeta measures each latency from when a worker took the request up, which is late when
+the workers are all busy or the generator is descheduled. So the latencies here are
+recomputed from vegeta's per-request results against the ideal schedule: request ``seq``
+is due ``seq`` intervals after the start (vegeta paces exactly so), and its latency runs
+from then, so time queued in the generator counts. How late each one was sent
+(``max_send_lag_ms``) shows whether the generator kept up. The first ``WARMUP_S`` of each
+attack, while the workers open their connections, is sent but left out. Parsing and that
+maths are pure and tested; ``run`` is the I/O around them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import math
 import os
-import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-import aiohttp
-import orjson
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.stats import Latency, percentile
+from bench.vegeta import ensure_vegeta
 
-REQUEST_TIMEOUT_S = 30.0
-
-
-def send_offsets(rate: float, seconds: float, processes: int = 1, index: int = 0
-                 ) -> list[float]:
-    """Seconds after the start at which worker ``index`` of ``processes`` sends: the
-    evenly spaced schedule of ``rate`` requests a second, dealt round-robin."""
-    if rate <= 0 or seconds <= 0:
-        return []
-    total = max(1, math.floor(rate * seconds))
-    return [i / rate for i in range(index, total, processes)]
+REQUEST_TIMEOUT_S = 30
+WORKERS = 64  # started at once, so the first requests do not wait for connections
+MAX_WORKERS = 2000  # requests in flight at most; beyond that vegeta sends late (send lag)
+# sent first and left out of the figures: the workers' connections are opened meanwhile
+WARMUP_S = 0.5
+NS = 1_000_000_000
 
 
-def due(offsets: Sequence[float], cursor: int, elapsed: float) -> int:
-    """The index after the last offset at or before ``elapsed``, starting from ``cursor``."""
-    while cursor < len(offsets) and offsets[cursor] <= elapsed:
-        cursor += 1
-    return cursor
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """vegeta's ``-rate=FREQ/PER``: request ``k`` is due ``k * interval_ns`` after the first
+    (Go's integer division, as vegeta's ``ConstantPacer`` computes it)."""
+
+    freq: int
+    per_ns: int
+
+    @classmethod
+    def of(cls, rate: float) -> Pace:
+        """Whole requests a second, or one every so many nanoseconds below 1/s."""
+        if rate >= 1:
+            return cls(round(rate), NS)
+        return cls(1, round(NS / rate))
+
+    @property
+    def interval_ns(self) -> int:
+        return self.per_ns // self.freq
+
+    @property
+    def rate(self) -> float:
+        return NS / self.interval_ns
+
+    def scheduled(self, seconds: float) -> int:
+        """Requests vegeta sends in ``seconds`` when it keeps up: it stops at the duration."""
+        return round(seconds * NS) // self.interval_ns
+
+    def flag(self) -> str:
+        return f"-rate={self.freq}/{self.per_ns}ns"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One request as vegeta recorded it: ``sent_ns`` (Unix time) and ``latency_ns`` are
+    from when a worker took it up; ``error`` is a transport error or a non-2xx/3xx status."""
+
+    seq: int
+    sent_ns: int
+    latency_ns: int
+    code: int
+    error: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and 200 <= self.code < 400
+
+
+def parse_results(lines: Iterable[str]) -> list[Hit]:
+    """``vegeta encode --to csv`` output (timestamp in Unix nanoseconds, code, latency in
+    nanoseconds, bytes out, bytes in, error, body, attack, seq, ...) as hits by ``seq``."""
+    hits = [Hit(int(row[8]), int(row[0]), int(row[2]), int(row[1]), row[5])
+            for row in csv.reader(lines) if row]
+    return sorted(hits, key=lambda h: h.seq)
 
 
 @dataclass(frozen=True, slots=True)
 class OpenLoopResult:
-    rate: float  # requested, requests/s
+    rate: float  # paced, requests/s
     seconds: float
     scheduled: int
     latencies_ms: tuple[float, ...]  # of the answered requests, from their scheduled time
-    errors: int  # non-2xx/3xx, connection errors, timeouts
+    errors: int  # non-2xx/3xx, connection errors, timeouts, and requests never sent
     max_send_lag_ms: float
     p99_send_lag_ms: float
-    cpu_cores: float  # the workers' own CPU use
+    cpu_cores: float  # the generator's own CPU use
+    unsent: int = 0  # scheduled but not sent within the duration (also in ``errors``)
+    error_kinds: dict[str, int] = field(default_factory=dict)  # the commonest, by count
 
     @property
     def answered_rate(self) -> float:
@@ -73,80 +120,54 @@ class OpenLoopResult:
         return {"rate": round(self.rate, 1), "seconds": self.seconds,
                 "scheduled": self.scheduled, "answered": len(self.latencies_ms),
                 "answered_rate": round(self.answered_rate, 1), "errors": self.errors,
+                "unsent": self.unsent, "error_kinds": self.error_kinds,
                 "latency": self.latency.as_dict(), "max_send_lag_ms": self.max_send_lag_ms,
-                "p99_send_lag_ms": self.p99_send_lag_ms, "generator_cpu_cores": self.cpu_cores}
+                "p99_send_lag_ms": self.p99_send_lag_ms, "generator_cpu_cores": self.cpu_cores,
+                "generator": "vegeta"}
 
 
-def merge(rate: float, seconds: float, reports: Sequence[dict[str, object]],
-          cpu_cores: float = 0.0) -> OpenLoopResult:
-    """One result from the workers' reports."""
+def summarise(pace: Pace, seconds: float, hits: Sequence[Hit], cpu_cores: float = 0.0,
+              warmup_s: float = 0.0) -> OpenLoopResult:
+    """Latencies from the ideal schedule, errors and send lags of the ``seconds`` of an
+    attack after its first ``warmup_s``.
+
+    vegeta never sends request ``seq`` before ``start + seq * interval`` and does not
+    record ``start``; the latest start consistent with every hit is
+    ``min(sent - seq * interval)``, which the first request, sent on time, fixes to within
+    microseconds. Lags are measured from there, so they are never overstated."""
+    interval = pace.interval_ns
+    start = min((h.sent_ns - h.seq * interval for h in hits), default=0)
+    skip = pace.scheduled(warmup_s)
+    counted = [h for h in hits if h.seq >= skip]
     latencies: list[float] = []
     lags: list[float] = []
-    errors = scheduled = 0
-    for report in reports:
-        latencies += [float(x) for x in report["latencies_ms"]]  # type: ignore[attr-defined]
-        lags += [float(x) for x in report["send_lags_ms"]]  # type: ignore[attr-defined]
-        errors += int(report["errors"])  # type: ignore[call-overload]
-        scheduled += int(report["scheduled"])  # type: ignore[call-overload]
-    return OpenLoopResult(rate, seconds, scheduled, tuple(latencies), errors,
-                          max(lags, default=0.0),
-                          0.0 if not lags else percentile(lags, 99), cpu_cores)
+    kinds: Counter[str] = Counter()
+    for hit in counted:
+        due = start + hit.seq * interval
+        lags.append((hit.sent_ns - due) / 1e6)
+        if hit.ok:
+            latencies.append((hit.sent_ns + hit.latency_ns - due) / 1e6)
+        else:
+            kinds[hit.error or f"status {hit.code}"] += 1
+    scheduled = pace.scheduled(warmup_s + seconds) - skip
+    unsent = max(0, scheduled - len(counted))
+    return OpenLoopResult(pace.rate, seconds, scheduled, tuple(latencies),
+                          sum(kinds.values()) + unsent, max(lags, default=0.0),
+                          percentile(lags, 99) if lags else 0.0, cpu_cores, unsent,
+                          dict(kinds.most_common(5)))
 
 
-async def _worker(url: str, rate: float, seconds: float, processes: int, index: int,
-                  connections: int, headers: dict[str, str]) -> dict[str, object]:
-    offsets = send_offsets(rate, seconds, processes, index)
-    latencies: list[float] = []
-    lags: list[float] = []
-    errors = 0
-    loop = asyncio.get_running_loop()
-    connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=None)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     headers=headers) as http:
-        # warm the connections up, so the first scheduled requests do not pay the connects
-        await asyncio.gather(*(_get(http, url) for _ in range(min(connections, 4))),
-                             return_exceptions=True)
-        print("ready", flush=True)
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        start = loop.time() + (float(line) - time.time())
-
-        async def one(offset: float) -> None:
-            nonlocal errors
-            try:
-                ok = await _get(http, url)
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                ok = False
-            if ok:
-                latencies.append((loop.time() - start - offset) * 1000)
-            else:
-                errors += 1
-
-        tasks: set[asyncio.Task[None]] = set()
-        cursor = 0
-        while cursor < len(offsets):
-            elapsed = loop.time() - start
-            if offsets[cursor] > elapsed:
-                await asyncio.sleep(offsets[cursor] - elapsed)
-                continue
-            end = due(offsets, cursor, elapsed)
-            for offset in offsets[cursor:end]:
-                lags.append((elapsed - offset) * 1000)
-                task = asyncio.create_task(one(offset))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            cursor = end
-        if tasks:
-            await asyncio.wait(set(tasks), timeout=REQUEST_TIMEOUT_S + 1)
-        errors += len(tasks)  # still unanswered: counted as errors
-    return {"latencies_ms": [round(x, 3) for x in latencies], "errors": errors,
-            "scheduled": len(offsets), "send_lags_ms": [round(x, 3) for x in lags]}
+def targets(url: str, headers: dict[str, str]) -> str:
+    """vegeta's http target format: the request line, then one header a line."""
+    return "".join([f"GET {url}\n", *(f"{k}: {v}\n" for k, v in headers.items()), "\n"])
 
 
-async def _get(http: aiohttp.ClientSession, url: str) -> bool:
-    async with http.get(url) as response:
-        await response.read()
-        return response.status < 400
+def attack_args(binary: Path, pace: Pace, seconds: float, targets_file: Path,
+                output: Path) -> list[str]:
+    return [str(binary), "attack", pace.flag(), f"-duration={round(seconds * NS)}ns",
+            f"-timeout={REQUEST_TIMEOUT_S}s", f"-workers={WORKERS}",
+            f"-max-workers={MAX_WORKERS}", f"-connections={MAX_WORKERS}", "-max-body=0",
+            f"-targets={targets_file}", f"-output={output}"]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -158,59 +179,39 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | None = None,
-              processes: int = 2, connections: int = 64) -> OpenLoopResult:
-    """Send ``rate`` GETs a second to ``url`` for ``seconds`` from ``processes`` workers
-    with ``connections`` keep-alive connections in all."""
-    processes = max(1, min(processes, math.floor(rate * seconds) or 1))
-    per_worker = max(1, connections // processes)
-    workers = []
-    for index in range(processes):
-        args = [sys.executable, "-m", "bench.openloop", url, repr(rate), repr(seconds),
-                str(processes), str(index), str(per_worker),
-                orjson.dumps(headers or {}).decode()]
-        workers.append(await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
-    try:
-        for proc in workers:
-            assert proc.stdout is not None
-            ready = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-            if ready.strip() != b"ready":
-                raise RuntimeError(f"open-loop worker did not start: {ready!r}")
-        start = time.time() + 0.2
-        for proc in workers:
-            assert proc.stdin is not None
-            proc.stdin.write(f"{start!r}\n".encode())
-            await proc.stdin.drain()
-        cpu_before = {proc.pid: _cpu_seconds(proc.pid) for proc in workers}
-        cpu_after = dict(cpu_before)
-        reads = [asyncio.ensure_future(proc.stdout.read())  # type: ignore[union-attr]
-                 for proc in workers]
-        while not all(r.done() for r in reads):
-            for proc in workers:  # the last sample before each worker exits
-                cpu_after[proc.pid] = max(cpu_after[proc.pid], _cpu_seconds(proc.pid))
-            await asyncio.wait(reads, timeout=0.25, return_when=asyncio.ALL_COMPLETED)
-        reports = [orjson.loads(r.result()) for r in reads]
-        for proc in workers:
-            await proc.wait()
-    finally:
-        for proc in workers:
+async def run(url: str, rate: float, seconds: float,
+              headers: dict[str, str] | None = None, warmup_s: float = WARMUP_S
+              ) -> OpenLoopResult:
+    """Send ``rate`` GETs a second to ``url`` for ``warmup_s`` and then ``seconds`` more
+    with vegeta, and measure the latter; the results are decoded once the attack is over,
+    so decoding does not compete with sending."""
+    binary = await asyncio.to_thread(ensure_vegeta)
+    pace = Pace.of(rate)
+    with tempfile.TemporaryDirectory(prefix="openloop-") as tmp:
+        targets_file, output = Path(tmp) / "targets.http", Path(tmp) / "results.bin"
+        targets_file.write_text(targets(url, headers or {}))  # headers stay out of argv
+        proc = await asyncio.create_subprocess_exec(
+            *attack_args(binary, pace, warmup_s + seconds, targets_file, output),
+            stderr=asyncio.subprocess.PIPE)
+        cpu = 0.0
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            while not exited.done():
+                cpu = max(cpu, _cpu_seconds(proc.pid))  # the last sample before it exits
+                await asyncio.wait({exited}, timeout=0.25)
+        finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-    cpu = sum(cpu_after.get(pid, 0.0) - before for pid, before in cpu_before.items())
-    return merge(rate, seconds, reports, round(max(0.0, cpu) / seconds, 3))
-
-
-def main(argv: list[str]) -> None:
-    url, rate, seconds, processes, index, connections, headers = argv
-    import uvloop
-
-    report = uvloop.run(_worker(url, float(rate), float(seconds), int(processes), int(index),
-                                int(connections), orjson.loads(headers)))
-    sys.stdout.buffer.write(orjson.dumps(report))
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        stderr = await proc.stderr.read() if proc.stderr else b""
+        if proc.returncode != 0:
+            raise RuntimeError(f"vegeta attack exited {proc.returncode}: {stderr.decode()}")
+        encode = await asyncio.create_subprocess_exec(
+            str(binary), "encode", "--to", "csv", str(output),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await encode.communicate()
+        if encode.returncode != 0:
+            raise RuntimeError(f"vegeta encode exited {encode.returncode}: {err.decode()}")
+    hits = parse_results(out.decode().splitlines())
+    cores = round(cpu / (warmup_s + seconds), 3) if seconds > 0 else 0.0
+    return summarise(pace, seconds, hits, cores, warmup_s)

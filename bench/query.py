@@ -5,8 +5,8 @@ history, and 1,000 small sites, seeded once and reused. For each endpoint, in ea
 
 1. the maximum rate, closed-loop: wrk with ``CONNECTIONS`` connections for
    ``BENCH_SECONDS``, compared with the trivial aiohttp handler behind NGINX of the same run;
-2. latency open-loop (``bench.openloop``) at 25%, 50% and 75% of that maximum: requests at
-   fixed times, latency from the scheduled time (p50/p99/p99.9);
+2. latency open-loop (``bench.openloop``, vegeta) at 25%, 50% and 75% of that maximum:
+   requests at fixed times, latency from the scheduled time (p50/p99/p99.9);
 3. Redis meanwhile (``bench.redis_watch``): the slowest command or script in SLOWLOG and
    the costliest commands; and the query API's CPU per request during the wrk run.
 
@@ -38,6 +38,7 @@ from bench.seed import SeedInfo, SeedSpec, ensure_seeded, seed_timeout_s
 from bench.settings import BenchSettings
 from bench.steady import SteadyIngest
 from bench.table import number, percent, render
+from bench.vegeta import ensure_vegeta
 from contracts.timebuckets import HOUR_MS, MINUTE_MS, iso_z
 
 SUITE = "query"
@@ -50,7 +51,6 @@ MIN_ANSWERS = 10  # fewer from wrk's 32 connections: measured again with one
 FRACTIONS = (0.25, 0.5, 0.75)
 INGEST_RATE = 2_000
 INGEST_BATCH = 20
-OPENLOOP_PROCESSES = 2
 
 
 def odd_minute_range(now_ms: int) -> tuple[int, int]:
@@ -93,12 +93,10 @@ def cpu_ms_per_request(cores: float, rps: float) -> float | None:
 @dataclass(frozen=True)
 class QueryConfig:
     ingest_rate: int = INGEST_RATE
-    openloop_processes: int = OPENLOOP_PROCESSES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> QueryConfig:
-        return cls(int(env.get("BENCH_QUERY_INGEST_RATE", "") or INGEST_RATE),
-                   int(env.get("BENCH_OPENLOOP_PROCESSES", "") or OPENLOOP_PROCESSES))
+        return cls(int(env.get("BENCH_QUERY_INGEST_RATE", "") or INGEST_RATE))
 
 
 async def _sources(s: BenchSettings, paths: Mapping[str, str]) -> dict[str, str]:
@@ -154,8 +152,7 @@ async def _measure_one(s: BenchSettings, run: Run, cfg: QueryConfig, name: str, 
             if rate * s.seconds < 1:
                 points[f"{fraction:.0%}"] = None
                 continue
-            point = await openloop.run(url, rate, s.seconds, s.stats_headers(),
-                                       cfg.openloop_processes)
+            point = await openloop.run(url, rate, s.seconds, s.stats_headers())
             points[f"{fraction:.0%}"] = point.as_json()
             lat = point.latency
             say(SUITE, f"  open-loop {fraction:.0%} = {rate:,.0f} req/s: p50 {lat.p50:.1f} "
@@ -195,6 +192,7 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
         return
     spec = SeedSpec.from_env(os.environ)
     cfg = QueryConfig.from_env(os.environ)
+    await asyncio.to_thread(ensure_vegeta)  # the open-loop generator; built the first time
     info: SeedInfo = await ensure_seeded(s, spec, seed_timeout_s(os.environ))
     await wait_for_stack(s, SUITE)
     paths = endpoints(spec.site, spec.page(0), int(time.time() * 1000))

@@ -1,5 +1,5 @@
-"""The pure pieces of bench-query: the open-loop schedule and merge, the seed, the endpoints,
-the Redis slow-log summary."""
+"""The pure pieces of bench-query: the seed, the endpoints, the Redis slow-log summary
+(the open-loop generator's are in test_bench_openloop.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import orjson
 import pytest
 
 from aggregator.redis_sink import APPLY_SCRIPT
-from bench.openloop import due, merge, send_offsets
 from bench.query import cpu_ms_per_request, endpoints, odd_minute_range, summary_rows
 from bench.redis_watch import SlowSummary, command_costs, command_name, script_names
 from bench.seed import SeedSpec, big_site_events, seed_range, small_site_events, zipf_cumulative
@@ -26,55 +25,6 @@ from query_api.tiling import retained, tile
 
 SMALL = SeedSpec(pages=50, visitors=300, days=3, events=2_000, small_sites=3, small_events=4)
 ANCHOR = 1_796_000_400_000 // HOUR_MS * HOUR_MS
-
-
-# --- the open-loop schedule ---
-
-def test_the_schedule_is_evenly_spaced_at_the_rate() -> None:
-    assert send_offsets(4, 1) == [0, 0.25, 0.5, 0.75]
-    assert len(send_offsets(250, 2)) == 500
-
-
-def test_workers_together_send_exactly_the_single_schedule() -> None:
-    single = send_offsets(333, 3)
-    dealt = [send_offsets(333, 3, processes=3, index=i) for i in range(3)]
-    assert sorted(x for part in dealt for x in part) == single
-    assert all(abs(len(part) - len(single) / 3) <= 1 for part in dealt)
-
-
-def test_no_rate_or_no_time_schedules_nothing() -> None:
-    assert send_offsets(0, 10) == []
-    assert send_offsets(10, 0) == []
-
-
-def test_due_releases_every_request_whose_time_has_come_and_no_other() -> None:
-    offsets = [0.0, 0.1, 0.2, 0.3]
-    assert due(offsets, 0, 0.15) == 2
-    assert due(offsets, 2, 0.15) == 2
-    assert due(offsets, 2, 5.0) == 4
-
-
-def test_merged_workers_report_every_latency_and_the_worst_send_lag() -> None:
-    reports = [{"latencies_ms": [1.0, 2.0], "send_lags_ms": [0.1, 3.0], "errors": 1,
-                "scheduled": 3},
-               {"latencies_ms": [30.0], "send_lags_ms": [0.2], "errors": 0, "scheduled": 1}]
-    result = merge(4, 1.0, reports)
-    assert sorted(result.latencies_ms) == [1.0, 2.0, 30.0]
-    assert (result.errors, result.scheduled, result.max_send_lag_ms) == (1, 4, 3.0)
-    assert result.answered_rate == 3
-    assert result.latency.max == 30.0
-
-
-def test_a_stall_counts_for_every_request_scheduled_during_it() -> None:
-    # the point of measuring from the scheduled time: a 1 s stall with requests due every
-    # 10 ms gives 100 slow answers, not one (what a closed-loop client would record)
-    offsets = send_offsets(100, 1)
-    answered_at = 1.0  # nothing answered until the stall ends
-    latencies = [(answered_at - t) * 1000 for t in offsets]
-    result = merge(100, 1.0, [{"latencies_ms": latencies, "send_lags_ms": [],
-                               "errors": 0, "scheduled": len(offsets)}])
-    assert result.latency.p50 == pytest.approx(505, abs=1)
-    assert result.latency.p99 > 980
 
 
 # --- the seed ---
