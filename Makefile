@@ -26,7 +26,7 @@ status: ## Which parts of the stack run
 	@python3 infra/stack.py status
 
 replay: venv ## Rebuild the Redis aggregates from Kafka with no downtime (ARGS="--verify", "--site S", "--help")
-	@set -a && . .run/stack.env && set +a && $(PY) -m aggregator.replay $(ARGS)
+	@set -a && . .run/stack.env && set +a && $(PY) -m aggregator.recovery.replay $(ARGS)
 
 test: venv ## Unit tests, then integration and e2e tests on a private stack of their own (KEEP=1 keeps it for a rerun)
 	$(PY) -m pytest tests/unit -q
@@ -51,7 +51,7 @@ bench-e2e: venv ## Freshness (202 to visible in /stats) at a steady and the high
 	$(BENCH) e2e
 bench-aggregator: venv ## Drain rate of a pre-loaded topic with one and with two aggregators
 	$(BENCH) aggregator
-bench-replay: venv ## Rate of python -m aggregator.replay rebuilding from the topic
+bench-replay: venv ## Rate of python -m aggregator.recovery.replay rebuilding from the topic
 	$(BENCH) replay
 bench-report: venv ## PNG charts of the latest results (bench/results/*.png)
 	$(BENCH) report

@@ -19,18 +19,18 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure
 
 from aggregator.app import create_app
-from aggregator.dead_letters import KafkaDeadLetters
+from aggregator.counting.dead_letters import KafkaDeadLetters
+from aggregator.counting.mongo_sink import MongoSink
+from aggregator.counting.pipeline import CrashHook, Pipeline
+from aggregator.counting.redis_sink import RedisSink
+from aggregator.counting.source import KafkaSource
 from aggregator.health import StoreHealth, ping_stores
-from aggregator.history import committed_offsets
-from aggregator.loss_watch import LossWatch
 from aggregator.metrics import AggregatorMetrics
-from aggregator.mongo_sink import MongoSink
 from aggregator.outage import Outage
-from aggregator.pipeline import CrashHook, Pipeline
-from aggregator.rebuild import MongoHistory
-from aggregator.redis_sink import RedisSink
-from aggregator.source import KafkaSource
-from aggregator.topic_reader import TopicReader
+from aggregator.recovery.history import committed_offsets
+from aggregator.recovery.loss_watch import LossWatch
+from aggregator.recovery.rebuild import MongoHistory
+from aggregator.recovery.topic_reader import TopicReader
 from contracts.logs import configure_logging
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis_client

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from aggregator.redis_sink import APPLY_SCRIPT
+from aggregator.counting.redis_sink import APPLY_SCRIPT
 from bench import wrk
 from bench.events import gateway_record_size, page_views
 from bench.kafka import private_topic
@@ -163,19 +163,18 @@ def redis_commands(sha: str) -> dict[str, list[str]]:
     """The commands measured, each as the aggregator or the query API sends it; the apply
     script with the operations of one event (the aggregator merges a batch per site)."""
     k = REDIS_KEY
-    ops = ('[["i",2,1,0],["h",3,"/p__rand_int__",1,0],["p",4,0,"u__rand_int__"],'
-           '["z",5,"/p__rand_int__",1]]')
+    ops = ('[["i",2,0,1],["z",3,0,"/p__rand_int__",-1],["p",4,0,"u__rand_int__"],'
+           '["z",5,0,"/p__rand_int__",-1]]')
     return {
         "INCRBY": ["INCRBY", f"{k}:views", "1"],
-        "HINCRBY": ["HINCRBY", f"{k}:pages", "/p__rand_int__", "1"],
+        "ZINCRBY": ["ZINCRBY", f"{k}:rank", "-1", "/p__rand_int__"],
         "PFADD": ["PFADD", f"{k}:hll", "u__rand_int__"],
-        "ZINCRBY": ["ZINCRBY", f"{k}:top", "1", "/p__rand_int__"],
-        "EVALSHA apply": ["EVALSHA", sha, "5", f"{k}:offsets", f"{k}:views", f"{k}:pages",
+        "EVALSHA apply": ["EVALSHA", sha, "5", f"{k}:offsets", f"{k}:views", f"{k}:rank",
                           f"{k}:hll", f"{k}:top", "0", "1", "0", ops],
         "GET": ["GET", f"{k}:views"],
         "PFCOUNT": ["PFCOUNT", f"{k}:hll"],
-        "ZREVRANGE": ["ZREVRANGE", f"{k}:top", "0", "9", "WITHSCORES"],
-        "HGETALL": ["HGETALL", f"{k}:pages"],
+        "ZRANGE 10": ["ZRANGE", f"{k}:rank", "0", "9", "WITHSCORES"],
+        "ZRANGE 100": ["ZRANGE", f"{k}:rank", "0", "99", "WITHSCORES"],
     }
 
 
@@ -199,7 +198,7 @@ async def redis_limits(s: BenchSettings, run: Run) -> None:
         for name, command in redis_commands(sha).items():
             proc = await asyncio.create_subprocess_exec(
                 "redis-benchmark", "-h", host, "-p", str(port), "-c", "50", "-n",
-                str(requests // 25 if name == "HGETALL" else requests),  # ~1k/s: 1,000 fields
+                str(requests),
                 "-r", "1000", "-q", "--csv", *command,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)

@@ -26,7 +26,8 @@ SLOW_US = 1000  # the issue's bound
 
 def script_names() -> dict[str, str]:
     """SHA1 -> a readable name, for every Lua script of the services."""
-    from aggregator import generations, redis_sink
+    from aggregator.counting import redis_sink
+    from aggregator.recovery import generations
     from query_api import redis_reads
 
     sources = {"apply (aggregator)": redis_sink.APPLY_SCRIPT,

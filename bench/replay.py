@@ -1,4 +1,5 @@
-"""bench-replay: how fast ``python -m aggregator.replay`` rebuilds aggregates from the topic.
+"""bench-replay: how fast ``python -m aggregator.recovery.replay`` rebuilds the aggregates
+from the topic.
 
 Runs the real CLI against the stack and times it from outside (wall time, start-up
 included) as well as reading its own JSON summary (records read, counted, seconds). By
@@ -44,13 +45,14 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
     args = [] if full else ["--site", SITE]
     env = {**os.environ, "KAFKA_BOOTSTRAP": s.kafka_bootstrap, "KAFKA_TOPIC": s.topic,
            "REDIS_URL": s.redis_url, "MONGO_URL": s.mongo_url}
-    say(SUITE, f"python -m aggregator.replay {' '.join(args) or '(every site)'}")
+    say(SUITE, f"python -m aggregator.recovery.replay {' '.join(args) or '(every site)'}")
     window = CpuWindow(stack_groups())
     window.start()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        str(ROOT / ".venv/bin/python"), "-m", "aggregator.replay", *args, cwd=ROOT, env=env,
+        str(ROOT / ".venv/bin/python"), "-m", "aggregator.recovery.replay", *args, cwd=ROOT,
+        env=env,
         stdout=asyncio.subprocess.PIPE, stderr=sys.stderr)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=s.drain_timeout_s * 2)

@@ -50,7 +50,7 @@ class Kind(StrEnum):
     UNIQUES = "uniques"  # HyperLogLog of visitor ids: PFADD
 
 
-# The operation code the apply script runs for each kind (``aggregator.aggregate``).
+# The operation code the apply script runs for each kind (``aggregator.counting.aggregate``).
 OPCODES: dict[Kind, str] = {Kind.COUNTER: "i", Kind.RANKING: "z", Kind.UNIQUES: "p"}
 
 

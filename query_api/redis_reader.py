@@ -18,8 +18,9 @@ service, not here.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -87,60 +88,83 @@ class RedisReader:
     async def page_uniques(self, site_id: str, rng: TimeRange, pages: list[str]
                            ) -> dict[str, int]:
         scopes = scopes_of_range(rng)
-        found = await self._totals(site_id, [(scopes, p) for p in pages])
+        found = await self._totals(site_id, [(scopes, p) for p in pages], page_views=False)
         return {p: t.unique_visitors for p, t in zip(pages, found, strict=True)}
 
-    async def _totals(self, site_id: str, queries: list[Query]) -> list[Totals]:
-        """Views and visitors of each query, in one round trip (two when a union's views
-        changed since its visitors were counted). The views of each scope are the version
-        of the union's count: a cached count is used only while they are the same."""
-        spots: list[tuple[Batch, int, int]] = []  # per query: batch, views reply, count reply
+    async def _totals(self, site_id: str, queries: list[Query], page_views: bool = True
+                      ) -> list[Totals]:
+        """Views and visitors of each query, in one round trip (two when visitors of a
+        union must be counted again). The site's views in each scope are the version of
+        every visitor count over those scopes: each event adds to its scopes' views and
+        HyperLogLogs in one atomic step, so while those views are unchanged, so is any
+        union of the site's HyperLogLogs over them, the site's or a page's."""
+        every = list(dict.fromkeys(s for scopes, _ in queries for s in scopes))
+        where = {s: i for i, s in enumerate(every)}
+        plans: list[tuple[Batch, int, Batch, int]] = []  # per query: where views and count are
+        made: list[Batch] = []
 
         def plan(keys: SiteKeys) -> list[Batch]:
-            spots.clear()
+            plans.clear()
             packer = Packer()
+            packer.batch_for(len(every)).add("get", [keys.key(VIEWS, s) for s in every])
             for scopes, page in queries:
-                batch = packer.batch_for(2 * len(scopes))
-                hlls = _hlls(keys, scopes, page)
-                count = -1
-                if len(scopes) == 1 or not self._counts.known(tuple(hlls)):
-                    count = batch.add("pfcount", hlls)  # cheap, or no cached count to hope for
-                spots.append((batch, _add_views(batch, keys, scopes, page), count))
+                with_views = page is not None and page_views
+                counted = len(scopes) > 1 and self._counts.known(_ident(keys, scopes, page))
+                views_in, at_views = packer.batch_for(0), -1
+                if with_views:
+                    views_in = packer.batch_for(len(scopes))
+                    at_views = views_in.add("score", [keys.key(RANKING, s) for s in scopes],
+                                            member=page)
+                count_in, at_count = views_in, -1
+                if not counted:
+                    count_in, at_count = packer.add_union(_scratch(keys),
+                                                          _hlls(keys, scopes, page))
+                plans.append((views_in, at_views, count_in, at_count))
+            made[:] = packer.batches
             return packer.batches
 
         keys, replies = await self._reads.run(site_id, plan)
-        reply_of = _replies_by_batch(spots, replies)
-        views: list[list[int]] = []
+        reply_of = {id(b): r for b, r in zip(made, replies, strict=True)}
+        versions = [int(v) for v in replies[0][0]]
+        views: list[int] = []
         uniques: list[int | None] = []
-        for (scopes, page), (batch, at_views, at_count) in zip(queries, spots, strict=True):
-            reply = reply_of[id(batch)]
-            per_scope = [int(v) if page is None else -int(v) for v in reply[at_views]]
-            hlls = tuple(_hlls(keys, scopes, page))
+        for (scopes, page), (views_in, at_views, count_in, at_count) in zip(
+                queries, plans, strict=True):
+            version = tuple(versions[where[s]] for s in scopes)
+            if page is None:
+                views.append(sum(version))
+            elif at_views >= 0:
+                views.append(-sum(int(v) for v in reply_of[id(views_in)][at_views]))
+            else:
+                views.append(0)  # not asked for
+            ident = _ident(keys, scopes, page)
             if at_count >= 0:
-                self._counts.put(hlls, tuple(per_scope), int(reply[at_count]))
-            views.append(per_scope)
-            uniques.append(self._counts.get(hlls, tuple(per_scope)))
+                self._counts.put(ident, version, int(reply_of[id(count_in)][at_count]))
+            uniques.append(self._counts.get(ident, version))
         stale = [i for i, u in enumerate(uniques) if u is None]
-        if stale:  # their views changed since they were counted: count them again
+        if stale:  # views changed since these were counted: count them again
             counted = await self._count(site_id, keys, [queries[i] for i in stale])
             for i, n in zip(stale, counted, strict=True):
                 uniques[i] = n
-                self._counts.put(tuple(_hlls(keys, *queries[i])), tuple(views[i]), n)
-        return [Totals(sum(v), int(u or 0)) for v, u in zip(views, uniques, strict=True)]
+                scopes = queries[i][0]
+                self._counts.put(_ident(keys, *queries[i]),
+                                 tuple(versions[where[s]] for s in scopes), n)
+        return [Totals(v, int(u or 0)) for v, u in zip(views, uniques, strict=True)]
 
     async def _count(self, site_id: str, keys: SiteKeys, queries: list[Query]) -> list[int]:
         spots: list[tuple[Batch, int]] = []
+        made: list[Batch] = []
 
         def plan(current: SiteKeys) -> list[Batch]:
             spots.clear()
             packer = Packer()
             for scopes, page in queries:
-                batch = packer.batch_for(len(scopes))
-                spots.append((batch, batch.add("pfcount", _hlls(current, scopes, page))))
+                spots.append(packer.add_union(_scratch(current), _hlls(current, scopes, page)))
+            made[:] = packer.batches
             return packer.batches
 
         _, replies = await self._reads.run(site_id, plan, expect=keys)
-        reply_of = _replies_by_batch(spots, replies)
+        reply_of = {id(b): r for b, r in zip(made, replies, strict=True)}
         return [int(reply_of[id(batch)][at]) for batch, at in spots]
 
     # -- rankings -----------------------------------------------------------------------
@@ -220,14 +244,11 @@ def _hlls(keys: SiteKeys, scopes: list[Scope], page: str | None) -> list[str]:
     return [keys.key(PAGE_VISITORS, s, page) for s in scopes]
 
 
-def _add_views(batch: Batch, keys: SiteKeys, scopes: list[Scope], page: str | None) -> int:
-    """Each scope's views: the site's counters, or the page's (negated) ranking scores."""
-    if page is None:
-        return batch.add("get", [keys.key(VIEWS, s) for s in scopes])
-    return batch.add("score", [keys.key(RANKING, s) for s in scopes], member=page)
+def _scratch(keys: SiteKeys) -> str:
+    """A key of the site's slot for one union's merge, unique to this request."""
+    return keys.named(f"scratch:{uuid.uuid4().hex}")
 
 
-def _replies_by_batch(spots: Sequence[tuple[Any, ...]], replies: list[list[Any]]
-                      ) -> dict[int, list[Any]]:
-    batches = list(dict.fromkeys(spot[0] for spot in spots))
-    return {id(b): r for b, r in zip(batches, replies, strict=True)}
+def _ident(keys: SiteKeys, scopes: list[Scope], page: str | None) -> Hashable:
+    """A union of HyperLogLogs, by the range its scopes tile (cheap to hash)."""
+    return keys, scopes[0].token, scopes[-1].token, len(scopes), page

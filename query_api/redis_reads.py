@@ -25,7 +25,11 @@ from contracts.keys import DEFAULT_GENERATION, SiteKeys
 from contracts.redis_client import RedisClient
 
 MAX_KEYS_PER_CALL = 256  # keys one script call may touch: well under a millisecond
-ENTRIES_PER_SLICE = 1000  # ranking entries one call may return
+# HyperLogLogs one call may merge: a dense one costs about 60-70 us to merge, so a union of
+# more is merged into a scratch key over several calls (``Packer.add_union``).
+MAX_HLLS_PER_CALL = 8
+SCRATCH_TTL_MS = 30_000  # a scratch union outlives a process that died holding it
+ENTRIES_PER_SLICE = 500  # ranking entries one call may return
 
 # KEYS[1]: the site's pointer; the rest are read. ARGV[1]: the generation the keys belong
 # to, ARGV[2]: the reads as JSON, each [op, arguments...] with keys as indexes into KEYS:
@@ -34,6 +38,8 @@ ENTRIES_PER_SLICE = 1000  # ranking entries one call may return
 #   ["pfcount", k...]      one count of the union of the HyperLogLogs
 #   ["card", k...]         each ranking's number of members
 #   ["range", k, start, stop]  members and scores, in ranking order
+#   ["merge", dest, k...]  PFMERGE the HyperLogLogs into the scratch key dest
+#   ["take", dest]         the count of scratch key dest, which is then deleted
 # Returns {"moved", pointer} when the pointer names another generation, else {"ok", ...}
 # with one reply per read. Unknown reads fail loudly.
 READ_SCRIPT = """
@@ -57,6 +63,15 @@ for _, r in ipairs(reads) do
     for i = 2, #r do reply[#reply + 1] = redis.call('ZCARD', KEYS[r[i]]) end
   elseif op == 'range' then
     reply = redis.call('ZRANGE', KEYS[r[2]], r[3], r[4], 'WITHSCORES')
+  elseif op == 'merge' then
+    local names = {}
+    for i = 3, #r do names[#names + 1] = KEYS[r[i]] end
+    redis.call('PFMERGE', KEYS[r[2]], unpack(names))
+    redis.call('PEXPIRE', KEYS[r[2]], ARGV[3])
+    reply = 0
+  elseif op == 'take' then
+    reply = redis.call('PFCOUNT', KEYS[r[2]])
+    redis.call('DEL', KEYS[r[2]])
   else
     return redis.error_reply('unknown read: ' .. tostring(op))
   end
@@ -97,18 +112,36 @@ class GenerationChanged(RedisError):
 
 
 class Packer:
-    """Batches filled up to ``MAX_KEYS_PER_CALL`` keys each, so no call holds Redis long."""
+    """Batches filled up to ``MAX_KEYS_PER_CALL`` keys and ``MAX_HLLS_PER_CALL``
+    HyperLogLogs to merge each, so no call holds Redis long."""
 
     def __init__(self) -> None:
         self.batches: list[Batch] = []
+        self._hlls: list[int] = []
 
-    def batch_for(self, n_keys: int) -> Batch:
-        """The batch the next ``n_keys`` keys go to (a new one when they would not fit;
-        more than fit in one go alone)."""
-        if not self.batches or (self.batches[-1].keys
-                                and len(self.batches[-1].keys) + n_keys > MAX_KEYS_PER_CALL):
+    def batch_for(self, n_keys: int, hlls: int = 0) -> Batch:
+        """The batch the next ``n_keys`` keys (``hlls`` of them HyperLogLogs to merge) go
+        to: a new one when they would not fit (more than fit go alone)."""
+        if not self.batches or (self.batches[-1].keys and (
+                len(self.batches[-1].keys) + n_keys > MAX_KEYS_PER_CALL
+                or self._hlls[-1] + hlls > MAX_HLLS_PER_CALL)):
             self.batches.append(Batch())
+            self._hlls.append(0)
+        self._hlls[-1] += hlls
         return self.batches[-1]
+
+    def add_union(self, scratch: str, names: list[str]) -> tuple[Batch, int]:
+        """Count the union of HyperLogLogs: one PFCOUNT when few, else merged into the
+        ``scratch`` key a slice per call and counted (then deleted) by the last one.
+        Returns the batch and index of the reply holding the count."""
+        if len(names) <= MAX_HLLS_PER_CALL:
+            batch = self.batch_for(len(names), hlls=len(names) if len(names) > 1 else 0)
+            return batch, batch.add("pfcount", names)
+        for start in range(0, len(names), MAX_HLLS_PER_CALL):
+            chunk = names[start:start + MAX_HLLS_PER_CALL]
+            self.batch_for(len(chunk) + 1, hlls=len(chunk)).add("merge", [scratch, *chunk])
+        batch = self.batch_for(1)
+        return batch, batch.add("take", [scratch])
 
 
 Plan = Callable[[SiteKeys], list[Batch]]
@@ -139,7 +172,8 @@ class ReadScript:
                 for batch in batches:  # by name: a cluster pipeline blocks evalsha()
                     pipe.execute_command("EVALSHA", self._script.sha, len(batch.keys) + 1,
                                          keys.generation_pointer(), *batch.keys,
-                                         keys.generation, orjson.dumps(batch.reads))
+                                         keys.generation, orjson.dumps(batch.reads),
+                                         SCRATCH_TTL_MS)
                 replies = await self._execute(pipe, batches, keys)
             moved = next((r for r in replies if r[0] == b"moved"), None)
             if moved is None:
@@ -155,5 +189,5 @@ class ReadScript:
         for batch in batches:
             replies.append(await self._script(
                 keys=[keys.generation_pointer(), *batch.keys],
-                args=[keys.generation, orjson.dumps(batch.reads)]))
+                args=[keys.generation, orjson.dumps(batch.reads), SCRATCH_TTL_MS]))
         return replies

@@ -44,7 +44,7 @@ READYZ_BOUND_S = {"redis": 2.0, "mongo": 1.0 + 2.0 + 1.0}
 CAP_S = 0.2
 RETRY_MARGIN_S = 0.45
 OUTAGE_WINDOW_S = 8.0
-SESSION_TIMEOUT_S = 10.0  # aggregator.source.KafkaSource.create
+SESSION_TIMEOUT_S = 10.0  # aggregator.counting.source.KafkaSource.create
 
 
 def _address(url: str) -> tuple[str, int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from aggregator.mongo_sink import Located, MongoSink
+from aggregator.counting.mongo_sink import Located, MongoSink
 from contracts.event import PageView
 from contracts.mongo import event_document
 

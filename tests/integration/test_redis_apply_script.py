@@ -18,13 +18,13 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
-from aggregator.aggregate import aggregate, to_ops
-from aggregator.dead_letters import ListDeadLetters
+from aggregator.counting.aggregate import aggregate, to_ops
+from aggregator.counting.dead_letters import ListDeadLetters
+from aggregator.counting.mongo_sink import MongoSink
+from aggregator.counting.pipeline import Pipeline
+from aggregator.counting.redis_sink import RedisSink
+from aggregator.counting.source import InMemorySource, Record
 from aggregator.metrics import AggregatorMetrics
-from aggregator.mongo_sink import MongoSink
-from aggregator.pipeline import Pipeline
-from aggregator.redis_sink import RedisSink
-from aggregator.source import InMemorySource, Record
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys
 from contracts.settings import Retention

@@ -29,13 +29,13 @@ from redis import Redis as SyncRedis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from aggregator.aggregate import aggregate, to_ops
-from aggregator.dead_letters import ListDeadLetters
+from aggregator.counting.aggregate import aggregate, to_ops
+from aggregator.counting.dead_letters import ListDeadLetters
+from aggregator.counting.mongo_sink import MongoSink
+from aggregator.counting.pipeline import Pipeline
+from aggregator.counting.redis_sink import RedisSink
+from aggregator.counting.source import InMemorySource, Record
 from aggregator.metrics import AggregatorMetrics
-from aggregator.mongo_sink import MongoSink
-from aggregator.pipeline import Pipeline
-from aggregator.redis_sink import RedisSink
-from aggregator.source import InMemorySource, Record
 from contracts.aggregates import ALL_TIME as ALL_TIME_SCOPE
 from contracts.aggregates import VIEWS
 from contracts.event import PageView, encode_event

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
-from aggregator.history import committed_offsets
+from aggregator.recovery.history import committed_offsets
 from contracts.aggregates import HOUR, RANKING, VIEWS, Scope
 from contracts.event import PageView
 from contracts.keys import intact_key, rebuild_lock_key
@@ -78,14 +78,14 @@ async def counted(redis: Redis, site_id: str, n: int, timeout_s: float = 120) ->
 
 @dataclass
 class Replay:
-    """``python -m aggregator.replay`` as an operator runs it."""
+    """``python -m aggregator.recovery.replay`` as an operator runs it."""
 
     proc: subprocess.Popen[bytes]
 
     @classmethod
     def start(cls, stack: Stack, *args: str) -> Replay:
         return cls(subprocess.Popen(
-            [sys.executable, "-m", "aggregator.replay", *args], cwd=ROOT,
+            [sys.executable, "-m", "aggregator.recovery.replay", *args], cwd=ROOT,
             env={**os.environ, **stack.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
 
     async def finish(self) -> tuple[int, dict[str, Any], str]:

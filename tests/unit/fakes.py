@@ -18,9 +18,9 @@ from pymongo.errors import AutoReconnect, BulkWriteError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from aggregator.aggregate import RedisOps
-from aggregator.mongo_sink import DUPLICATE_KEY, MongoSink
-from aggregator.redis_sink import GenerationMoved
+from aggregator.counting.aggregate import RedisOps
+from aggregator.counting.mongo_sink import DUPLICATE_KEY, MongoSink
+from aggregator.counting.redis_sink import GenerationMoved
 from contracts.aggregates import OPCODES, Kind
 from contracts.keys import DEFAULT_GENERATION, SiteKeys
 

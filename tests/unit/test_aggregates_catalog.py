@@ -7,8 +7,8 @@ import random
 import pytest
 from redis.exceptions import ResponseError
 
-from aggregator.aggregate import RedisOps, aggregate, to_ops
-from aggregator.redis_sink import APPLY_SCRIPT
+from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
+from aggregator.counting.redis_sink import APPLY_SCRIPT
 from contracts.aggregates import (
     ALL_TIME,
     CATALOG,

@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aggregator.__main__ import _until_started
+from aggregator.counting.source import KafkaSource
 from aggregator.health import StoreHealth, ping_stores
-from aggregator.loss_watch import LossWatch
 from aggregator.metrics import AggregatorMetrics
-from aggregator.source import KafkaSource
+from aggregator.recovery.loss_watch import LossWatch
 from contracts.settings import Retention
 
 

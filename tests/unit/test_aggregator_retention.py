@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator.aggregate import aggregate, to_ops
+from aggregator.counting.aggregate import aggregate, to_ops
 from contracts.aggregates import ALL_TIME, CATALOG, Scope
 from contracts.event import PageView
 from contracts.keys import SiteKeys

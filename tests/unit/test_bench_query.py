@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 import pytest
 
-from aggregator.redis_sink import APPLY_SCRIPT
+from aggregator.counting.redis_sink import APPLY_SCRIPT
 from bench.query import cpu_ms_per_request, endpoints, odd_minute_range, summary_rows
 from bench.redis_watch import SlowSummary, command_costs, command_name, script_names
 from bench.seed import SeedSpec, big_site_events, seed_range, small_site_events, zipf_cumulative

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from aggregator.dead_letters import ListDeadLetters
+from aggregator.counting.dead_letters import ListDeadLetters
+from aggregator.counting.pipeline import CrashHook, Pipeline
+from aggregator.counting.source import InMemorySource
 from aggregator.metrics import AggregatorMetrics
-from aggregator.pipeline import CrashHook, Pipeline
-from aggregator.source import InMemorySource
 from contracts.aggregates import ALL_TIME, VIEWS
 from contracts.failpoints import (
     AFTER_MONGO,

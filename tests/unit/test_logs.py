@@ -48,7 +48,7 @@ def test_aiokafka_repeating_a_warning_logs_once_a_minute_with_a_count(
 
 def test_our_own_lines_are_never_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
     stream, clock = io.StringIO(), [0.0]
-    log = logger_writing_to(stream, "aggregator.pipeline", clock, monkeypatch)
+    log = logger_writing_to(stream, "aggregator.counting.pipeline", clock, monkeypatch)
     for _ in range(3):
         log.warning("store_unavailable", extra={"fields": {"store": "redis"}})
     assert [line["store"] for line in lines(stream)] == ["redis"] * 3

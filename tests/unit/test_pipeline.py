@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from aggregator.dead_letters import ListDeadLetters
+from aggregator.counting.dead_letters import ListDeadLetters
+from aggregator.counting.pipeline import Pipeline, decode_all
+from aggregator.counting.source import InMemorySource, Record
 from aggregator.metrics import AggregatorMetrics
-from aggregator.pipeline import Pipeline, decode_all
-from aggregator.source import InMemorySource, Record
 from contracts.aggregates import ALL_TIME, RANKING, VIEWS
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys

@@ -1,9 +1,9 @@
-"""``python -m aggregator.replay``: rebuild the Redis aggregates from the Kafka topic, or
+"""``python -m aggregator.recovery.replay``: rebuild the Redis aggregates from the Kafka topic, or
 audit them (``--verify``), on a running system.
 
 The rebuild fills a new generation while the live aggregators keep counting and the query
 API keeps answering from the current one, then switches each site atomically and deletes
-the old generation (see ``aggregator.rebuild``). Interrupting it (Ctrl-C, SIGKILL) leaves
+the old generation (see ``aggregator.recovery.rebuild``). Interrupting it (Ctrl-C, SIGKILL) leaves
 the current generation untouched; run it again. Progress goes to stderr, a JSON summary to
 stdout. Exit status: 0 done (verify: no difference), 1 verify found differences, 2 usage,
 3 verify could not settle a busy site, 4 Redis lost the generation midway (run again).
@@ -22,9 +22,9 @@ from typing import Any, TextIO
 import orjson
 from pymongo import AsyncMongoClient
 
-from aggregator.history import committed_offsets
-from aggregator.rebuild import MongoHistory, Outcome, Rebuild, RebuildLost
-from aggregator.topic_reader import TopicReader
+from aggregator.recovery.history import committed_offsets
+from aggregator.recovery.rebuild import MongoHistory, Outcome, Rebuild, RebuildLost
+from aggregator.recovery.topic_reader import TopicReader
 from contracts.event import SITE_ID_RE
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis_client
@@ -89,7 +89,7 @@ def site_id(text: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m aggregator.replay", description=(
+        prog="python -m aggregator.recovery.replay", description=(
             "Recompute the Redis aggregates from the Kafka topic into a new generation and "
             "switch to it atomically, with no downtime; or, with --verify, compare a "
             "recompute with the live aggregates. Settings (KAFKA_BOOTSTRAP, KAFKA_TOPIC, "

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import orjson
 
-from aggregator.aggregate import RedisOps
+from aggregator.counting.aggregate import RedisOps
 from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys, sites_key
 from contracts.redis_client import RedisClient

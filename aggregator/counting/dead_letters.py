@@ -9,7 +9,7 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 
-from aggregator.source import Record
+from aggregator.counting.source import Record
 
 
 @dataclass(frozen=True, slots=True)

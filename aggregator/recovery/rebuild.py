@@ -30,13 +30,13 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from aggregator.aggregate import aggregate, to_ops
-from aggregator.generations import Generations
-from aggregator.history import stored_events
-from aggregator.pipeline import decode_all, group_by_site_partition
-from aggregator.redis_sink import RedisSink
-from aggregator.source import Record
-from aggregator.topic_reader import TopicReader
+from aggregator.counting.aggregate import aggregate, to_ops
+from aggregator.counting.pipeline import decode_all, group_by_site_partition
+from aggregator.counting.redis_sink import RedisSink
+from aggregator.counting.source import Record
+from aggregator.recovery.generations import Generations
+from aggregator.recovery.history import stored_events
+from aggregator.recovery.topic_reader import TopicReader
 from contracts.aggregates import Kind, parse_suffix
 from contracts.event import PageView
 from contracts.keys import SiteKeys, build_marker_key, sites_key
@@ -80,7 +80,7 @@ Progress = Callable[[int, int], None]  # (records read, records to read)
 @dataclass
 class MongoHistory:
     """Start from the raw events in MongoDB below the group's committed offsets, then read
-    the topic from those offsets (``aggregator.history``)."""
+    the topic from those offsets (``aggregator.recovery.history``)."""
 
     events: AsyncCollection[dict[str, Any]]
     committed: dict[int, int]

@@ -3,9 +3,9 @@
 Redis restarted empty or flushed loses ``intact_key()`` with everything else; a Redis in an
 older layout never had this layout's key. Every aggregator checks for it each second; while
 it is missing the query API answers from MongoDB, and the one aggregator that takes the
-rebuild lock rebuilds into a new generation (``aggregator.rebuild``) from what MongoDB holds
-below the group's commits and then the topic (so history past the topic's retention is kept)
-and sets the key again when every site is switched.
+rebuild lock rebuilds into a new generation (``aggregator.recovery.rebuild``) from what
+MongoDB holds below the group's commits and then the topic (so history past the topic's
+retention is kept) and sets the key again when every site is switched.
 The lock expires unless its holder keeps renewing it, so a rebuilder that dies is replaced
 within seconds. Live counting goes on throughout; the rebuild's switch makes it exact.
 """
@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 
 from aggregator.metrics import AggregatorMetrics
 from aggregator.outage import Outage
-from aggregator.rebuild import MongoHistory, Rebuild, RebuildLost
-from aggregator.topic_reader import TopicReader
+from aggregator.recovery.rebuild import MongoHistory, Rebuild, RebuildLost
+from aggregator.recovery.topic_reader import TopicReader
 from contracts.keys import LAYOUT_VERSION, intact_key, rebuild_lock_key
 from contracts.redis_client import RedisClient
 from contracts.settings import Retention

@@ -37,13 +37,13 @@ from redis.exceptions import BusyLoadingError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aggregator.aggregate import RedisOps, aggregate, to_ops
-from aggregator.dead_letters import DeadLetters, Poison
+from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
+from aggregator.counting.dead_letters import DeadLetters, Poison
+from aggregator.counting.mongo_sink import Located
+from aggregator.counting.redis_sink import GenerationMoved
+from aggregator.counting.source import Record, RecordSource
 from aggregator.health import StoreHealth
 from aggregator.metrics import AggregatorMetrics
-from aggregator.mongo_sink import Located
-from aggregator.redis_sink import GenerationMoved
-from aggregator.source import Record, RecordSource
 from contracts.event import UndecodableRecord, decode_event
 from contracts.failpoints import AFTER_MONGO, AFTER_REDIS, CRASH_EXIT_STATUS, Failpoint
 from contracts.keys import SiteKeys

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from aggregator.source import Record
+from aggregator.counting.source import Record
 
 
 class TopicReader:

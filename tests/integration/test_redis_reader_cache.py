@@ -1,0 +1,125 @@
+"""The query API's Redis reader on the real Redis: its in-process caches (merged rankings,
+counts of unions) are used only while the buckets' view counters are unchanged, so every
+answer is exact right after more events land; its reads follow a generation switch; and
+the read script refuses an unknown read loudly.
+
+Events are applied with the aggregator's real writer and apply script (as the pipeline
+does), and every answer is compared with a recount of what was applied, HyperLogLogs
+through ``hll_estimates`` (the count a HyperLogLog of exactly that set reports).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from aggregator.counting.aggregate import aggregate, to_ops
+from aggregator.counting.redis_sink import RedisSink
+from contracts.event import PageView
+from contracts.keys import SiteKeys
+from contracts.settings import Retention
+from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS
+from query_api.ranges import TimeRange
+from query_api.redis_reader import RedisReader
+from query_api.redis_reads import READ_SCRIPT
+from tests.expectations import hll_estimate
+
+pytestmark = pytest.mark.integration
+RETENTION = Retention()
+NOW = int(time.time() * 1000) // MINUTE_MS * MINUTE_MS
+# Days, hours and minutes mixed: from a whole hour three days ago (minute buckets older than
+# 48 h are gone: the service sends such ranges to MongoDB) to 13 minutes ago.
+RANGE = TimeRange(NOW // HOUR_MS * HOUR_MS - 3 * DAY_MS, NOW - 13 * MINUTE_MS)
+
+
+class Applied:
+    """What was applied to one site, as the pipeline applies it: one partition, in order."""
+
+    def __init__(self, redis: Redis, site_id: str, generation: str = "0") -> None:
+        self.live = generation == "0"  # another generation is written as a rebuild does
+        self.sink = RedisSink(redis)
+        self.site = SiteKeys(site_id, generation)
+        self.events: list[PageView] = []
+
+    async def add(self, events: list[PageView]) -> None:
+        first = len(self.events)
+        self.events += events
+        ops = to_ops(self.site, aggregate(events), RETENTION)
+        assert await self.sink.apply(ops, 0, first, len(self.events) - 1,
+                                     live=self.live) is None
+
+    def in_range(self, page: str | None = None) -> list[PageView]:
+        start, end = RANGE.bounds()
+        return [e for e in self.events if start <= e.ts < end and page in (None, e.page_id)]
+
+
+def make_events(site_id: str, n: int, rng: random.Random, start: int, end: int
+                ) -> list[PageView]:
+    return [PageView(str(uuid.uuid4()), site_id, f"/p{int(rng.paretovariate(1.2)) % 40}",
+                     f"u{rng.randrange(500)}", rng.randrange(start, end), NOW)
+            for _ in range(n)]
+
+
+async def assert_exact(reader: RedisReader, redis: Redis, applied: Applied) -> None:
+    site = applied.site.site_id
+    chosen = applied.in_range()
+    totals = await reader.totals(site, RANGE, None)
+    assert totals.views == len(chosen)
+    assert totals.unique_visitors == await hll_estimate(redis, site, {e.user_id for e in chosen})
+    views: dict[str, int] = {}
+    for e in chosen:
+        views[e.page_id] = views.get(e.page_id, 0) + 1
+    want = sorted(views.items(), key=lambda pv: (-pv[1], pv[0]))
+    assert await reader.ranked_pages(site, RANGE, 0, 1000) == (len(want), want)
+    assert await reader.ranked_pages(site, RANGE, 3, 5) == (len(want), want[3:8])
+    pages = [p for p, _ in want[:6]]
+    uniques = await reader.page_uniques(site, RANGE, pages)
+    for page in pages:
+        users = {e.user_id for e in applied.in_range(page)}
+        assert uniques[page] == await hll_estimate(redis, site, users), page
+
+
+async def test_cached_rankings_and_counts_follow_every_new_event_exactly(
+        redis: Redis, site_id: str) -> None:
+    rng = random.Random(13)
+    reader = RedisReader(redis)
+    applied = Applied(redis, site_id)
+    start, end = RANGE.bounds()
+    await applied.add(make_events(site_id, 3000, rng, start - HOUR_MS, end + 2 * MINUTE_MS))
+    await assert_exact(reader, redis, applied)
+    await assert_exact(reader, redis, applied)  # now from the caches: still exact
+
+    # New events in one old day, one edge hour and one edge minute: each changes a bucket
+    # the caches hold; then one new page, then one event only.
+    for lo, hi in ((start + DAY_MS, start + DAY_MS + HOUR_MS), (start, start + 43 * MINUTE_MS),
+                   (end - MINUTE_MS, end)):
+        await applied.add(make_events(site_id, 40, rng, lo, hi))
+        await assert_exact(reader, redis, applied)
+    await applied.add([PageView(str(uuid.uuid4()), site_id, "/brand-new", "u-new",
+                                end - DAY_MS, NOW)])
+    await assert_exact(reader, redis, applied)
+
+
+async def test_reads_follow_a_generation_switch(redis: Redis, site_id: str) -> None:
+    rng = random.Random(5)
+    reader = RedisReader(redis)
+    start, end = RANGE.bounds()
+    old = Applied(redis, site_id)
+    await old.add(make_events(site_id, 500, rng, start, end))
+    await assert_exact(reader, redis, old)
+    new = Applied(redis, site_id, "r-test")
+    await new.add(make_events(site_id, 700, rng, start, end))
+    await redis.set(SiteKeys(site_id).generation_pointer(), "r-test")
+    await assert_exact(reader, redis, new)
+
+
+async def test_the_read_script_refuses_an_unknown_read(redis: Redis, site_id: str) -> None:
+    keys = SiteKeys(site_id)
+    with pytest.raises(ResponseError, match="unknown read"):
+        await redis.eval(READ_SCRIPT, 2, keys.generation_pointer(), keys.named("views:t"),
+                         "0", '[["hgetall", 2]]')
