@@ -250,7 +250,7 @@ async def test_answers_follow_the_sites_generation_pointer(
 
     async def back() -> bool:  # an answer may be reused for QUERY_ANSWER_CACHE_MS (20 ms)
         body, _ = await get(api, "/stats", site_id=scenario.site_id)
-        return body["total_views"] == len(scenario.events)
+        return bool(body["total_views"] == len(scenario.events))
 
     await eventually(back, timeout_s=5, message="answers from the default generation again")
 
