@@ -18,7 +18,6 @@ service, not here.
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
@@ -100,6 +99,13 @@ class RedisReader:
         union of the site's HyperLogLogs over them, the site's or a page's."""
         every = list(dict.fromkeys(s for scopes, _ in queries for s in scopes))
         where = {s: i for i, s in enumerate(every)}
+        # Per distinct list of scopes (the pages of one request share one): where its
+        # views are among ``every``, and a cheap name for the range it tiles.
+        shapes: dict[int, tuple[list[int], tuple[str, str, int]]] = {}
+        for scopes, _ in queries:
+            if id(scopes) not in shapes:
+                shapes[id(scopes)] = ([where[s] for s in scopes],
+                                      (scopes[0].token, scopes[-1].token, len(scopes)))
         plans: list[tuple[Batch, int, Batch, int]] = []  # per query: where views and count are
         made: list[Batch] = []
 
@@ -109,7 +115,7 @@ class RedisReader:
             packer.batch_for(len(every)).add("get", [keys.key(VIEWS, s) for s in every])
             for scopes, page in queries:
                 with_views = page is not None and page_views
-                counted = len(scopes) > 1 and self._counts.known(_ident(keys, scopes, page))
+                counted = self._counts.known((keys, shapes[id(scopes)][1], page))
                 views_in, at_views = packer.batch_for(0), -1
                 if with_views:
                     views_in = packer.batch_for(len(scopes))
@@ -117,8 +123,7 @@ class RedisReader:
                                             member=page)
                 count_in, at_count = views_in, -1
                 if not counted:
-                    count_in, at_count = packer.add_union(_scratch(keys),
-                                                          _hlls(keys, scopes, page))
+                    count_in, at_count = packer.add_union(keys, _hlls(keys, scopes, page))
                 plans.append((views_in, at_views, count_in, at_count))
             made[:] = packer.batches
             return packer.batches
@@ -126,18 +131,19 @@ class RedisReader:
         keys, replies = await self._reads.run(site_id, plan)
         reply_of = {id(b): r for b, r in zip(made, replies, strict=True)}
         versions = [int(v) for v in replies[0][0]]
+        version_of = {shape: tuple(versions[i] for i in at) for shape, (at, _) in shapes.items()}
         views: list[int] = []
         uniques: list[int | None] = []
-        for (scopes, page), (views_in, at_views, count_in, at_count) in zip(
-                queries, plans, strict=True):
-            version = tuple(versions[where[s]] for s in scopes)
+        idents = [(keys, shapes[id(scopes)][1], page) for scopes, page in queries]
+        for (scopes, page), ident, (views_in, at_views, count_in, at_count) in zip(
+                queries, idents, plans, strict=True):
+            version = version_of[id(scopes)]
             if page is None:
                 views.append(sum(version))
             elif at_views >= 0:
                 views.append(-sum(int(v) for v in reply_of[id(views_in)][at_views]))
             else:
                 views.append(0)  # not asked for
-            ident = _ident(keys, scopes, page)
             if at_count >= 0:
                 self._counts.put(ident, version, int(reply_of[id(count_in)][at_count]))
             uniques.append(self._counts.get(ident, version))
@@ -146,9 +152,7 @@ class RedisReader:
             counted = await self._count(site_id, keys, [queries[i] for i in stale])
             for i, n in zip(stale, counted, strict=True):
                 uniques[i] = n
-                scopes = queries[i][0]
-                self._counts.put(_ident(keys, *queries[i]),
-                                 tuple(versions[where[s]] for s in scopes), n)
+                self._counts.put(idents[i], version_of[id(queries[i][0])], n)
         return [Totals(v, int(u or 0)) for v, u in zip(views, uniques, strict=True)]
 
     async def _count(self, site_id: str, keys: SiteKeys, queries: list[Query]) -> list[int]:
@@ -159,7 +163,7 @@ class RedisReader:
             spots.clear()
             packer = Packer()
             for scopes, page in queries:
-                spots.append(packer.add_union(_scratch(current), _hlls(current, scopes, page)))
+                spots.append(packer.add_union(current, _hlls(current, scopes, page)))
             made[:] = packer.batches
             return packer.batches
 
@@ -244,11 +248,3 @@ def _hlls(keys: SiteKeys, scopes: list[Scope], page: str | None) -> list[str]:
     return [keys.key(PAGE_VISITORS, s, page) for s in scopes]
 
 
-def _scratch(keys: SiteKeys) -> str:
-    """A key of the site's slot for one union's merge, unique to this request."""
-    return keys.named(f"scratch:{uuid.uuid4().hex}")
-
-
-def _ident(keys: SiteKeys, scopes: list[Scope], page: str | None) -> Hashable:
-    """A union of HyperLogLogs, by the range its scopes tile (cheap to hash)."""
-    return keys, scopes[0].token, scopes[-1].token, len(scopes), page
