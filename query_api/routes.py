@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from contracts.aggregates import DAY, HOUR, MINUTE, UNIT_BY_INTERVAL
 from contracts.httpkit import (
     error_response,
-    json_response,
     readiness_response,
     whole_request_error,
 )
@@ -61,6 +61,13 @@ class Answer:
     rows: list[dict[str, Cell]]
     sources: tuple[str, ...]
     name: str
+    _json: list[bytes] = field(default_factory=list)  # the body encoded, once
+
+    def json(self) -> bytes:
+        """The JSON body, encoded once however often the answer cache hands it out."""
+        if not self._json:
+            self._json.append(orjson.dumps(self.body))
+        return self._json[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +109,8 @@ def endpoint(build: Callable[[web.Request, StatsService], Awaitable[Answer]]) ->
                    "Cache-Control": "no-store", "Vary": "Accept"}
         if fmt == "csv":
             return csv_response(answer.columns, answer.rows, headers, answer.name)
-        return json_response(answer.body, headers=headers)
+        return web.Response(body=answer.json(), headers=headers,
+                            content_type="application/json")
 
     return handle
 
