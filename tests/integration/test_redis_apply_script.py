@@ -15,10 +15,12 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pytest
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from aggregator.counting.aggregate import aggregate, to_ops
+from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
 from aggregator.counting.dead_letters import ListDeadLetters
 from aggregator.counting.mongo_sink import MongoSink
 from aggregator.counting.pipeline import Pipeline
@@ -133,3 +135,17 @@ async def test_a_redelivery_past_a_stale_pre_check_counts_nothing_twice(
     await assert_redis_matches(redis, site_id, counted, RETENTION)
     assert metrics.skipped.labels("already_applied")._value.get() == len(records)
     assert again.committed == {0: 108, 1: 43}
+
+
+async def test_an_unknown_operation_fails_the_whole_step_loudly_and_changes_nothing(
+        redis: Redis, site_id: str) -> None:
+    """The script checks every operation before writing: one it does not know (a writer
+    newer than the script, a corrupted batch) is an error, not a half-applied batch."""
+    sink = RedisSink(redis)
+    ops = to_ops(SiteKeys(site_id), aggregate(make_events(site_id, 3)), RETENTION)
+    broken = RedisOps(ops.keys, [*ops.ops, ["x", 3, 0, 1]], ops.generation)
+    with pytest.raises(ResponseError, match="unknown aggregate operation: x"):
+        await sink.apply(broken, 0, 0, 2)
+    assert [k async for k in redis.scan_iter(match=SiteKeys(site_id).generation_match())] == []
+    assert await sink.apply(ops, 0, 0, 2) is None  # the same batch, well formed, applies
+    assert await total_views(redis, site_id) == 3
