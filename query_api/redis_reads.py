@@ -26,7 +26,7 @@ from contracts.keys import DEFAULT_GENERATION, SiteKeys
 from contracts.redis_client import RedisClient
 
 MAX_KEYS_PER_CALL = 256  # keys one script call may touch: well under a millisecond
-# HyperLogLogs one call may count or merge: a dense one (16,384 registers) costs 150-350 us
+# HyperLogLogs one call may count or merge: a dense one (16,384 registers) costs 150-500 us
 # (SLOWLOG on the 10,000-page site), so a union of more is merged into a scratch key over
 # several calls (``Packer.add_union``).
 MAX_HLLS_PER_CALL = 2

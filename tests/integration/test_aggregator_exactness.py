@@ -344,7 +344,11 @@ async def _outage_round(stack: Stack, redis: Redis, http: aiohttp.ClientSession,
         await eventually(lambda: _committed(stack, topic.group, len(events)), timeout_s=30)
         metrics = await aggregator.metrics(http)
         assert metrics["records_applied_total"] == len(events)
-        assert metrics[f'store_up{{store="{check}"}}'] == 1
+
+        async def store_up() -> bool:  # the background ping's next answer says so too
+            return (await aggregator.metrics(http))[f'store_up{{store="{check}"}}'] == 1
+
+        await eventually(store_up, timeout_s=10, message=f"store_up of {check} back to 1")
     finally:
         assert await aggregator.terminate() == 0, aggregator.log_tail()
     await assert_redis_matches(redis, site_id, recount(events))
