@@ -26,10 +26,12 @@ from contracts.keys import DEFAULT_GENERATION, SiteKeys
 from contracts.redis_client import RedisClient
 
 MAX_KEYS_PER_CALL = 256  # keys one script call may touch: well under a millisecond
-# HyperLogLogs one call may count or merge: a dense one (16,384 registers) costs 150-500 us
-# (SLOWLOG on the 10,000-page site), so a union of more is merged into a scratch key over
-# several calls (``Packer.add_union``).
-MAX_HLLS_PER_CALL = 2
+# HyperLogLog work one call may do, in units of about 40 us on this machine (SLOWLOG, a dense
+# per-page day HyperLogLog of the 10,000-page site, at rest): PFCOUNT over several keys
+# costs one unit a key, PFMERGE about five a source. A union of up to MAX_HLL_WORK keys is one
+# PFCOUNT; a larger one is merged into a scratch key a few sources per call, then counted.
+MAX_HLL_WORK = 16
+MERGE_COST = 5
 SCRATCH_TTL_MS = 30_000  # a scratch union outlives a process that died holding it
 ENTRIES_PER_SLICE = 500  # ranking entries one call may return
 
@@ -114,36 +116,38 @@ class GenerationChanged(RedisError):
 
 
 class Packer:
-    """Batches filled up to ``MAX_KEYS_PER_CALL`` keys and ``MAX_HLLS_PER_CALL``
-    HyperLogLogs to merge each, so no call holds Redis long."""
+    """Batches filled up to ``MAX_KEYS_PER_CALL`` keys and ``MAX_HLL_WORK`` units of
+    HyperLogLog work each, so no call holds Redis long."""
 
     def __init__(self) -> None:
         self.batches: list[Batch] = []
-        self._hlls: list[int] = []
+        self._work: list[int] = []
 
-    def batch_for(self, n_keys: int, hlls: int = 0) -> Batch:
-        """The batch the next ``n_keys`` keys (``hlls`` of them HyperLogLogs to merge) go
-        to: a new one when they would not fit (more than fit go alone)."""
+    def batch_for(self, n_keys: int, hll_work: int = 0) -> Batch:
+        """The batch the next ``n_keys`` keys (and ``hll_work`` units of HyperLogLog work)
+        go to: a new one when they would not fit (more than fit go alone)."""
         if not self.batches or (self.batches[-1].keys and (
                 len(self.batches[-1].keys) + n_keys > MAX_KEYS_PER_CALL
-                or self._hlls[-1] + hlls > MAX_HLLS_PER_CALL)):
+                or self._work[-1] + hll_work > MAX_HLL_WORK)):
             self.batches.append(Batch())
-            self._hlls.append(0)
-        self._hlls[-1] += hlls
+            self._work.append(0)
+        self._work[-1] += hll_work
         return self.batches[-1]
 
     def add_union(self, keys: SiteKeys, names: list[str]) -> tuple[Batch, int]:
-        """Count the union of HyperLogLogs: one PFCOUNT when few, else merged into a
-        scratch key of the site's slot a slice per call and counted (then deleted) by the
-        last one. Returns the batch and index of the reply holding the count."""
-        if len(names) <= MAX_HLLS_PER_CALL:
-            batch = self.batch_for(len(names), hlls=len(names))
+        """Count the union of HyperLogLogs: one PFCOUNT when it fits a call, else merged
+        into a scratch key of the site's slot a few sources per call and counted (then
+        deleted) by the last one. Returns the batch and index of the reply with the count."""
+        if len(names) <= MAX_HLL_WORK:
+            batch = self.batch_for(len(names), hll_work=len(names))
             return batch, batch.add("pfcount", names)
         scratch = keys.named(f"scratch:{uuid.uuid4().hex}")
-        for start in range(0, len(names), MAX_HLLS_PER_CALL):
-            chunk = names[start:start + MAX_HLLS_PER_CALL]
-            self.batch_for(len(chunk) + 1, hlls=len(chunk)).add("merge", [scratch, *chunk])
-        batch = self.batch_for(1)
+        per_call = MAX_HLL_WORK // MERGE_COST
+        for start in range(0, len(names), per_call):
+            chunk = names[start:start + per_call]
+            self.batch_for(len(chunk) + 1, hll_work=len(chunk) * MERGE_COST).add(
+                "merge", [scratch, *chunk])
+        batch = self.batch_for(1, hll_work=1)
         return batch, batch.add("take", [scratch])
 
 
