@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS
 
@@ -70,9 +71,9 @@ CATALOG: tuple[Aggregate, ...] = (VIEWS, RANKING, VISITORS, PAGE_VISITORS)
 BY_NAME = {a.name: a for a in CATALOG}
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Scope:
-    """All time (``unit`` None), or one bucket: the epoch-based ``number`` of a ``unit``."""
+class Scope(NamedTuple):
+    """All time (``unit`` None), or one bucket: the epoch-based ``number`` of a ``unit``.
+    A named tuple: hashed in C, as it is several times per event."""
 
     unit: str | None = None  # a unit's code
     number: int = 0
@@ -96,7 +97,7 @@ class Scope:
     @classmethod
     def parse(cls, token: str) -> Scope:
         if token == "t":
-            return ALL_TIME
+            return cls()
         if token[:1] not in UNIT_BY_CODE or not token[1:].lstrip("-").isdigit():
             raise ValueError(f"not a scope: {token!r}")
         return cls(token[0], int(token[1:]))

@@ -17,6 +17,7 @@ from contracts.aggregates import CATALOG, OPCODES, Aggregate, Kind, Scope, expir
 from contracts.event import PageView
 from contracts.keys import SiteKeys
 from contracts.settings import Retention
+from contracts.timebuckets import MINUTE_MS
 
 CHUNK = 500  # members per operation, well inside Lua's argument limits
 
@@ -32,18 +33,28 @@ class SiteDelta:
     uniques: dict[Target, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
+_COUNTERS = [a for a in CATALOG if a.kind is Kind.COUNTER]
+_RANKINGS = [a for a in CATALOG if a.kind is Kind.RANKING]
+_UNIQUES = [a for a in CATALOG if a.kind is Kind.UNIQUES]
+
+
 def aggregate(events: Iterable[PageView]) -> SiteDelta:
     delta = SiteDelta()
+    counters, rankings, uniques = delta.counters, delta.rankings, delta.uniques
+    scopes_by_minute: dict[int, tuple[Scope, ...]] = {}  # a batch spans a few minutes
     for e in events:
-        for scope in scopes_of(e.ts):
-            for agg in CATALOG:
-                target = (agg, scope, e.page_id if agg.per_page else None)
-                if agg.kind is Kind.COUNTER:
-                    delta.counters[target] += 1
-                elif agg.kind is Kind.RANKING:
-                    delta.rankings[target][e.page_id] += 1
-                else:
-                    delta.uniques[target].add(e.user_id)
+        minute = e.ts // MINUTE_MS
+        scopes = scopes_by_minute.get(minute)
+        if scopes is None:
+            scopes = scopes_by_minute[minute] = scopes_of(e.ts)
+        page, user = e.page_id, e.user_id
+        for scope in scopes:
+            for agg in _COUNTERS:
+                counters[(agg, scope, page if agg.per_page else None)] += 1
+            for agg in _RANKINGS:
+                rankings[(agg, scope, page if agg.per_page else None)][page] += 1
+            for agg in _UNIQUES:
+                uniques[(agg, scope, page if agg.per_page else None)].add(user)
     return delta
 
 
