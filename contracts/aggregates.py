@@ -83,10 +83,6 @@ class Scope(NamedTuple):
         return "t" if self.unit is None else f"{self.unit}{self.number}"
 
     @property
-    def time_unit(self) -> TimeUnit | None:
-        return None if self.unit is None else UNIT_BY_CODE[self.unit]
-
-    @property
     def start_ms(self) -> int:
         return self.number * UNIT_BY_CODE[self.unit or ""].ms
 

@@ -189,15 +189,18 @@ class RedisReader:
         def plan(keys: SiteKeys) -> list[Batch]:
             batch = Batch()
             batch.add("get", [keys.key(VIEWS, s) for s in scopes])
+            batch.add("card", [keys.key(RANKING, s) for s in scopes])
             return [batch]
 
         keys, replies = await self._reads.run(site_id, plan)
         versions = [int(v) for v in replies[0][0]]
+        sizes = [int(n) for n in replies[0][1]]
         ident = (keys, tuple(scopes))
         merged = self._merged.pop(ident, None) or MergedRanking()
-        for scope, version in zip(scopes, versions, strict=True):
+        for scope, version, size in zip(scopes, versions, sizes, strict=True):
             if merged.buckets.get(scope, (-1, {}))[0] != version:
-                read_version, _, pages = await self._read_ranking(site_id, keys, scope, 0, None)
+                read_version, _, pages = await self._read_ranking(site_id, keys, scope, 0, None,
+                                                                  size)
                 merged.swap(scope, read_version, dict(pages))
         self._merged[ident] = merged
         while sum(m.size for m in self._merged.values()) > MAX_MERGED_ENTRIES and \
@@ -206,12 +209,12 @@ class RedisReader:
         return merged
 
     async def _read_ranking(self, site_id: str, keys: SiteKeys | None, scope: Scope,
-                            start: int, stop: int | None
+                            start: int, stop: int | None, size_hint: int = ENTRIES_PER_SLICE
                             ) -> tuple[int, int, list[tuple[str, int]]]:
-        """Rows ``start`` to ``stop`` (None: all) of a ranking, with its size and its
-        scope's views read in the first and the last call: when those agree, no event came
-        in between and the slices fit together. Returns (views, size, rows)."""
-        size_hint = ENTRIES_PER_SLICE
+        """Rows ``start`` to ``stop`` (None: all, about ``size_hint`` of them) of a ranking,
+        with its size and its scope's views read in the first and the last call: when those
+        agree, no event came in between and the slices fit together. Returns (views, size,
+        rows)."""
         for _ in range(TORN_RETRIES):
             def plan(current: SiteKeys, size_hint: int = size_hint) -> list[Batch]:
                 name, counter = current.key(RANKING, scope), current.key(VIEWS, scope)
@@ -236,6 +239,7 @@ class RedisReader:
             if before == after:
                 return before, size, rows
         raise TornRead(scope.token)
+
 
 def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
     """ZRANGE WITHSCORES replies (member, negated views) as (page, views)."""

@@ -11,7 +11,7 @@ stale, only cheaper. Both caches are bounded and forget the least recently used.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -52,9 +52,6 @@ class MergedRanking:
     buckets: dict[Hashable, tuple[int, dict[str, int]]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     _ranked: list[tuple[str, int]] | None = None
-
-    def version(self, order: Sequence[Hashable]) -> Version:
-        return tuple(self.buckets[b][0] if b in self.buckets else -1 for b in order)
 
     def swap(self, bucket: Hashable, version: int, pages: dict[str, int]) -> None:
         _, old = self.buckets.get(bucket, (0, {}))
