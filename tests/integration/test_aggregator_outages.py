@@ -31,11 +31,13 @@ from tests.stack import Stack, eventually, restore, stop_part
 from tests.tcp_proxy import Relay
 
 # The README: "/readyz turns 503 within about a second even when idle". The aggregator pings
-# each store every second (2 s timeout). Redis refuses at once, so a second plus a second of
+# each store every second (2 s timeout). Redis refuses at once: a second, plus two seconds of
 # margin for a busy two-core machine. MongoDB's client does not fail at once: the ping waits
 # out its 2 s server-selection timeout, so the claim holds there only as "within the ping's
-# second plus its 2 s timeout" (measured 3.35 s); that bound, plus the same margin.
-READYZ_BOUND_S = {"redis": 2.0, "mongo": 1.0 + 2.0 + 1.0}
+# second plus its 2 s timeout" (measured 3.35 s quiet, 4.06 s in a loaded CI run); that
+# bound plus the same margin. Without the background ping /readyz never turns 503 while
+# idle, so the test still fails on that; a ping every 4 s exceeds the Redis bound.
+READYZ_BOUND_S = {"redis": 1.0 + 2.0, "mongo": 1.0 + 2.0 + 2.0}
 # The cap the test sets. A retry is the failed call, ``keepalive`` (a 100 ms poll of the
 # paused consumer), then the backoff sleep: about CAP_S + 0.1 s apart. The relay also sees
 # the /readyz ping once a second, so the cap must be well below a second for a missing cap
