@@ -156,10 +156,17 @@ def ensure_kafka_jars() -> Path:
             sys.exit(f"`{tool}` is needed to fetch Kafka (Java 17 and Maven)")
     say("kafka", "fetching the broker's jars from Maven Central (first time only)")
     started = time.monotonic()
-    shutil.rmtree(libs, ignore_errors=True)
+    # Fetched beside, then renamed into place: two checkouts may provision at once.
+    fetching = libs.with_name(f"libs.tmp{os.getpid()}")
+    shutil.rmtree(fetching, ignore_errors=True)
     run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-         "-DincludeScope=runtime", f"-DoutputDirectory={libs}"])
-    (libs / ".complete").touch()
+         "-DincludeScope=runtime", f"-DoutputDirectory={fetching}"])
+    (fetching / ".complete").touch()
+    if (libs / ".complete").exists():  # another checkout finished first
+        shutil.rmtree(fetching)
+    else:
+        shutil.rmtree(libs, ignore_errors=True)
+        fetching.rename(libs)
     say("kafka", f"{len(list(libs.glob('*.jar')))} jars in {time.monotonic() - started:.0f}s")
     return libs
 
@@ -175,10 +182,10 @@ def ensure_ferretdb() -> Path:
     say("ferretdb", "building FerretDB 1.24 from the Go module proxy (first time only, ~2 min)")
     started = time.monotonic()
     binary.parent.mkdir(parents=True, exist_ok=True)
-    tmp = binary.with_suffix(".tmp")
+    tmp = binary.with_suffix(f".tmp{os.getpid()}")  # two checkouts may build at once
     run(["go", "build", "-trimpath", "-o", str(tmp), "."], cwd=src,
         env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"})
-    tmp.rename(binary)
+    tmp.replace(binary)
     say("ferretdb", f"built in {time.monotonic() - started:.0f}s")
     return binary
 
