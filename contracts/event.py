@@ -130,17 +130,30 @@ def _check_ts(raw: Mapping[str, Any], policy: ValidationPolicy,
     except ValueError as exc:
         errors.append(FieldError("ts", str(exc)))
         return None
-    if not MIN_TS_MS <= ts <= MAX_TS_MS:
-        errors.append(FieldError("ts", "is outside 1970-01-01 to 9999-12-31"))
-        return None
-    if ts > policy.now_ms + MAX_FUTURE_MS:
-        errors.append(FieldError("ts", "is more than 5 minutes in the future"))
-        return None
-    if ts < policy.now_ms - policy.late_window_ms:
-        days = policy.late_window_ms / 86_400_000
-        errors.append(FieldError("ts", f"is older than the late window ({days:g} days)"))
+    reason = _ts_refusal(ts, policy)
+    if reason is not None:
+        errors.append(FieldError("ts", reason))
         return None
     return ts
+
+
+def check_ts_value(value: object, policy: ValidationPolicy) -> int | None:
+    """A sent ``ts`` as epoch milliseconds, or None where ``validate_event`` refuses it."""
+    try:
+        ts = parse_ts(value)
+    except ValueError:
+        return None
+    return ts if _ts_refusal(ts, policy) is None else None
+
+
+def _ts_refusal(ts: int, policy: ValidationPolicy) -> str | None:
+    if not MIN_TS_MS <= ts <= MAX_TS_MS:
+        return "is outside 1970-01-01 to 9999-12-31"
+    if ts > policy.now_ms + MAX_FUTURE_MS:
+        return "is more than 5 minutes in the future"
+    if ts < policy.now_ms - policy.late_window_ms:
+        return f"is older than the late window ({policy.late_window_ms / 86_400_000:g} days)"
+    return None
 
 
 def validate_event(raw: object, policy: ValidationPolicy,

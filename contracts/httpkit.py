@@ -37,8 +37,17 @@ def error_response(status: int, code: str, message: str,
     return json_response(body, status=status, headers=headers)
 
 
+# Any other method is counted as "OTHER": a label value per raw method would let anyone grow
+# /metrics (and the process) without bound by sending made-up methods.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
 class HttpMetrics:
-    """Per-app Prometheus registry (no global registry, so apps in one test don't collide)."""
+    """Per-app Prometheus registry (no global registry, so apps in one test don't collide).
+
+    Each request's children are looked up in plain dicts (bound once per route, method and
+    status: a ``labels()`` call takes a lock and builds a key every time), and the in-flight
+    gauge reads a plain counter at scrape time."""
 
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
@@ -49,9 +58,27 @@ class HttpMetrics:
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
         self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being served",
                                registry=self.registry)
+        self.serving = 0
+        self.in_flight.set_function(lambda: self.serving)
         self.up = Gauge("service_up", "1 while the service runs", ["service"],
                         registry=self.registry)
         self.up.labels(service).set(1)
+        self._counted: dict[tuple[str, str, int], Counter] = {}
+        self._timed: dict[str, Histogram] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request (routes and statuses are bounded: the app's own)."""
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
+        key = (route, method, status)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.requests.labels(route, method, str(status))
+        counter.inc()
+        histogram = self._timed.get(route)
+        if histogram is None:
+            histogram = self._timed[route] = self.latency.labels(route)
+        histogram.observe(seconds)
 
 
 def route_name(request: web.Request) -> str:
@@ -68,7 +95,7 @@ def error_middleware(metrics: HttpMetrics) -> Callable[..., Awaitable[web.Stream
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         route = route_name(request)
-        metrics.in_flight.inc()
+        metrics.serving += 1
         status = 500
         try:
             response = await handler(request)
@@ -85,9 +112,8 @@ def error_middleware(metrics: HttpMetrics) -> Callable[..., Awaitable[web.Stream
             return whole_request_error(500, "internal_error",
                                        "internal error; see the service log")
         finally:
-            metrics.in_flight.dec()
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route).observe(time.perf_counter() - started)
+            metrics.serving -= 1
+            metrics.observe(route, request.method, status, time.perf_counter() - started)
 
     return middleware
 

@@ -123,14 +123,25 @@ def _count_lines(data: bytes) -> int:
     return sum(1 for line in data.splitlines() if line.strip())
 
 
-async def read_events(request: web.Request, *, limit: int, max_events: int,
-                      batch: bool) -> list[object]:
-    """The raw events of a ``/track`` (one JSON object) or ``/events`` (array or NDJSON) body."""
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A received body, inflated within the limit, with its media type."""
+
+    kind: str
+    data: bytes
+
+    @property
+    def is_json(self) -> bool:
+        return self.kind in JSON_TYPES
+
+
+async def read_body(request: web.Request, *, limit: int, batch: bool) -> Body:
+    """The body of a ``/track`` or ``/events`` request, its media type checked before it is
+    read (no point reading a body we would refuse) and its content encoding undone."""
     kind = media_type(request)
-    check_media_type(kind, batch=batch)  # before reading a body we would refuse anyway
+    check_media_type(kind, batch=batch)
     raw = await read_limited(request, limit)
-    return events_of_body(raw, kind, request.headers.get("Content-Encoding", ""),
-                          limit=limit, max_events=max_events, batch=batch)
+    return Body(kind, decode_content(raw, request.headers.get("Content-Encoding", ""), limit))
 
 
 def check_media_type(kind: str, *, batch: bool) -> None:

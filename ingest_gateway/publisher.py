@@ -1,13 +1,14 @@
 """Publishing validated events to Kafka, and knowing when Kafka can't take them.
 
 The gateway answers 202 only after Kafka acknowledged every event of a request
-(idempotent producer, so acks=all). It waits a bounded time, then gives up with
-``PublishUnavailable`` so the client gets a 503. Giving up does not take the messages back:
-they stay in aiokafka's accumulator and may still reach Kafka (the client's retry with the
-same event ids is deduplicated downstream). Memory is bounded because each message counts as
-in flight until aiokafka resolves its future (acknowledged, failed, or expired after the
-request timeout), whatever the HTTP request did meanwhile, and no request may push the
-count past ``max_in_flight``.
+(idempotent producer, so acks=all). Concurrent requests share per-partition batches
+(``batching``). A request waits a bounded time, then gives up with ``PublishUnavailable`` so
+the client gets a 503. Giving up does not take the messages back: they stay queued or in
+aiokafka's accumulator and may still reach Kafka (the client's retry with the same event ids
+is deduplicated downstream). Memory is bounded because each message counts as in flight
+until its batch is resolved (acknowledged, failed, or expired after the request timeout),
+whatever the HTTP request did meanwhile, and no request may push the count past
+``max_in_flight``.
 
 Called by the request handlers (``publish`` blocks for at most the produce timeout) and by
 the app's cleanup context (``run`` keeps the producer connected).
@@ -35,6 +36,7 @@ from aiokafka.errors import (
 
 from contracts.event import PageView, encode_event
 from contracts.settings import GatewaySettings
+from ingest_gateway.batching import PartitionBatcher
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class KafkaPublisher:
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._producer: AIOKafkaProducer | None = None
+        self._batcher: PartitionBatcher | None = None
         self._connected = False
         self._last_failure = 0.0
         self._broken = asyncio.Event()
@@ -99,8 +102,11 @@ class KafkaPublisher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._broken.wait(), timeout=1.0)
             broken, self._producer, self._connected = self._producer, None, False
+            batcher, self._batcher = self._batcher, None
             self._broken.clear()
             log.warning("kafka_producer_replaced")
+            if batcher is not None:  # what it still queued never reached Kafka: 503s
+                await batcher.close(KafkaError("the producer was replaced"))
             if broken is not None:  # its pending sends fail; their clients got 503s
                 with contextlib.suppress(TimeoutError, KafkaError):
                     await asyncio.wait_for(broken.stop(), timeout=5.0)
@@ -119,6 +125,8 @@ class KafkaPublisher:
                 delay = min(delay * 2, 5.0)
                 continue
             self._producer = producer
+            self._batcher = PartitionBatcher(producer, self._settings.backends.topic,
+                                             self._release, self._settings.linger_ms / 1000)
             log.info("kafka_connected", extra={"fields": {
                 "bootstrap": self._settings.backends.kafka_bootstrap}})
 
@@ -134,33 +142,35 @@ class KafkaPublisher:
         return bool(ok)
 
     async def close(self) -> None:
-        """Flush what is buffered and disconnect (graceful shutdown)."""
+        """Flush what is buffered and disconnect (graceful shutdown: the requests in flight
+        were answered before this runs, so nothing is left queued in the batcher)."""
+        if self._batcher is not None:
+            await self._batcher.close(KafkaError("the gateway is shutting down"))
+            self._batcher = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
 
     async def publish(self, events: Sequence[PageView]) -> None:
-        if not events:  # nothing to wait for (``asyncio.wait`` refuses an empty list)
+        if not events:  # nothing to wait for
             return
-        producer = self._producer
-        if producer is None:
+        producer, batcher = self._producer, self._batcher
+        if producer is None or batcher is None:
             raise PublishUnavailable("kafka_not_connected", retry_after_s=2)
         if self._in_flight + len(events) > self._max_in_flight:
             raise PublishUnavailable("too_many_in_flight")
         self._in_flight += len(events)
-        futures: list[asyncio.Future[object]] = []
+        queued = False
         try:
             async with asyncio.timeout(self._settings.produce_timeout_s):
-                for event in events:
-                    future = await producer.send(self._settings.backends.topic,
-                                                 encode_event(event), key=event.kafka_key)
-                    futures.append(future)
-                    future.add_done_callback(self._release_one)
-                # Not ``gather``: on timeout it would cancel aiokafka's futures, releasing
-                # their capacity while the messages still sit in the producer. ``wait``
-                # leaves them running; each releases its own capacity when it resolves.
-                await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
-                _raise_first_failure(futures)
+                acknowledged = await batcher.submit(
+                    [(event.kafka_key, encode_event(event)) for event in events])
+                queued = True
+                acknowledged.add_done_callback(_retrieve)
+                # Not ``await acknowledged``: on timeout that would cancel the future; the
+                # events stay queued either way, and release their capacity when resolved.
+                await asyncio.wait([acknowledged])
+                acknowledged.result()
         except (TimeoutError, KafkaError) as exc:
             self._last_failure = time.monotonic()
             # Only the current producer's failure replaces it: requests still in flight on
@@ -168,28 +178,21 @@ class KafkaPublisher:
             if isinstance(exc, FATAL_PRODUCER_ERRORS) and producer is self._producer:
                 self._broken.set()
             log.warning("publish_failed", extra={"fields": {
-                "error": repr(exc), "events": len(events), "sent": len(futures)}})
+                "error": repr(exc), "events": len(events), "queued": queued}})
             raise PublishUnavailable("kafka_timeout" if isinstance(exc, TimeoutError)
                                      else "kafka_error") from exc
         finally:
-            # Events never handed to the producer are no longer in flight; the others are
-            # released by their futures' callbacks, when aiokafka resolves them.
-            self._in_flight -= len(events) - len(futures)
+            if not queued:  # never handed over: no longer in flight
+                self._in_flight -= len(events)
 
-    def _release_one(self, future: asyncio.Future[object]) -> None:
-        self._in_flight -= 1
-        if not future.cancelled():
-            future.exception()  # mark retrieved; the request already reported it
+    def _release(self, count: int) -> None:
+        self._in_flight -= count
 
 
-def _raise_first_failure(futures: Sequence[asyncio.Future[object]]) -> None:
-    for future in futures:
-        if not future.done():
-            continue
-        if future.cancelled():
-            raise KafkaError("the producer cancelled a send")
-        if (exc := future.exception()) is not None:
-            raise exc
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a failure retrieved: a request that timed out no longer awaits its future."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _aiokafka_producer(s: GatewaySettings) -> AIOKafkaProducer:
@@ -197,7 +200,7 @@ def _aiokafka_producer(s: GatewaySettings) -> AIOKafkaProducer:
         bootstrap_servers=s.backends.kafka_bootstrap,
         client_id=f"ingest-gateway-{s.port}",
         enable_idempotence=True,  # implies acks=all
-        linger_ms=s.linger_ms,
+        linger_ms=0,  # the batcher lingers itself, and hands aiokafka closed batches
         max_batch_size=s.max_batch_size,
         compression_type=s.compression,
         request_timeout_ms=max(5_000, int(s.produce_timeout_s * 4000)),

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from contracts.event import InvalidEvent, PageView, ValidationPolicy, validate_batch
+from contracts.fast_events import accept_json
 from contracts.httpkit import error_response, json_response, readiness_response
 from contracts.settings import GatewaySettings
-from ingest_gateway.body import BodyError, read_events
+from ingest_gateway.body import BodyError, events_of_body, read_body
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import Publisher, PublishUnavailable
 
@@ -70,10 +71,15 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
     s = deps.settings
     cors = _cors_headers(request, s.cors_origins)
     try:
-        raws = await read_events(request, limit=s.max_body_bytes,
-                                 max_events=s.max_batch_events, batch=batch)
+        body = await read_body(request, limit=s.max_body_bytes, batch=batch)
         policy = ValidationPolicy(now_ms=deps.clock_ms(), late_window_ms=s.late_window_ms)
-        events = validate_batch(raws, policy, deps.new_event_id)
+        events = accept_json(body.data, batch=batch, max_events=s.max_batch_events,
+                             policy=policy, new_event_id=deps.new_event_id
+                             ) if body.is_json else None
+        if events is None:  # NDJSON, or a body to refuse: the path that explains why
+            raws = events_of_body(body.data, body.kind, "identity", limit=s.max_body_bytes,
+                                  max_events=s.max_batch_events, batch=batch)
+            events = validate_batch(raws, policy, deps.new_event_id)
         _check_sites(events, s.allowed_sites)
     except BodyError as exc:
         deps.metrics.bodies_rejected.labels(exc.code).inc()

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from tests.aggregator_harness import create_topic
 from tests.gateway_process import GatewayProcess
 from tests.kafka_tools import end_offsets, events_of_site, read_between
 from tests.stack import Stack, eventually, port_taken, restore
@@ -256,9 +257,11 @@ async def first_refusal(port: int, deadline_s: float = 10.0) -> float:
 async def test_sigterm_drains_in_flight_requests_and_exits_zero(
         stack: Stack, http: aiohttp.ClientSession, site_id: str, tmp_path: Path) -> None:
     # Kafka acknowledges a batch only after it lingered 1 s, so requests are in flight
-    # (waiting for that acknowledgement) at the SIGTERM.
+    # (waiting for that acknowledgement) at the SIGTERM. One partition: every request joins
+    # the same batch, so the clients send in waves, one a second.
+    topic = await create_topic(stack, partitions=1)
     gateway = GatewayProcess(stack, 0, tmp_path / "gateway.log",
-                             env={"KAFKA_LINGER_MS": "1000"})
+                             env={"KAFKA_LINGER_MS": "1000", "KAFKA_TOPIC": topic.name})
     outcomes: list[Outcome] = []
     workers: list[asyncio.Task[None]] = []
     # A fresh connection for every request, so a refused connection is told apart from a
@@ -268,7 +271,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
                                      timeout=aiohttp.ClientTimeout(total=30)) as session:
         try:
             await gateway.start(http)
-            start = await end_offsets(stack.kafka_bootstrap, stack.topic)
+            start = await end_offsets(stack.kafka_bootstrap, topic.name)
             stop_at = time.monotonic() + 60
 
             in_flight_since: dict[int, float] = {}  # client -> start of its request

@@ -335,6 +335,19 @@ async def test_metrics_count_accepted_and_rejected_events(client: Client) -> Non
     assert seen['http_requests_total{method="POST",route="/events",status="202"}'] == 1
 
 
+async def test_made_up_methods_are_counted_as_other_and_do_not_grow_the_metrics(
+        client: Client) -> None:
+    # aiohttp's parser refuses unknown tokens itself (400); these it knows but we don't serve.
+    others = ["PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "SEARCH", "PURGE"]
+    for method in others:
+        response = await client.request(method, "/track")
+        assert response.status == 405
+    seen = await metrics(client)
+    assert seen['http_requests_total{method="OTHER",route="unmatched",status="405"}'] == 8
+    assert not [sample for sample in seen if any(m in sample for m in others)]
+    assert seen["http_requests_in_flight"] == 1  # the /metrics request itself
+
+
 async def test_a_refused_oversized_batch_counts_every_event_it_held(client: Client) -> None:
     await post(client, "/events", orjson.dumps([{"page_id": "a", "user_id": "u"}] * 1001))
     await post(client, "/events", b'{"page_id": "a", "user_id": "u"}\n' * 1005,

@@ -1,5 +1,6 @@
 """The Kafka publisher's bookkeeping with a fake producer: a request that gives up does not
-give back capacity that aiokafka still holds."""
+give back capacity that aiokafka still holds; concurrent requests share per-partition
+batches, and each is answered only when every one of its events is acknowledged."""
 
 from __future__ import annotations
 
@@ -13,32 +14,9 @@ from contracts.event import PageView
 from contracts.settings import GatewaySettings
 from ingest_gateway.publisher import FATAL_PRODUCER_ERRORS, KafkaPublisher, PublishUnavailable
 from tests.stack import eventually
+from tests.unit.kafka_fakes import HeldProducer, handed_over, on_distinct_partitions
 
 EVENTS = [PageView(f"e{i}", "s", "/p", "u", 1, 1) for i in range(3)]
-
-
-class FakeClient:
-    async def force_metadata_update(self) -> bool:
-        return True
-
-
-class HeldProducer:
-    """Keeps every sent message pending until the test resolves it, as a slow broker would."""
-
-    def __init__(self) -> None:
-        self.client = FakeClient()
-        self.pending: list[asyncio.Future[object]] = []
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[object]:
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self.pending.append(future)
-        return future
 
 
 @pytest.fixture
@@ -61,11 +39,9 @@ async def publisher(producer: HeldProducer) -> AsyncIterator[KafkaPublisher]:
 async def test_acknowledged_messages_release_their_capacity(
         publisher: KafkaPublisher, producer: HeldProducer) -> None:
     publishing = asyncio.create_task(publisher.publish(EVENTS))
-    await asyncio.sleep(0)  # the fake's sends never suspend: all three are out now
-    assert len(producer.pending) == 3
+    await handed_over(producer, 1)
     assert publisher.in_flight == 3
-    for future in producer.pending:
-        future.set_result(object())
+    producer.pending[0].set_result(object())
     await publishing
     assert publisher.in_flight == 0
 
@@ -79,33 +55,36 @@ async def test_publishing_no_events_succeeds_without_sending(
 async def test_a_timed_out_request_keeps_its_messages_in_flight_until_aiokafka_resolves_them(
         publisher: KafkaPublisher, producer: HeldProducer) -> None:
     with pytest.raises(PublishUnavailable) as caught:
-        await publisher.publish(EVENTS)
+        await publisher.publish(EVENTS[:2])
     assert caught.value.reason == "kafka_timeout"
-    assert [f.cancelled() for f in producer.pending] == [False] * 3  # still in the producer
+    with pytest.raises(PublishUnavailable):
+        await publisher.publish(EVENTS[2:])
+    assert [f.cancelled() for f in producer.pending] == [False] * 2  # still in the producer
     assert publisher.in_flight == 3
     with pytest.raises(PublishUnavailable) as refused:  # 3 + 3 > 5: memory stays bounded
         await publisher.publish(EVENTS)
     assert refused.value.reason == "too_many_in_flight"
     producer.pending[0].set_result(object())
-    producer.pending[1].set_exception(KafkaTimeoutError())
     await asyncio.sleep(0)  # done callbacks run on the next loop iteration
     assert publisher.in_flight == 1
-    producer.pending[2].set_result(object())
+    producer.pending[1].set_exception(KafkaTimeoutError())
     await asyncio.sleep(0)
     assert publisher.in_flight == 0
 
 
 async def test_a_failed_message_fails_the_request_at_once(
         publisher: KafkaPublisher, producer: HeldProducer) -> None:
-    publisher_task = asyncio.create_task(publisher.publish(EVENTS[:2]))
-    await asyncio.sleep(0)
-    assert len(producer.pending) == 2
+    producer.partitions = 4  # three events on three partitions: one batch each
+    spread = on_distinct_partitions(3, 4)
+    publisher_task = asyncio.create_task(publisher.publish(spread))
+    await handed_over(producer, 3)
     producer.pending[0].set_exception(KafkaTimeoutError())
     with pytest.raises(PublishUnavailable) as caught:
         await publisher_task
     assert caught.value.reason == "kafka_error"
-    assert publisher.in_flight == 1
+    assert publisher.in_flight == 2
     producer.pending[1].set_result(object())
+    producer.pending[2].set_result(object())
     await asyncio.sleep(0)
     assert publisher.in_flight == 0
 
@@ -153,8 +132,10 @@ async def test_a_failure_of_a_replaced_producer_does_not_replace_its_successor()
     runner = asyncio.create_task(kafka.run())
     try:
         await eventually(lambda: asyncio.sleep(0, kafka.ready), timeout_s=5)
-        first = asyncio.create_task(kafka.publish(EVENTS[:1]))
-        second = asyncio.create_task(kafka.publish(EVENTS[1:2]))  # in flight on the same one
+        producers.made[0].partitions = 2  # two batches in flight on the same producer
+        one, other = on_distinct_partitions(2, 2)
+        first = asyncio.create_task(kafka.publish([one]))
+        second = asyncio.create_task(kafka.publish([other]))
         await eventually(lambda: asyncio.sleep(0, len(producers.made[0].pending) == 2))
         producers.made[0].pending[0].set_exception(OutOfOrderSequenceNumber())
         with pytest.raises(PublishUnavailable):

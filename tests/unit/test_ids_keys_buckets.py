@@ -6,7 +6,7 @@ import itertools
 import uuid
 
 from contracts.aggregates import ALL_TIME, CATALOG, PAGE_VISITORS, VIEWS, Scope, scopes_of
-from contracts.ids import event_id_factory, uuid7
+from contracts.ids import event_id_factory, pooled_urandom, uuid7
 from contracts.keys import SiteKeys
 from contracts.settings import Retention
 from contracts.timebuckets import iso_z
@@ -81,3 +81,10 @@ def test_an_aggregate_is_named_alike_in_every_generation() -> None:
     name = live.suffix_of(live.key(PAGE_VISITORS, Scope("h", 490_000), "a:b"))
     assert name == "uvp:h490000:a:b"
     assert rebuilt.named(name) == rebuilt.key(PAGE_VISITORS, Scope("h", 490_000), "a:b")
+
+
+def test_pooled_random_bytes_hand_out_each_byte_of_a_system_read_once() -> None:
+    take = pooled_urandom(chunk=64)
+    pieces = [take(10) for _ in range(20)] + [take(100)]
+    assert [len(p) for p in pieces] == [10] * 20 + [100]
+    assert len(set(pieces)) == len(pieces)  # 80 random bits each: no repeats
