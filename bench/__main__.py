@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from bench import aggregator, e2e, ingest, limits, query, replay, table
+from bench import aggregator, e2e, goals, ingest, limits, query, replay, table
 from bench.machine import machine, versions
 from bench.progress import say
 from bench.results import Run, save
@@ -76,8 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     if "query" in chosen:
         print()
         print(query.summary_table(data))
+    goal_rows = goals.rows(data)
+    if goal_rows:
+        print()
+        print(table.render(goal_rows, goals.HEADERS))
     for note in run.notes:
         print(f"- {note}")
+    print()
+    for check in run.checks:
+        verdict = "ok" if check["ok"] else "FAILED: " + "; ".join(check["differences"][:20])
+        print(f"{check['suite']}: exactly-once: {verdict} ({check['sites']} sites, "
+              f"{check['acked']:,} events acknowledged; {check['ambiguous']:,} ambiguous, "
+              f"{check.get('ambiguous_counted', 0):,} of them counted)")
+    if not run.exact:
+        print("exactly-once FAILED: see above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,10 +24,23 @@ def page_views(count: int, sites: list[str], now_ms: int, seed: int = 7, pages: 
                        ts=now_ms - rng.randrange(spread_ms), received_at=now_ms)
 
 
-def gateway_record_size() -> int:
-    """Bytes of one Kafka record value as the gateway writes it for the wrk scripts' events
-    (the record size Kafka's producer tool is run with)."""
-    sample = PageView(event_id="0190f5a4-7b1c-7aa8-9fcb-dabe4e44e77e", site_id="bench",
-                      page_id="/bench/42", user_id="u4242", ts=1_780_000_000_000,
-                      received_at=1_780_000_000_000)
-    return len(encode_event(sample))
+def gateway_record_size() -> tuple[int, int]:
+    """(value bytes, key bytes) of one Kafka record as the gateway writes it for the wrk
+    scripts' events (site ``bench-ingest-<run>-events-c<N>``, a UUIDv7 id assigned by the
+    gateway): Kafka's producer tool is run with records of their sum, since it sends no
+    keys but the gateway's keys travel in every record too."""
+    sample = PageView(event_id="0190f5a4-7b1c-7aa8-9fcb-dabe4e44e77e",
+                      site_id="bench-ingest-0a1b2c3d-events-c16", page_id="/bench/42",
+                      user_id="u4242", ts=1_780_000_000_000, received_at=1_780_000_000_000)
+    return len(encode_event(sample)), len(sample.kafka_key)
+
+
+def gateway_payloads(count: int = 1000, now_ms: int = 1_780_000_000_000) -> list[bytes]:
+    """Kafka record values as the gateway writes them for the wrk scripts' ``/events``
+    bodies (pages ``/bench/0..99``, users ``u0..u4999``, UUID ids): the payloads Kafka's
+    producer tool sends for the limit, so its records are ours byte for byte."""
+    rng = random.Random(11)
+    return [encode_event(PageView(
+        event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        site_id="bench-ingest-0a1b2c3d-events-c16", page_id=f"/bench/{i % 100}",
+        user_id=f"u{i % 5000}", ts=now_ms, received_at=now_ms)) for i in range(count)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import re
 import shutil
 import tempfile
@@ -21,18 +22,22 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+import orjson
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from aggregator.counting.redis_sink import APPLY_SCRIPT
 from bench import wrk
-from bench.events import gateway_record_size, page_views
+from bench.events import gateway_payloads, gateway_record_size
 from bench.kafka import private_topic
 from bench.procs import Helper, helpers, spare_port, wait_http
 from bench.progress import say
 from bench.results import Limit, Run
-from bench.settings import ROOT, BenchSettings
-from contracts.mongo import EVENT_INDEXES, event_document
+from bench.settings import ROOT, STACK_ENV, BenchSettings, read_env_file
+from bench.stats import peak
+from contracts.mongo import EVENT_INDEXES
+from contracts.settings import AggregatorSettings, GatewaySettings
+from contracts.topics import DEFAULT_PARTITIONS
 
 NGINX_STATIC = "nginx-204"
 AIOHTTP_VIA_NGINX = "aiohttp-via-nginx"
@@ -81,14 +86,26 @@ async def aiohttp_trivial(s: BenchSettings, run: Run) -> None:
             for port, helper in zip(ports, started, strict=False):
                 await wait_http(f"http://127.0.0.1:{port}/healthz", helper=helper)
             await wait_http(f"http://127.0.0.1:{nginx_port}/healthz", helper=started[-1])
-            say("limits", f"trivial aiohttp x{processes} behind a private NGINX, "
-                          f"{s.seconds:g}s")
-            via = await wrk.run(f"http://127.0.0.1:{nginx_port}/track", "trivial.lua",
-                                LIMIT_CONNECTIONS, s.seconds, s.wrk_threads)
-            run.add_limit(Limit(AIOHTTP_VIA_NGINX, via.rps, "req/s",
-                                f"wrk -c{LIMIT_CONNECTIONS} POST of a /track body to "
-                                f"{processes} bench.trivial_app processes behind a private "
-                                f"NGINX like the front door; p99 {via.latency.p99:.1f} ms"))
+            points: list[tuple[int, float]] = []
+            p99: dict[int, float] = {}
+            for connections in s.limit_connections:
+                say("limits", f"trivial aiohttp x{processes} behind a private NGINX, "
+                              f"{connections} connections, {s.seconds:g}s")
+                via = await wrk.run(f"http://127.0.0.1:{nginx_port}/track", "trivial.lua",
+                                    connections, s.seconds, s.wrk_threads)
+                points.append((connections, via.rps))
+                p99[connections] = via.latency.p99
+                say("limits", f"  {via.rps:,.0f} req/s")
+            best = peak(points)
+            assert best is not None
+            edge = (f"; still rising at c={best.concurrency}, the highest tried "
+                    "(BENCH_LIMIT_CONNECTIONS)" if best.at_edge else "")
+            run.add_limit(Limit(AIOHTTP_VIA_NGINX, best.value, "req/s",
+                                f"wrk POST of a /track body to {processes} bench.trivial_app "
+                                f"processes behind a private NGINX like the front door, the "
+                                f"best of c={','.join(str(c) for c, _ in points)}: "
+                                f"c={best.concurrency}, p99 {p99[best.concurrency]:.1f} ms"
+                                f"{edge}"))
             say("limits", f"trivial aiohttp, one process directly, {s.seconds:g}s")
             direct = await wrk.run(f"http://127.0.0.1:{ports[0]}/track", "trivial.lua",
                                    LIMIT_CONNECTIONS, s.seconds, s.wrk_threads)
@@ -106,13 +123,15 @@ def kafka_libs(s: BenchSettings) -> Path | None:
     return jars[-1].parent if jars else None
 
 
-PERF_SUMMARY = re.compile(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), "
+PERF_SUMMARY = re.compile(r"(\d+) (?:steady state )?records sent, ([\d.]+) records/sec "
+                          r"\(([\d.]+) MB/sec\), "
                           r"([\d.]+) ms avg latency, ([\d.]+) ms max latency, (\d+) ms 50th, "
                           r"(\d+) ms 95th, (\d+) ms 99th, (\d+) ms 99.9th")
 
 
 def parse_producer_performance(output: str) -> dict[str, float]:
-    """The final summary line of ``ProducerPerformance``."""
+    """The final summary line of ``ProducerPerformance`` (with ``--warmup-records``, the
+    steady-state one, printed last)."""
     found = PERF_SUMMARY.findall(output)
     if not found:
         raise ValueError(f"no ProducerPerformance summary in: {output[-1000:]!r}")
@@ -122,33 +141,58 @@ def parse_producer_performance(output: str) -> dict[str, float]:
             "p99_ms": last[7], "p999_ms": last[8]}
 
 
+KEY_RANGE = 5000  # the wrk scripts' visitors: the gateway keys records by site:user
+
+
 async def kafka_producer(s: BenchSettings, run: Run) -> None:
+    """``ProducerPerformance`` sending our own events: its payloads are the gateway's encoded
+    events (``--payload-file``), keyed over as many keys as the load has visitors, with the
+    gateway's producer settings; the first quarter is JVM warm-up, left out
+    (``--warmup-records``: the steady-state summary is the limit)."""
     libs = kafka_libs(s)
     if libs is None:
         run.notes.append("Kafka tools jar not found: no Kafka producer limit")
         return
-    size = gateway_record_size()
-    records = int(max(200_000, 40_000 * s.seconds))  # JVM warm-up needs a few seconds
-    props = ["acks=all", "enable.idempotence=true", "linger.ms=5", "batch.size=262144",
+    value, key = gateway_record_size()
+    gateway = GatewaySettings.from_env({**read_env_file(STACK_ENV), **os.environ})
+    # about BENCH_SECONDS at the ~130,000 records/s a quiet 2-core machine reaches
+    records = int(max(200_000, 130_000 * s.seconds))
+    warmup = records // 4
+    props = ["acks=all", "enable.idempotence=true", f"linger.ms={gateway.linger_ms}",
+             f"batch.size={gateway.max_batch_size}",
+             f"compression.type={gateway.compression or 'none'}",
              f"bootstrap.servers={s.kafka_bootstrap}"]
-    async with private_topic(s.kafka_bootstrap, "perf") as topic:
-        say("limits", f"Kafka ProducerPerformance, {records:,} records of {size} B")
-        proc = await asyncio.create_subprocess_exec(
-            "java", "-Xmx512m", "-cp", f"{libs}/*", "org.apache.kafka.tools.ProducerPerformance",
-            "--topic", topic.name, "--num-records", str(records), "--record-size", str(size),
-            "--throughput", "-1", "--command-property", *props,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=60 + 10 * s.seconds)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    with tempfile.NamedTemporaryFile("wb", prefix="bench-payloads-", suffix=".txt") as payloads:
+        payloads.write(b"\n".join(gateway_payloads()))
+        payloads.flush()
+        async with private_topic(s.kafka_bootstrap, "perf") as topic:
+            say("limits", f"Kafka ProducerPerformance, {records:,} of our events "
+                          f"(~{value} B), {warmup:,} of them warm-up")
+            proc = await asyncio.create_subprocess_exec(
+                "java", "-Xmx512m", "-cp", f"{libs}/*",
+                "org.apache.kafka.tools.ProducerPerformance", "--topic", topic.name,
+                "--num-records", str(records), "--warmup-records", str(warmup),
+                "--payload-file", payloads.name, "--key-distribution", "random",
+                "--record-key-range", str(KEY_RANGE), "--throughput", "-1",
+                "--command-property", *props,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(),
+                                                timeout=120 + 30 * s.seconds)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
     perf = parse_producer_performance(out.decode(errors="replace"))
+    say("limits", f"  {perf['records_per_s']:,.0f} records/s (steady state)")
     run.add_limit(Limit(KAFKA_PRODUCER, perf["records_per_s"], "records/s",
-                        f"org.apache.kafka.tools.ProducerPerformance, {size}-byte records "
-                        f"(the gateway's), {' '.join(props[:-1])}, 6 partitions; "
-                        f"p99 {perf['p99_ms']:.0f} ms at full throttle"))
+                        f"org.apache.kafka.tools.ProducerPerformance, {records:,} records "
+                        f"(steady state after {warmup:,} of warm-up), values: the gateway's "
+                        f"encoded events (~{value} B), keys: random over {KEY_RANGE:,} (the "
+                        f"tool's integer keys, a few bytes; the gateway's site:user keys are "
+                        f"~{key} B), the gateway's producer settings: {' '.join(props[:-1])},"
+                        f" {DEFAULT_PARTITIONS} partitions; p99 {perf['p99_ms']:.0f} ms at "
+                        "full throttle"))
 
 
 def _redis_address(url: str) -> tuple[str, int]:
@@ -215,30 +259,82 @@ async def redis_limits(s: BenchSettings, run: Run) -> None:
         await redis.aclose()
 
 
-async def mongo_insert(s: BenchSettings, run: Run, batch: int = 2000) -> None:
-    """Bare ``insert_many`` of the aggregator's documents (with its indexes), batches of its
-    batch size, into a collection of the benchmark database that is dropped afterwards."""
-    say("limits", f"MongoDB insert_many of {batch}-event batches, {s.seconds:g}s")
+def mongo_limit_name(aggregators: int, writers_each: int) -> str:
+    return f"{MONGO_INSERT} {aggregators}x{writers_each}"
+
+
+def aggregator_chunk(writers_each: int) -> int:
+    """Documents per ``insert_many`` when an aggregator splits its batch among its writers."""
+    batch = AggregatorSettings.from_env({**read_env_file(STACK_ENV), **os.environ}).max_records
+    return max(1, -(-batch // writers_each))
+
+
+async def mongo_ceiling(s: BenchSettings, run: Run, processes: int, writers_each: int) -> None:
+    """``processes`` x ``writers_each`` parallel ``insert_many`` clients (bench.mongo_ceiling)
+    for ``BENCH_SECONDS`` into one fresh collection with the events indexes, dropped after."""
+    name = mongo_limit_name(processes, writers_each)
+    chunk = aggregator_chunk(writers_each)
+    suffix = uuid.uuid4().hex[:8]
+    coll_name = f"insert_limit_{suffix}"
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(s.mongo_url)
-    collection = client[s.bench_mongo_db][f"insert_limit_{uuid.uuid4().hex[:8]}"]
+    collection = client[s.bench_mongo_db][coll_name]
+    logs = ROOT / ".run" / "logs" / "bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    say("limits", f"MongoDB insert ceiling: {processes} process(es) x {writers_each} writer(s),"
+                  f" insert_many of {chunk} event documents, {s.seconds:g}s")
     try:
-        for name, keys in EVENT_INDEXES:
-            await collection.create_index(keys, name=name)
-        now_ms = int(time.time() * 1000)
-        inserted, busy = 0, 0.0
-        deadline = time.monotonic() + s.seconds
-        seed = 0
-        while time.monotonic() < deadline:
-            seed += 1
-            docs = [event_document(e, 0, inserted + i) for i, e in
-                    enumerate(page_views(batch, ["bench-mongo"], now_ms, seed=seed))]
-            started = time.monotonic()
-            await collection.insert_many(docs, ordered=False)
-            busy += time.monotonic() - started
-            inserted += len(docs)
-        run.add_limit(Limit(MONGO_INSERT, inserted / busy if busy else 0.0, "docs/s",
-                            f"insert_many(ordered=False) of {batch} event documents a call "
-                            f"with the events indexes, {inserted:,} documents"))
+        for index_name, keys in EVENT_INDEXES:
+            await collection.create_index(keys, name=index_name)
+        procs = [await asyncio.create_subprocess_exec(
+            str(ROOT / ".venv/bin/python"), "-m", "bench.mongo_ceiling", "--url", s.mongo_url,
+            "--db", s.bench_mongo_db, "--collection", coll_name, "--writers", str(writers_each),
+            "--chunk", str(chunk), "--seconds", str(s.seconds), "--prefix", f"{suffix}-p{p}",
+            cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE) for p in range(processes)]
+        results = []
+        try:
+            for proc in procs:  # each connected, its documents built
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
+                if line.strip() != b"ready":
+                    raise RuntimeError(f"bench.mongo_ceiling did not start: {line!r}")
+            start_at = f"{time.time() + 0.2}\n".encode()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(start_at)
+                await proc.stdin.drain()
+            for proc in procs:
+                out, err = await asyncio.wait_for(proc.communicate(), timeout=120 + 2 * s.seconds)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"bench.mongo_ceiling failed: {err.decode()[-1000:]}")
+                results.append(orjson.loads(out.splitlines()[-1]))
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        inserted = sum(int(r["inserted"]) for r in results)
+        seconds = max(float(r["seconds"]) for r in results)
+        errors = sum(int(r["errors"]) for r in results)
+        if not inserted or seconds <= 0:
+            run.notes.append(f"limits: {name} inserted nothing ({errors} failed calls): no "
+                             "ceiling")
+            return
+        value = inserted / seconds
+        run.add_limit(Limit(name, value, "docs/s",
+                            f"{processes} process(es) x {writers_each} concurrent "
+                            f"insert_many(ordered=False) of {chunk} event documents "
+                            f"(contracts.mongo.event_document) into one collection with the "
+                            f"events indexes, {inserted:,} documents in {seconds:.1f}s"
+                            + (f", {errors} failed calls" if errors else "")))
+        say("limits", f"  {value:,.0f} docs/s")
     finally:
         await collection.drop()
         await client.close()
+
+
+async def mongo_insert(s: BenchSettings, run: Run) -> None:
+    """The ceilings the drain benchmark compares with: as many writers as one and as two
+    aggregators use (``AGGREGATOR_MONGO_WRITERS`` each)."""
+    for aggregators in (1, 2):
+        await mongo_ceiling(s, run, aggregators, s.mongo_writers)

@@ -179,17 +179,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run(url: str, rate: float, seconds: float,
-              headers: dict[str, str] | None = None, warmup_s: float = WARMUP_S
-              ) -> OpenLoopResult:
-    """Send ``rate`` GETs a second to ``url`` for ``warmup_s`` and then ``seconds`` more
-    with vegeta, and measure the latter; the results are decoded once the attack is over,
-    so decoding does not compete with sending."""
+async def attack(targets_text: str, rate: float, seconds: float, warmup_s: float = WARMUP_S,
+                 files: dict[str, bytes] | None = None) -> tuple[OpenLoopResult, list[Hit]]:
+    """Send ``rate`` requests a second from ``targets_text`` (vegeta's http format, its
+    targets taken in turn; ``@NAME`` bodies refer to ``files``, written next to it) for
+    ``warmup_s`` and then ``seconds`` more, and measure the latter; also every hit. The
+    results are decoded once the attack is over, so decoding does not compete with
+    sending."""
     binary = await asyncio.to_thread(ensure_vegeta)
     pace = Pace.of(rate)
     with tempfile.TemporaryDirectory(prefix="openloop-") as tmp:
+        for name, data in (files or {}).items():
+            (Path(tmp) / name).write_bytes(data)
+            targets_text = targets_text.replace(f"@{name}\n", f"@{Path(tmp) / name}\n")
         targets_file, output = Path(tmp) / "targets.http", Path(tmp) / "results.bin"
-        targets_file.write_text(targets(url, headers or {}))  # headers stay out of argv
+        targets_file.write_text(targets_text)  # headers stay out of argv
         proc = await asyncio.create_subprocess_exec(
             *attack_args(binary, pace, warmup_s + seconds, targets_file, output),
             stderr=asyncio.subprocess.PIPE)
@@ -214,4 +218,13 @@ async def run(url: str, rate: float, seconds: float,
             raise RuntimeError(f"vegeta encode exited {encode.returncode}: {err.decode()}")
     hits = parse_results(out.decode().splitlines())
     cores = round(cpu / (warmup_s + seconds), 3) if seconds > 0 else 0.0
-    return summarise(pace, seconds, hits, cores, warmup_s)
+    return summarise(pace, seconds, hits, cores, warmup_s), hits
+
+
+async def run(url: str, rate: float, seconds: float,
+              headers: dict[str, str] | None = None, warmup_s: float = WARMUP_S
+              ) -> OpenLoopResult:
+    """Send ``rate`` GETs a second to ``url`` for ``warmup_s`` and then ``seconds`` more
+    with vegeta, and measure the latter."""
+    result, _ = await attack(targets(url, headers or {}), rate, seconds, warmup_s)
+    return result

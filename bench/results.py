@@ -51,6 +51,15 @@ class Run:
     limits: dict[str, Limit] = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # exactly-once, per suite
+
+    def add_check(self, suite: str, verdict: dict[str, Any]) -> None:
+        self.checks.append({"suite": suite, **verdict})
+
+    @property
+    def exact(self) -> bool:
+        """Every exactly-once check of the run passed (True when none ran)."""
+        return all(c["ok"] for c in self.checks)
 
     def add_limit(self, limit: Limit) -> None:
         self.limits[limit.name] = limit
@@ -79,7 +88,7 @@ class Run:
             "suites": list(self.suites), "machine": self.machine, "versions": self.versions,
             "settings": self.settings,
             "limits": {name: asdict(limit) for name, limit in self.limits.items()},
-            "figures": figures, "notes": self.notes,
+            "figures": figures, "notes": self.notes, "exactly_once": self.checks,
         }
 
 

@@ -52,6 +52,35 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+WRITERS_VARIABLE = "AGGREGATOR_MONGO_WRITERS"
+
+
+def mongo_writers(env: Mapping[str, str]) -> int:
+    """Concurrent ``insert_many`` chunks per aggregator, as the aggregators under test use:
+    ``AGGREGATOR_MONGO_WRITERS`` from the environment or the stack's env file, else the
+    aggregator settings' own default when they have that setting, else 1 (one insert_many
+    at a time, the aggregator before that setting existed)."""
+    raw = env.get(WRITERS_VARIABLE, "").strip()
+    if raw:
+        return int(_ints(raw, WRITERS_VARIABLE)[0])
+    from contracts.settings import AggregatorSettings  # no I/O: a frozen dataclass
+    for name in ("mongo_writers", "writers", "mongo_insert_writers"):
+        default = getattr(AggregatorSettings, name, None)
+        if isinstance(default, int) and default >= 1:
+            return default
+    return 1
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number, zero allowed."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise BenchSettingsError(f"{name} must be a whole number >= 0, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     seconds: float = 10.0
@@ -64,15 +93,23 @@ class BenchSettings:
     gateway_urls: tuple[str, ...] = ()
     query_urls: tuple[str, ...] = ()
     stats_token: str = ""
-    track_connections: tuple[int, ...] = (8, 32, 128)
-    events_connections: tuple[int, ...] = (4, 16)
+    track_connections: tuple[int, ...] = (16, 64, 256, 512)
+    events_connections: tuple[int, ...] = (4, 16, 64)
+    limit_connections: tuple[int, ...] = (64, 256)
     wrk_threads: int = 2
-    e2e_steady_rate: int = 200
-    e2e_rates: tuple[int, ...] = (1000, 2000, 3000)
+    e2e_start_rate: int = 1000
+    e2e_max_rate: int = 200_000
+    e2e_bisect_steps: int = 2
+    e2e_budget_s: float = 0.0  # 0: 30 x BENCH_SECONDS (see ``e2e_budget``)
     freshness_slo_s: float = 1.0
+    freshness_goal_ms: float = 100.0
+    e2e_rate_goal: int = 10_000
+    mongo_db: str = "pageviews"
+    mongo_writers: int = 1  # concurrent insert_many chunks per aggregator
     aggregator_events: int = 0  # 0: scaled with ``seconds`` (see ``aggregator_event_count``)
     bench_mongo_db: str = "pageviews_bench"
     drain_timeout_s: float = 240.0
+    exact_timeout_s: float = 600.0
     results_dir: Path = ROOT / "bench" / "results"
     cache_dir: Path = Path.home() / ".cache" / "pageviews"
 
@@ -98,20 +135,31 @@ class BenchSettings:
             redis_url=env.get("REDIS_URL", cls.redis_url),
             gateway_urls=urls("GATEWAY_URLS"), query_urls=urls("QUERY_URLS"),
             stats_token=env.get("BENCH_STATS_TOKEN", ""),
-            track_connections=_ints(env.get("BENCH_TRACK_CONNECTIONS", "8,32,128"),
+            track_connections=_ints(env.get("BENCH_TRACK_CONNECTIONS", "16,64,256,512"),
                                     "BENCH_TRACK_CONNECTIONS"),
-            events_connections=_ints(env.get("BENCH_EVENTS_CONNECTIONS", "4,16"),
+            events_connections=_ints(env.get("BENCH_EVENTS_CONNECTIONS", "4,16,64"),
                                      "BENCH_EVENTS_CONNECTIONS"),
+            limit_connections=_ints(env.get("BENCH_LIMIT_CONNECTIONS", "64,256"),
+                                    "BENCH_LIMIT_CONNECTIONS"),
             wrk_threads=int(_number(env, "BENCH_WRK_THREADS", cls.wrk_threads)),
-            e2e_steady_rate=int(_number(env, "BENCH_E2E_RATE", cls.e2e_steady_rate)),
-            e2e_rates=_ints(env.get("BENCH_E2E_RATES", "1000,2000,3000"),
-                            "BENCH_E2E_RATES"),
+            e2e_start_rate=int(_number(env, "BENCH_E2E_START_RATE", cls.e2e_start_rate)),
+            e2e_max_rate=int(_number(env, "BENCH_E2E_MAX_RATE", cls.e2e_max_rate)),
+            e2e_bisect_steps=_count(env, "BENCH_E2E_BISECT_STEPS", cls.e2e_bisect_steps),
+            e2e_budget_s=_number(env, "BENCH_E2E_BUDGET_S", 0.0) if env.get(
+                "BENCH_E2E_BUDGET_S", "").strip() else 0.0,
             freshness_slo_s=_number(env, "BENCH_FRESHNESS_SLO_S", cls.freshness_slo_s),
+            mongo_db=env.get("MONGO_DB", cls.mongo_db),
+            mongo_writers=mongo_writers(env),
             aggregator_events=int(_ints(events, "BENCH_AGGREGATOR_EVENTS")[0]) if events else 0,
             bench_mongo_db=env.get("BENCH_MONGO_DB", cls.bench_mongo_db),
             drain_timeout_s=_number(env, "BENCH_DRAIN_TIMEOUT_S", cls.drain_timeout_s),
+            exact_timeout_s=_number(env, "BENCH_EXACT_TIMEOUT_S", cls.exact_timeout_s),
             cache_dir=Path(env.get("PAGEVIEWS_CACHE", str(cls.cache_dir))),
         )
+
+    def e2e_budget(self) -> float:
+        """Seconds the e2e rate search may take at most (steps, settling, waiting)."""
+        return self.e2e_budget_s or 30 * self.seconds
 
     def measure_s(self) -> float:
         """How long one steady-state measurement lasts."""

@@ -55,3 +55,26 @@ class Latency:
     def as_dict(self) -> dict[str, float]:
         return {"p50_ms": self.p50, "p99_ms": self.p99, "p999_ms": self.p999,
                 "max_ms": self.max}
+
+
+@dataclass(frozen=True, slots=True)
+class Peak:
+    """The best of a series of measurements at rising concurrency."""
+
+    concurrency: int
+    value: float
+    at_edge: bool  # the best was the highest concurrency tried: the peak may lie beyond
+
+
+def peak(points: Sequence[tuple[int, float]], tolerance: float = 0.05) -> Peak | None:
+    """The highest value of (concurrency, value) points (NaN ignored). ``at_edge`` when
+    the highest concurrency tried is within ``tolerance`` of the best and more than one
+    level was tried: throughput was still rising (or flat) there, so higher concurrency
+    might reach more."""
+    valid = sorted((c, v) for c, v in points if not math.isnan(v))
+    if not valid:
+        return None
+    best_c, best_v = max(valid, key=lambda p: p[1])
+    top_v = valid[-1][1]
+    edge = len(valid) > 1 and top_v >= best_v * (1 - tolerance)
+    return Peak(best_c, best_v, edge)

@@ -31,6 +31,15 @@ class WrkResult:
     errors: int  # connect/read/write/timeout errors and non-2xx/3xx answers
     latency: Latency
     cpu_cores: float  # wrk's own CPU use, in cores (1.0 = one core busy)
+    sent: int = -1  # requests written (count.lua), -1: not counted
+    answered: int = -1  # answers received (count.lua)
+    accepted: int = -1  # answers with status 202 (count.lua)
+
+    @property
+    def unanswered(self) -> int:
+        """Requests sent that got no answer (cut off at the end, timed out, connection
+        lost): each may or may not have been processed."""
+        return max(0, self.sent - self.answered) if self.sent >= 0 else 0
 
     @property
     def ok_requests(self) -> int:
@@ -53,13 +62,16 @@ def parse(output: str, cpu_cores: float = 0.0) -> WrkResult:
                 requests=int(raw["requests"]), seconds=raw["duration_us"] / 1e6, errors=errors,
                 latency=Latency(raw["p50_us"] / 1000, raw["p99_us"] / 1000,
                                 raw["p999_us"] / 1000, raw["max_us"] / 1000),
-                cpu_cores=cpu_cores)
+                cpu_cores=cpu_cores, sent=int(raw.get("sent", -1)),
+                answered=int(raw.get("answered", -1)), accepted=int(raw.get("accepted", -1)))
     raise ValueError(f"no {MARK.strip()} line in wrk output: {output[-1000:]!r}")
 
 
-def script_with_report(script: str) -> Path:
-    """A temporary script: ``wrk/<script>`` followed by ``wrk/report.lua``."""
-    text = (WRK_DIR / script).read_text() + "\n" + (WRK_DIR / "report.lua").read_text()
+def script_with_report(script: str, count: bool = False) -> Path:
+    """A temporary script: ``wrk/<script>``, then ``wrk/count.lua`` if ``count``, then
+    ``wrk/report.lua``."""
+    parts = [script, *(["count.lua"] if count else []), "report.lua"]
+    text = "\n".join((WRK_DIR / part).read_text() for part in parts)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="bench-",
                                      delete=False) as handle:
         handle.write(text)
@@ -76,17 +88,20 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def run(url: str, script: str, connections: int, seconds: float, threads: int = 2,
-              headers: dict[str, str] | None = None, timeout_s: int = 5) -> WrkResult:
+              headers: dict[str, str] | None = None, timeout_s: int = 5,
+              site: str | None = None, count: bool = False) -> WrkResult:
     """Load ``url`` for ``seconds`` with ``connections`` keep-alive connections; an answer
-    slower than ``timeout_s`` counts as an error."""
-    path = script_with_report(script)
+    slower than ``timeout_s`` counts as an error. ``site`` reaches the script as
+    ``BENCH_SITE``; ``count`` counts requests sent, answers and 202s (``count.lua``)."""
+    path = script_with_report(script, count)
+    env = {**os.environ, **({"BENCH_SITE": site} if site else {})}
     args = ["wrk", "-t", str(max(1, min(threads, connections))), "-c", str(connections),
             "-d", f"{max(1, round(seconds))}s", "--timeout", f"{timeout_s}s", "-s", str(path)]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
     try:
         proc = await asyncio.create_subprocess_exec(*args, url, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT)
+                                                    stderr=asyncio.subprocess.STDOUT, env=env)
         loop = asyncio.get_running_loop()
         started = loop.time()
         cpu = 0.0
@@ -104,10 +119,12 @@ async def run(url: str, script: str, connections: int, seconds: float, threads: 
 
 
 async def run_measured(url: str, script: str, connections: int, seconds: float, threads: int,
-                       headers: dict[str, str] | None = None, timeout_s: int = 5
+                       headers: dict[str, str] | None = None, timeout_s: int = 5,
+                       site: str | None = None, count: bool = False
                        ) -> tuple[WrkResult, dict[str, float]]:
     """``run``, plus the cores each part of the stack (and this benchmark) used meanwhile."""
     window = CpuWindow({**stack_groups(), "bench+wrk": [os.getpid()]})
     window.start()
-    result = await run(url, script, connections, seconds, threads, headers, timeout_s)
+    result = await run(url, script, connections, seconds, threads, headers, timeout_s, site,
+                       count)
     return result, window.stop()

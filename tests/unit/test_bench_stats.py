@@ -116,3 +116,60 @@ def test_numbers_get_thousands_separators_and_missing_ones_a_dash() -> None:
     assert number(2.5) == "2.5"
     assert number(None) == "-"
     assert number(math.nan) == "-"
+
+
+def test_wrk_counts_of_sent_answered_and_accepted_are_read_when_present() -> None:
+    out = ("WRK_JSON {\"requests\":300,\"duration_us\":3000000,\"bytes\":1,\"connect\":0,"
+           "\"read\":0,\"write\":0,\"status\":0,\"timeout\":0,\"p50_us\":1000,\"p99_us\":2000,"
+           "\"p999_us\":3000,\"max_us\":4000,\"sent\":310,\"answered\":300,\"accepted\":298}\n")
+    result = parse(out)
+    assert (result.sent, result.answered, result.accepted, result.unanswered) == (
+        310, 300, 298, 10)
+
+
+def test_wrk_without_counts_has_nothing_unanswered() -> None:
+    out = ("WRK_JSON {\"requests\":3,\"duration_us\":3000000,\"bytes\":1,\"connect\":0,"
+           "\"read\":0,\"write\":0,\"status\":0,\"timeout\":0,\"p50_us\":1,\"p99_us\":2,"
+           "\"p999_us\":3,\"max_us\":4}\n")
+    assert parse(out).unanswered == 0
+
+
+def test_aggregator_writers_come_from_the_environment_else_default_to_one() -> None:
+    from bench.settings import mongo_writers
+    assert mongo_writers({"AGGREGATOR_MONGO_WRITERS": "3"}) == 3
+    assert mongo_writers({}) >= 1
+
+
+def test_e2e_batches_are_at_most_100_events_and_at_least_20_requests_a_second() -> None:
+    from bench.e2e import batch_size, bodies
+    assert batch_size(20_000) == 100
+    assert batch_size(1000) == 50
+    assert batch_size(10) == 1
+    prepared = bodies("bench-x", 50)
+    assert len(prepared) == 8 and len(set(prepared)) == 8
+
+
+def test_e2e_load_expects_every_page_once_per_request_accepted() -> None:
+    from bench.e2e import Step, tally
+    from bench.openloop import Hit
+    hits = [Hit(0, 0, 1, 202, ""), Hit(1, 0, 1, 202, ""), Hit(2, 0, 1, 503, ""),
+            Hit(3, 0, 1, 0, "timeout")]
+    step = Step(1000, "bench-load", "bench-fresh")
+    tally(step, hits, 3)
+    assert (step.accepted, step.ambiguous, step.errors) == (6, 3, 1)
+    assert step.pages == {"/load/0": 2, "/load/1": 2, "/load/2": 2}
+    assert step.pages_ambiguous == {"/load/0": 1, "/load/1": 1, "/load/2": 1}
+    load, _ = step.expected()
+    assert (load.site, load.acked, load.ambiguous) == ("bench-load", 6, 3)
+
+
+def test_e2e_bisection_steps_may_be_zero_but_not_negative() -> None:
+    from pathlib import Path
+
+    from bench.settings import BenchSettings, BenchSettingsError
+    env, none = {"HTTP_URL": "http://127.0.0.1:1"}, Path("/nonexistent/stack.env")
+    assert BenchSettings.from_env({**env, "BENCH_E2E_BISECT_STEPS": "0"},
+                                  none).e2e_bisect_steps == 0
+    assert BenchSettings.from_env(env, none).e2e_bisect_steps == 2
+    with pytest.raises(BenchSettingsError):
+        BenchSettings.from_env({**env, "BENCH_E2E_BISECT_STEPS": "-1"}, none)
