@@ -55,7 +55,7 @@ TS = st.one_of(
                      "2026-11-28T10:00Z", "2026-W48-1T10:00:00Z", "9999-12-31T23:59:59+23:59",
                      "0001-01-01T00:00:00+23:59", "2026-11-28t10:00:00z"]),
     st.booleans(), st.floats(allow_nan=False), st.none())
-VALUE = st.one_of(TEXT, TS, st.lists(st.integers(), max_size=2))
+VALUE = st.one_of(TEXT, TS, st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2))
 FIELDS = {"page_id": TEXT, "user_id": TEXT, "site_id": TEXT, "event_id": TEXT, "ts": TS}
 
 
