@@ -79,7 +79,7 @@ async def serve(settings: AggregatorSettings) -> None:
         b.mongo_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
     source = KafkaSource.create(b.kafka_bootstrap, b.topic, settings.group_id,
                                 settings.instance, settings.max_records)
-    mongo_sink = MongoSink(mongo[b.mongo_db][EVENTS])
+    mongo_sink = MongoSink(mongo[b.mongo_db][EVENTS], settings.mongo_writers)
     dead_letters = KafkaDeadLetters(b.kafka_bootstrap, b.dead_letter_topic, b.topic)
     pipeline = Pipeline(source=source, mongo=mongo_sink, redis=RedisSink(redis),
                         dead_letters=dead_letters, health=health,

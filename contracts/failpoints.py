@@ -36,5 +36,9 @@ AFTER_REDIS = Failpoint(
     "after_redis", "aggregator",
     "exit after the batch is applied to Redis (with its applied offsets), before the Kafka "
     "offsets are committed")
+MONGO_AHEAD = Failpoint(
+    "mongo_ahead", "aggregator",
+    "exit when the batch is applied to Redis and the next batch's raw events are in MongoDB "
+    "(the stages overlap), before either batch's Kafka offsets are committed")
 
-FAILPOINTS: dict[str, Failpoint] = {f.name: f for f in (AFTER_MONGO, AFTER_REDIS)}
+FAILPOINTS: dict[str, Failpoint] = {f.name: f for f in (AFTER_MONGO, AFTER_REDIS, MONGO_AHEAD)}

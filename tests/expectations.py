@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bson import DatetimeMS
 from pymongo.asynchronous.collection import AsyncCollection
 
 from contracts.aggregates import (
@@ -208,4 +209,5 @@ async def assert_mongo_matches(events: AsyncCollection[dict[str, Any]], site_id:
 
 def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
     """Datetimes as epoch ms (the server may hand them back naive, in UTC)."""
-    return {k: datetime_to_ms(v) if isinstance(v, datetime) else v for k, v in doc.items()}
+    return {k: datetime_to_ms(v) if isinstance(v, datetime)
+            else int(v) if isinstance(v, DatetimeMS) else v for k, v in doc.items()}

@@ -6,6 +6,11 @@ the record's own is our own earlier write (a redo after a crash): it still count
 another offset is a client retry of an event already stored: it does not. Documents are
 built when records are decoded (``pipeline.decode_all``), where a record that cannot be
 built is dead-lettered.
+
+A batch is inserted in up to ``writers`` chunks at once (``AGGREGATOR_MONGO_WRITERS``): a
+server whose inserts scale with concurrent writers (FerretDB on PostgreSQL, MongoDB) takes
+them in parallel. Copies of one id never go to two chunks, so which copy is stored stays
+decided.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from contracts.mongo import EVENT_INDEXES
 
 DUPLICATE_KEY = 11000
 LOOKUP_CONCURRENCY = 16
+MIN_CHUNK = 250  # documents: smaller inserts cost more round trips than they save
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +46,9 @@ class MongoSink:
     """Called by the pipeline; may block on the network and raises pymongo errors on
     outages (the pipeline backs off and retries)."""
 
-    def __init__(self, events: AsyncCollection[dict[str, Any]]) -> None:
+    def __init__(self, events: AsyncCollection[dict[str, Any]], writers: int = 1) -> None:
         self._events = events
+        self._writers = max(1, writers)
 
     async def ensure_indexes(self) -> None:
         for name, keys in EVENT_INDEXES:
@@ -58,14 +65,9 @@ class MongoSink:
         firsts = [group[0] for group in copies.values()]
         if not firsts:
             return []
-        try:
-            await self._events.insert_many([r.document for r in firsts], ordered=False)
+        duplicate_at = await self._insert([r.document for r in firsts])
+        if not duplicate_at:
             return firsts
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                raise
-            duplicate_at = {int(err["index"]) for err in errors}
         counting = [r for i, r in enumerate(firsts) if i not in duplicate_at]
         stored = await self._positions({firsts[i].event.event_id for i in duplicate_at})
         for event_id, position in stored.items():
@@ -73,6 +75,25 @@ class MongoSink:
             # earlier attempt that crashed after writing it must still have it counted.
             counting += [r for r in copies[event_id] if (r.partition, r.offset) == position]
         return counting
+
+    async def _insert(self, documents: list[dict[str, Any]]) -> set[int]:
+        """Insert every document, in parallel chunks; the indexes of the duplicates. Any
+        error other than a duplicate key is raised (after every chunk has finished)."""
+        size = max(MIN_CHUNK, -(-len(documents) // self._writers))
+        starts = range(0, len(documents), size)
+        results = await asyncio.gather(
+            *(self._events.insert_many(documents[start:start + size], ordered=False)
+              for start in starts), return_exceptions=True)
+        duplicate_at: set[int] = set()
+        for start, result in zip(starts, results, strict=True):
+            if isinstance(result, BulkWriteError):
+                errors = result.details.get("writeErrors", [])
+                if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                    raise result
+                duplicate_at.update(start + int(err["index"]) for err in errors)
+            elif isinstance(result, BaseException):
+                raise result
+        return duplicate_at
 
     async def _positions(self, event_ids: set[str]) -> dict[str, tuple[int, int]]:
         """The (partition, offset) each stored event was written from. One ``_id`` lookup

@@ -10,10 +10,17 @@ Effectively-once, step by step (a crash between any two steps is safe):
 3. Write the rest to MongoDB (``_id`` = event id). Duplicates whose stored (partition,
    offset) is their own are our earlier write: they count. Others are client retries: they
    don't, but their offsets still advance the marker.
-4. For each (site, partition), one atomic Redis script adds the counts and stores the last
-   offset it covers. If the stored offset shows that part was already applied (another
-   aggregator after a rebalance), re-filter and apply only the rest.
+4. For each site, one atomic Redis script adds the counts and stores the last offset it
+   covers in each of the batch's partitions. If a stored offset shows that part was already
+   applied (another aggregator after a rebalance), re-filter and apply only the rest.
 5. Commit the Kafka offsets. Nothing is committed before both stores hold the batch.
+
+The stages overlap (``run``): steps 1-3 of batch N+1 run while batch N goes through steps 4-5.
+What keeps it exact: MongoDB writes stay in batch order, so MongoDB has decided which copies
+of batch N count before batch N+1 is written; batch N+1 goes to Redis only after batch N is
+applied, so per (site, partition) Redis sees offsets in order; batches are committed in order,
+each only after both stores hold it. A batch read with markers older than the batch before it
+is harmless: the script's own offset check refuses what was applied meanwhile.
 
 Store outages (connection errors) pause the batch: back off, keep the group membership,
 retry the same step, never commit; the state change is logged once (``health``). Anything
@@ -23,6 +30,7 @@ else raises and crashes the process, for the supervisor to restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -40,12 +48,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
 from aggregator.counting.dead_letters import DeadLetters, Poison
 from aggregator.counting.mongo_sink import Located
-from aggregator.counting.redis_sink import GenerationMoved
+from aggregator.counting.redis_sink import GenerationMoved, Ranges
 from aggregator.counting.source import Record, RecordSource
 from aggregator.health import StoreHealth
 from aggregator.metrics import AggregatorMetrics
 from contracts.event import UndecodableRecord, decode_event
-from contracts.failpoints import AFTER_MONGO, AFTER_REDIS, CRASH_EXIT_STATUS, Failpoint
+from contracts.failpoints import (
+    AFTER_MONGO,
+    AFTER_REDIS,
+    CRASH_EXIT_STATUS,
+    MONGO_AHEAD,
+    Failpoint,
+)
 from contracts.keys import SiteKeys
 from contracts.mongo import event_document
 from contracts.settings import Retention
@@ -73,8 +87,8 @@ class AggregateStore(Protocol):
 
     async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]: ...
 
-    async def apply(self, ops: RedisOps, partition: int, first: int, last: int,
-                    live: bool = True) -> int | None: ...
+    async def apply_ranges(self, ops: RedisOps, ranges: Ranges,
+                           live: bool = True) -> dict[int, int] | None: ...
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None: ...
 
@@ -94,12 +108,28 @@ class CrashHook:
     at_batch: int = 0
     exit: Callable[[int], None] = os._exit
 
+    def armed(self, failpoint: Failpoint, batch_number: int) -> bool:
+        return failpoint.name == self.point and batch_number >= self.at_batch
+
     def maybe_crash(self, failpoint: Failpoint, batch_number: int) -> None:
-        if failpoint.name == self.point and batch_number >= self.at_batch:
+        if self.armed(failpoint, batch_number):
             logging.getLogger(__name__).error("crash_hook_fired", extra={"fields": {
                 "point": failpoint.name, "batch": batch_number}})
             logging.shutdown()
             self.exit(CRASH_EXIT_STATUS)
+
+
+@dataclass(slots=True)
+class Stored:
+    """A batch whose raw events MongoDB holds: what goes to Redis next, then the commit."""
+
+    number: int
+    records: int
+    started: float
+    sites: dict[str, SiteKeys]
+    fresh: list[Located]  # above the applied offsets read before the MongoDB write
+    counted: set[tuple[int, int]]  # (partition, offset) of the copies that count
+    next_offsets: dict[int, int]
 
 
 @dataclass
@@ -116,20 +146,69 @@ class Pipeline:
     health: StoreHealth = field(default_factory=StoreHealth)
     batches: int = 0
     known_sites: set[str] = field(default_factory=set)  # already in ``sites_key()``
+    in_flight: int = 0  # batches polled and not yet committed
+    # The consumer is polled by the main loop and kept alive by whichever stage waits out an
+    # outage: never both at once.
+    _consumer: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _ahead: asyncio.Event = field(default_factory=asyncio.Event)  # the next batch is stored
 
     async def run(self, max_records: int, max_wait_ms: int) -> None:
-        """Poll and process until ``stopping`` is set; the batch in hand is always finished."""
-        while not self.stopping.is_set():
-            records = await self.source.poll(max_records, max_wait_ms)
-            if records:
-                try:
-                    await self.process(records)
-                except Stopping:
-                    return
+        """Poll and process until ``stopping`` is set; the batches in hand are always
+        finished. Batch N+1 is polled and written to MongoDB while a task takes batch N to
+        Redis and then commits it, so a commit never waits for a poll: during a rebalance a
+        poll blocks until the new assignment, and the revocation waits for the commits."""
+        applying: asyncio.Task[None] | None = None
+        try:
+            while not self.stopping.is_set():
+                if applying is not None and applying.done():
+                    await applying  # raises what the task raised
+                    applying = None
+                records = await self._poll(max_records, max_wait_ms)
+                if not records:
+                    continue
+                stored = await self.store(records)
+                self._ahead.set()
+                if applying is not None:
+                    await applying
+                self._ahead = asyncio.Event()
+                applying = asyncio.create_task(self._apply_and_commit(stored, self._ahead))
+            if applying is not None:  # stopping: finish the batch in hand
+                await applying
+        except Stopping:  # a store is down and shutdown was asked: what can finish, does
+            if applying is not None:
+                with contextlib.suppress(Stopping):
+                    await applying
+        except BaseException:
+            if applying is not None:
+                applying.cancel()
+            raise
+
+    async def _apply_and_commit(self, batch: Stored, ahead: asyncio.Event) -> None:
+        await self.apply(batch)
+        if self.crash.armed(MONGO_AHEAD, batch.number):
+            await ahead.wait()  # the next batch is in MongoDB
+            self.crash.maybe_crash(MONGO_AHEAD, batch.number)
+        await self.commit(batch)
 
     async def process(self, records: list[Record]) -> None:
+        """One batch through every step, with nothing overlapping."""
+        self.in_flight += 1
+        stored = await self.store(records)
+        await self.apply(stored)
+        await self.commit(stored)
+
+    async def _poll(self, max_records: int, max_wait_ms: int) -> list[Record]:
+        async with self._consumer:
+            records = await self.source.poll(max_records, max_wait_ms)
+        if records:
+            self.in_flight += 1
+        return records
+
+    async def store(self, records: list[Record]) -> Stored:
+        """Steps 1-3: dead letters, the applied offsets, the raw events in MongoDB."""
         started = time.perf_counter()
         self.batches += 1
+        number = self.batches
         located, poison = decode_all(records)
         if poison:
             await self._retry("kafka", lambda: self.dead_letters.send(poison))
@@ -146,36 +225,47 @@ class Pipeline:
 
         counting = await self._retry("mongo", lambda: self.mongo.write(fresh))
         self.metrics.skipped.labels("client_retry").inc(len(fresh) - len(counting))
-        self.crash.maybe_crash(AFTER_MONGO, self.batches)
-
-        new_sites = site_ids - self.known_sites
-        if new_sites:
-            await self._retry("redis", lambda: self.redis.remember_sites(new_sites))
-            self.known_sites |= new_sites
-        counted = {(r.partition, r.offset) for r in counting}
-        for (site_id, partition), group in group_by_site_partition(fresh).items():
-            await self._apply(sites, site_id, partition, group, counted)
-        self.crash.maybe_crash(AFTER_REDIS, self.batches)
+        self.crash.maybe_crash(AFTER_MONGO, number)
 
         next_offsets: dict[int, int] = {}
         for r in records:
             next_offsets[r.partition] = max(next_offsets.get(r.partition, 0), r.offset + 1)
-        await self._retry("kafka", lambda: self.source.commit(next_offsets))
-        self.metrics.batch_size.observe(len(records))
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return Stored(number, len(records), started, sites, fresh,
+                      {(r.partition, r.offset) for r in counting}, next_offsets)
 
-    async def _apply(self, sites: dict[str, SiteKeys], site_id: str, partition: int,
-                     group: list[Located], counted: set[tuple[int, int]]) -> None:
-        """Apply one site's records of one partition to its current generation; when a
+    async def apply(self, batch: Stored) -> None:
+        """Step 4: one script per site, covering all of the site's partitions."""
+        new_sites = {r.event.site_id for r in batch.fresh} - self.known_sites
+        if new_sites:
+            await self._retry("redis", lambda: self.redis.remember_sites(new_sites))
+            self.known_sites |= new_sites
+        for site_id, groups in group_by_site(batch.fresh).items():
+            await self._apply_site(batch.sites, site_id, groups, batch.counted)
+        self.crash.maybe_crash(AFTER_REDIS, batch.number)
+
+    async def commit(self, batch: Stored) -> None:
+        """Step 5, once both stores hold the batch."""
+        await self._retry("kafka", lambda: self.source.commit(batch.next_offsets))
+        self.metrics.batch_size.observe(batch.records)
+        self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.source.settled()
+
+    async def _apply_site(self, sites: dict[str, SiteKeys], site_id: str,
+                          groups: dict[int, list[Located]], counted: set[tuple[int, int]]
+                          ) -> None:
+        """Apply one site's records of every partition to its current generation; when a
         rebuild switched generations meanwhile, re-read the pointer and apply what the new
-        generation does not hold yet (its stored offset says)."""
-        while group:
-            events = [r.event for r in group if (r.partition, r.offset) in counted]
+        generation does not hold yet (its stored offsets say)."""
+        while groups:
+            events = [r.event for group in groups.values() for r in group
+                      if (r.partition, r.offset) in counted]
             ops = to_ops(sites[site_id], aggregate(events), self.retention)
-            first, last = group[0].offset, group[-1].offset
+            ranges = {p: (group[0].offset, group[-1].offset) for p, group in groups.items()}
             try:
                 stored = await self._retry(
-                    "redis", lambda: self.redis.apply(ops, partition, first, last))  # noqa: B023
+                    "redis", lambda: self.redis.apply_ranges(ops, ranges))  # noqa: B023
             except GenerationMoved:
                 sites.update(await self._retry("redis", lambda: self.redis.current([site_id])))
                 log.info("generation_switched", extra={"fields": {
@@ -184,9 +274,12 @@ class Pipeline:
             if stored is None:
                 self.metrics.applied.inc(len(events))
                 return
-            skipped = [r for r in group if r.offset <= stored]
-            self.metrics.skipped.labels("already_applied").inc(len(skipped))
-            group = [r for r in group if r.offset > stored]
+            for partition, offset in stored.items():
+                group = groups[partition]
+                rest = [r for r in group if r.offset > offset]
+                self.metrics.skipped.labels("already_applied").inc(len(group) - len(rest))
+                groups[partition] = rest
+            groups = {p: group for p, group in groups.items() if group}
 
     async def _retry(self, store: str, step: Callable[[], Awaitable[T]]) -> T:
         delay = 0.05
@@ -197,7 +290,11 @@ class Pipeline:
                 self.health.report(store, "pipeline", exc)
                 if self.stopping.is_set():
                     raise Stopping from exc
-                await self.source.keepalive()
+                if self._consumer.locked():  # a poll or the other stage talks to Kafka
+                    await asyncio.sleep(0)
+                else:
+                    async with self._consumer:
+                        await self.source.keepalive()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
@@ -227,8 +324,9 @@ def decode_all(records: list[Record]) -> tuple[list[Located], list[Poison]]:
     return located, poison
 
 
-def group_by_site_partition(records: list[Located]) -> dict[tuple[str, int], list[Located]]:
-    groups: dict[tuple[str, int], list[Located]] = defaultdict(list)
+def group_by_site(records: list[Located]) -> dict[str, dict[int, list[Located]]]:
+    """site -> partition -> its records in offset order."""
+    groups: dict[str, dict[int, list[Located]]] = defaultdict(lambda: defaultdict(list))
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        groups[(r.event.site_id, r.partition)].append(r)
+        groups[r.event.site_id][r.partition].append(r)
     return groups

@@ -1,18 +1,24 @@
-"""Applying one site's batch to Redis atomically, together with the Kafka offset it covers.
+"""Applying one site's batch to Redis atomically, together with the Kafka offsets it covers.
 
-One Lua script per site and partition: it refuses to apply when the stored offset shows
-that part of the range was already applied (a redelivery, or another aggregator after a
-rebalance) and returns that offset, so the caller re-filters and applies only the rest.
-Live counting also refuses when the site's generation pointer no longer names the
-generation the keys were built for (a rebuild switched it): the caller re-reads the pointer
-and applies to the new generation, whose offsets then tell what it already holds. A rebuild
-writes its own generation with the same script, without that check. Every key is passed in
-KEYS and carries the site's hash tag: one slot, Cluster-ready.
+One Lua script per site and batch, covering every partition the batch holds of that site: it
+refuses to apply when a stored offset shows that part of a range was already applied (a
+redelivery, or another aggregator after a rebalance) and returns the stored offsets of those
+partitions, so the caller re-filters and applies only the rest. Live counting also refuses
+when the site's generation pointer no longer names the generation the keys were built for (a
+rebuild switched it): the caller re-reads the pointer and applies to the new generation, whose
+offsets then tell what it already holds. A rebuild writes its own generation with the same
+script, without that check. Every key is passed in KEYS and carries the site's hash tag: one
+slot, Cluster-ready.
+
+A bucket's expiry is set once, when the script creates the key: an INCRBY whose result is its
+own increment, a PFADD that reports a change (a new key always does) or a ZINCRBY, followed
+by ``EXPIREAT ... NX`` (Redis 7), which leaves an expiry already set alone. The expiry is
+absolute (``contracts.aggregates.expire_at``), so whoever creates the key sets the same one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import orjson
 
@@ -22,17 +28,33 @@ from contracts.keys import SiteKeys, sites_key
 from contracts.redis_client import RedisClient
 
 # KEYS[1]: offsets hash, KEYS[2]: the site's generation pointer. ARGV: partition, first
-# offset, last offset, ops as JSON, the generation of KEYS, "live" or "build". Each op is
-# [opcode, key index, expire_at, arguments...] (``aggregate.RedisOps``). Every opcode is
+# offset, last offset, ops as JSON, the generation of KEYS, "live" or "build", then (partition,
+# first offset, last offset) of every further partition covered (the first six are the
+# one-partition layout of earlier versions, which ``bench/limits.py`` still sends). Each op
+# is [opcode, key index, expire_at, arguments...] (``aggregate.RedisOps``). Every opcode is
 # checked before anything is written: an unknown one fails the call loudly and changes
-# nothing (a script is not rolled back halfway).
+# nothing (a script is not rolled back halfway). Returns -2 (applied), -3 (generation moved)
+# or, when nothing was applied because some range is already (partly) applied, a flat list
+# of (partition, stored offset) for those partitions.
 APPLY_SCRIPT = """
 if ARGV[6] == 'live' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then
   return -3
 end
-local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
-if stored >= tonumber(ARGV[2]) then
-  return stored
+local ranges = {{ARGV[1], ARGV[2], ARGV[3]}}
+for i = 7, #ARGV, 3 do ranges[#ranges + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]} end
+local partitions = {}
+for j, range in ipairs(ranges) do partitions[j] = range[1] end
+local stored = redis.call('HMGET', KEYS[1], unpack(partitions))
+local overlap = {}
+for j, range in ipairs(ranges) do
+  local offset = tonumber(stored[j] or '-1')
+  if offset >= tonumber(range[2]) then
+    overlap[#overlap + 1] = tonumber(range[1])
+    overlap[#overlap + 1] = offset
+  end
+end
+if #overlap > 0 then
+  return overlap
 end
 local ops = cjson.decode(ARGV[4])
 for _, op in ipairs(ops) do
@@ -41,21 +63,30 @@ for _, op in ipairs(ops) do
   end
 end
 for _, op in ipairs(ops) do
-  local kind, key = op[1], KEYS[op[2]]
+  local kind, key, at = op[1], KEYS[op[2]], op[3]
   if kind == 'i' then
-    redis.call('INCRBY', key, op[4])
+    if redis.call('INCRBY', key, op[4]) == op[4] and at > 0 then
+      redis.call('EXPIREAT', key, at)
+    end
   elseif kind == 'z' then
     for i = 4, #op, 2 do redis.call('ZINCRBY', key, op[i + 1], op[i]) end
-  else
-    redis.call('PFADD', key, unpack(op, 4))
+    if at > 0 then redis.call('EXPIREAT', key, at, 'NX') end
+  elseif redis.call('PFADD', key, unpack(op, 4)) == 1 and at > 0 then
+    redis.call('EXPIREAT', key, at, 'NX')
   end
-  if op[3] > 0 then redis.call('EXPIREAT', key, op[3]) end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local marks = {}
+for _, range in ipairs(ranges) do
+  marks[#marks + 1] = range[1]
+  marks[#marks + 1] = range[3]
+end
+redis.call('HSET', KEYS[1], unpack(marks))
 return -2
 """
 APPLIED = -2
 GENERATION_MOVED = -3
+
+Ranges = Mapping[int, tuple[int, int]]  # partition -> (first, last) offset of a batch
 
 
 class GenerationMoved(Exception):
@@ -90,15 +121,27 @@ class RedisSink:
 
     async def apply(self, ops: RedisOps, partition: int, first: int, last: int,
                     live: bool = True) -> int | None:
-        """Apply atomically. Returns None when applied, or the stored offset when some of
-        ``first..last`` was already applied (nothing was changed then). Live counting raises
-        ``GenerationMoved`` when the site's current generation is no longer ``ops``'s."""
-        result = int(await self._apply(keys=ops.keys, args=[
-            partition, first, last, orjson.dumps(ops.ops), ops.generation,
-            "live" if live else "build"]))
-        if result == GENERATION_MOVED:
+        """``apply_ranges`` for one partition: None when applied, else its stored offset."""
+        stored = await self.apply_ranges(ops, {partition: (first, last)}, live)
+        return None if stored is None else stored[partition]
+
+    async def apply_ranges(self, ops: RedisOps, ranges: Ranges,
+                           live: bool = True) -> dict[int, int] | None:
+        """Apply atomically. Returns None when applied, or partition -> stored offset for the
+        partitions of which some of ``first..last`` was already applied (nothing was changed
+        then). Live counting raises ``GenerationMoved`` when the site's current generation is
+        no longer ``ops``'s."""
+        (partition, (first, last)), *more = ranges.items()
+        args: list[bytes | str | int] = [partition, first, last, orjson.dumps(ops.ops),
+                                         ops.generation, "live" if live else "build"]
+        for partition, (first, last) in more:
+            args += (partition, first, last)
+        result = await self._apply(keys=ops.keys, args=args)
+        if isinstance(result, list):
+            return {int(p): int(o) for p, o in zip(result[::2], result[1::2], strict=True)}
+        if int(result) == GENERATION_MOVED:
             raise GenerationMoved(ops.generation)
-        return None if result == APPLIED else result
+        return None
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None:
         ids = list(site_ids)

@@ -36,7 +36,11 @@ class RecordSource(Protocol):
         """Commit ``partition -> next offset to read``; partitions no longer owned are skipped."""
 
     async def keepalive(self) -> None:
-        """Called between retries while a store is down, so the group keeps this member."""
+        """Called between retries while a store is down, so the group keeps this member.
+        Never while a poll is in progress (the pipeline serialises the two)."""
+
+    def settled(self) -> None:
+        """Every batch polled so far is committed (or given up): a rebalance may proceed."""
 
 
 class InMemorySource:
@@ -59,6 +63,9 @@ class InMemorySource:
     async def keepalive(self) -> None:
         await asyncio.sleep(0)
 
+    def settled(self) -> None:
+        pass
+
     def rewind(self) -> None:
         """Redeliver everything after the committed offsets, as Kafka does after a crash."""
         self._position = 0
@@ -70,8 +77,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._source = source
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Let the batch in hand finish and commit before another member takes over, so
-        # the new owner redoes as little as possible (the offsets in Redis make redoing safe).
+        # Let the batches in hand (up to two: one going to Redis, the next to MongoDB) finish
+        # and commit before another member takes over, so the new owner redoes as little as
+        # possible. Polls return nothing meanwhile (aiokafka fetches nothing during a
+        # reassignment), so no new batch starts. Past the timeout the batches still finish,
+        # in order: the offsets in Redis refuse whatever the new owner applied first, and
+        # commits of partitions no longer owned are skipped.
         try:
             await asyncio.wait_for(self._source.idle.wait(), timeout=15)
         except TimeoutError:
@@ -115,11 +126,15 @@ class KafkaSource:
         await self._consumer.stop()  # leaves the group
 
     async def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
-        self.idle.set()
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        self.idle.clear()
-        return [Record(tp.partition, msg.offset, msg.key, msg.value)
-                for tp, messages in batches.items() for msg in messages]
+        records = [Record(tp.partition, msg.offset, msg.key, msg.value)
+                   for tp, messages in batches.items() for msg in messages]
+        if records:
+            self.idle.clear()
+        return records
+
+    def settled(self) -> None:
+        self.idle.set()
 
     async def commit(self, next_offsets: dict[int, int]) -> None:
         owned = self._consumer.assignment()

@@ -31,7 +31,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 
 from aggregator.counting.aggregate import aggregate, to_ops
-from aggregator.counting.pipeline import decode_all, group_by_site_partition
+from aggregator.counting.pipeline import decode_all, group_by_site
 from aggregator.counting.redis_sink import RedisSink
 from aggregator.counting.source import Record
 from aggregator.recovery.generations import Generations
@@ -122,19 +122,22 @@ class Builder:
         located, _undecodable = decode_all(records)  # live counting dead-lettered those
         if self._only_site is not None:
             located = [r for r in located if r.event.site_id == self._only_site]
-        for (site_id, partition), group in group_by_site_partition(located).items():
+        for site_id, groups in group_by_site(located).items():
             if site_id in self.switched:
                 continue  # live counting owns it now
             site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
             events = []
-            for r in group:
-                if r.event.event_id not in self._seen:
-                    self._seen.add(r.event.event_id)
-                    events.append(r.event)
-            self.last_seen[site_id][partition] = group[-1].offset
+            for partition, group in groups.items():
+                for r in group:
+                    if r.event.event_id not in self._seen:
+                        self._seen.add(r.event.event_id)
+                        events.append(r.event)
+                self.last_seen[site_id][partition] = group[-1].offset
             self.counted += len(events)
-            await self._sink.apply(to_ops(site, aggregate(events), self._retention), partition,
-                                   group[0].offset, group[-1].offset, live=False)
+            await self._sink.apply_ranges(
+                to_ops(site, aggregate(events), self._retention),
+                {p: (group[0].offset, group[-1].offset) for p, group in groups.items()},
+                live=False)
 
 
 class Rebuild:

@@ -24,9 +24,10 @@ from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
 from aggregator.counting.dead_letters import ListDeadLetters
 from aggregator.counting.mongo_sink import MongoSink
 from aggregator.counting.pipeline import Pipeline
-from aggregator.counting.redis_sink import RedisSink
+from aggregator.counting.redis_sink import Ranges, RedisSink
 from aggregator.counting.source import InMemorySource, Record
 from aggregator.metrics import AggregatorMetrics
+from contracts.aggregates import PAGE_VISITORS, Scope, expire_at
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys
 from contracts.settings import Retention
@@ -95,9 +96,9 @@ class StalePreCheck:
     async def applied_offsets(self, sites: Iterable[SiteKeys]) -> dict[tuple[str, int], int]:
         return {}
 
-    async def apply(self, ops: Any, partition: int, first: int, last: int,
-                    live: bool = True) -> int | None:
-        return await self._sink.apply(ops, partition, first, last, live)
+    async def apply_ranges(self, ops: Any, ranges: Ranges,
+                           live: bool = True) -> dict[int, int] | None:
+        return await self._sink.apply_ranges(ops, ranges, live)
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None:
         await self._sink.remember_sites(site_ids)
@@ -149,3 +150,47 @@ async def test_an_unknown_operation_fails_the_whole_step_loudly_and_changes_noth
     assert [k async for k in redis.scan_iter(match=SiteKeys(site_id).generation_match())] == []
     assert await sink.apply(ops, 0, 0, 2) is None  # the same batch, well formed, applies
     assert await total_views(redis, site_id) == 3
+
+
+async def test_one_script_covers_several_partitions_and_refuses_them_all_on_any_overlap(
+        redis: Redis, site_id: str) -> None:
+    sink = RedisSink(redis)
+    events = make_events(site_id, 6)
+    ops = to_ops(SiteKeys(site_id), aggregate(events[:4]), RETENTION)
+    assert await sink.apply_ranges(ops, {0: (0, 1), 3: (7, 8)}) is None
+    assert await sink.applied_offsets([SiteKeys(site_id)]) == {(site_id, 0): 1,
+                                                               (site_id, 3): 8}
+    # Partition 3 overlaps, partition 5 is new: nothing applied, only 3's stored offset said.
+    more = to_ops(SiteKeys(site_id), aggregate(events[4:]), RETENTION)
+    assert await sink.apply_ranges(more, {5: (0, 0), 3: (8, 9)}) == {3: 8}
+    await assert_redis_matches(redis, site_id, recount(events[:4]), RETENTION)
+    assert await sink.apply_ranges(more, {5: (0, 0), 3: (9, 9)}) is None
+    await assert_redis_matches(redis, site_id, recount(events), RETENTION)
+
+
+async def test_a_bucket_expiry_is_set_when_its_key_is_created_and_never_again(
+        redis: Redis, site_id: str) -> None:
+    """Every key of the first batch gets its bucket's expiry (checked key by key). Then each
+    expiry is moved by hand: a later batch adding to the same keys leaves them alone (it set
+    them once), while the keys it creates get theirs."""
+    sink = RedisSink(redis)
+    events = make_events(site_id, 8)  # minute, hour and day buckets; pages /p0../p2
+    assert await apply(sink, site_id, events, 0, 0, 7) is None
+    await assert_redis_matches(redis, site_id, recount(events), RETENTION)
+    keys = SiteKeys(site_id)
+    expiring = {}
+    async for key in redis.scan_iter(match=keys.generation_match(), count=1000):
+        at = await redis.expiretime(key)
+        if at > 0:
+            expiring[key] = at + 1000
+            await redis.expireat(key, at + 1000)
+    assert expiring  # minute and hour buckets expire
+    later = [PageView(str(uuid.uuid4()), site_id, e.page_id, "someone-new", e.ts,
+                      e.received_at) for e in events]
+    newcomer = PageView(str(uuid.uuid4()), site_id, "/brand-new", "u", events[0].ts,
+                        events[0].received_at)
+    assert await apply(sink, site_id, [*later, newcomer], 0, 8, 16) is None
+    assert {k: await redis.expiretime(k) for k in expiring} == expiring
+    minute = Scope("m", events[0].ts // 60_000)
+    created = keys.key(PAGE_VISITORS, minute, "/brand-new")
+    assert await redis.expiretime(created) == expire_at(minute, RETENTION.ttl_of("m"))

@@ -10,7 +10,7 @@ rankings holding negated views as Redis does. Both can be told to fail, like a s
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -74,6 +74,7 @@ class FakeAggregateStore:
         self.sets: dict[str, set[str]] = defaultdict(set)
         self.failures = 0
         self.pointers: dict[str, str] = {}  # site -> current generation, when not the default
+        self.applies = 0  # apply calls that changed something
 
     def _maybe_fail(self) -> None:
         if self.failures:
@@ -91,14 +92,21 @@ class FakeAggregateStore:
 
     async def apply(self, ops: RedisOps, partition: int, first: int, last: int,
                     live: bool = True) -> int | None:
+        stored = await self.apply_ranges(ops, {partition: (first, last)}, live)
+        return None if stored is None else stored[partition]
+
+    async def apply_ranges(self, ops: RedisOps, ranges: Mapping[int, tuple[int, int]],
+                           live: bool = True) -> dict[int, int] | None:
         """The apply script's semantics, by the catalog's operation per kind."""
         self._maybe_fail()
         site_id = ops.keys[1].split("{")[1].split("}")[0]
         if live and self.pointers.get(site_id, DEFAULT_GENERATION) != ops.generation:
             raise GenerationMoved(ops.generation)
         marker = self.offsets[ops.keys[0]]
-        if marker.get(partition, -1) >= first:
-            return marker[partition]
+        overlap = {p: marker[p] for p, (first, _) in ranges.items()
+                   if marker.get(p, -1) >= first}
+        if overlap:
+            return overlap
         kinds = {code: kind for kind, code in OPCODES.items()}
         if any(op[0] not in kinds for op in ops.ops):
             raise ResponseError(f"unknown aggregate operation in {ops.ops}")
@@ -111,7 +119,9 @@ class FakeAggregateStore:
                     self.sorted_sets[key][str(member)] += int(str(n))
             else:
                 self.sets[key].update(str(m) for m in args)
-        marker[partition] = last
+        for p, (_, last) in ranges.items():
+            marker[p] = last
+        self.applies += 1
         return None
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None:

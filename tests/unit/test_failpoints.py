@@ -20,6 +20,7 @@ from contracts.failpoints import (
     CRASH_AT_VARIABLE,
     CRASH_EXIT_STATUS,
     FAILPOINTS,
+    MONGO_AHEAD,
 )
 from contracts.keys import SiteKeys
 from contracts.settings import AggregatorSettings, Retention, SettingsError
@@ -54,10 +55,10 @@ STOPS_AT = {AFTER_MONGO.name: (6, 3), AFTER_REDIS.name: (6, 6)}
 
 
 def test_every_failpoint_of_the_catalog_is_placed() -> None:
-    assert set(STOPS_AT) == set(FAILPOINTS)
+    assert set(STOPS_AT) | {MONGO_AHEAD.name} == set(FAILPOINTS)
 
 
-@pytest.mark.parametrize("name", sorted(FAILPOINTS))
+@pytest.mark.parametrize("name", sorted(STOPS_AT))
 async def test_a_failpoint_exits_at_its_step_of_the_given_batch(name: str) -> None:
     pipeline, source, mongo, redis = pipeline_with(CrashHook(name, 2, exit=raise_exited))
     await pipeline.process(await source.poll(3, 0))  # batch 1: not yet
@@ -66,6 +67,19 @@ async def test_a_failpoint_exits_at_its_step_of_the_given_batch(name: str) -> No
     assert exited.value.status == CRASH_EXIT_STATUS
     assert (len(mongo.docs), redis.counters[SiteKeys("s").key(VIEWS, ALL_TIME)]) == STOPS_AT[name]
     assert source.committed == {0: 3}
+
+
+async def test_the_overlap_failpoint_exits_with_one_batch_in_redis_and_the_next_in_mongodb(
+        ) -> None:
+    """Only the overlapping loop (``run``) has a next batch in MongoDB while one is in Redis:
+    at batch 1 it stops with all six events in MongoDB, three in Redis, nothing committed."""
+    pipeline, source, mongo, redis = pipeline_with(CrashHook(MONGO_AHEAD.name, 1,
+                                                             exit=raise_exited))
+    with pytest.raises(Exited) as exited:
+        await asyncio.wait_for(pipeline.run(3, 0), timeout=10)
+    assert exited.value.status == CRASH_EXIT_STATUS
+    assert (len(mongo.docs), redis.counters[SiteKeys("s").key(VIEWS, ALL_TIME)]) == (6, 3)
+    assert source.committed == {}
 
 
 async def test_no_failpoint_fires_unless_named() -> None:
