@@ -4,7 +4,7 @@ PY := .venv/bin/python
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 
 .PHONY: help venv up down status test test-unit test-integration lint typecheck replay \
-        bench bench-ingest bench-query bench-e2e bench-aggregator bench-replay bench-report
+        bench bench-ingest bench-query bench-e2e bench-aggregator bench-replay bench-fallback bench-report
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,5 +53,7 @@ bench-aggregator: venv ## Drain rate with one and two aggregators vs the insert 
 	$(BENCH) aggregator
 bench-replay: venv ## Rate of python -m aggregator.recovery.replay rebuilding from the topic
 	$(BENCH) replay
+bench-fallback: venv ## /stats answered from MongoDB (1,000,000 events over 1,000 sites, seeded once)
+	$(PY) -m bench fallback
 bench-report: venv ## PNG charts of the latest results (bench/results/*.png)
 	$(BENCH) report

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from bench import aggregator, e2e, goals, ingest, limits, query, replay, table
+from bench import aggregator, e2e, fallback, goals, ingest, limits, query, replay, table
 from bench.machine import machine, versions
 from bench.progress import say
 from bench.results import Run, save
@@ -95,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fallback.main() if sys.argv[1:] == ["fallback"] else main())

@@ -7,9 +7,11 @@
     python infra/stack.py provision   only install and build (apt, Kafka jars, FerretDB)
 
 Kafka 4.x runs from its Maven Central jars in single-node KRaft mode, FerretDB 1.24 (the
-MongoDB wire protocol on SQLite) is built from the Go module proxy, Redis and NGINX come from
-Debian packages. Downloads and builds are cached under ``$PAGEVIEWS_CACHE`` (default
-``~/.cache/pageviews``) keyed by the hash of what produced them, so a warm ``up`` takes seconds.
+MongoDB wire protocol) is built from the Go module proxy and runs on PostgreSQL
+(``MONGO_BACKEND=sqlite``: on SQLite files, and no PostgreSQL is started); PostgreSQL, Redis
+and NGINX come from Debian packages. Downloads and builds are cached under
+``$PAGEVIEWS_CACHE`` (default ``~/.cache/pageviews``) keyed by the hash of what produced them,
+so a warm ``up`` takes seconds.
 Servers can come from elsewhere (the test session's containers, say): with
 ``EXTERNAL_KAFKA_BOOTSTRAP``, ``EXTERNAL_MONGO_URL`` or ``EXTERNAL_REDIS_URL`` set, ``up`` uses
 that server instead of starting its own. Everything the stack writes at run time lives in
@@ -44,6 +46,11 @@ CACHE = Path(os.environ.get("PAGEVIEWS_CACHE", Path.home() / ".cache" / "pagevie
 APT_PACKAGES = {"redis-server": "redis-server", "nginx": "nginx-light",
                 "redis-benchmark": "redis-tools", "wrk": "wrk",
                 "chromium": "chromium"}  # the dashboard's browser test (tests/e2e)
+# FerretDB's storage: "postgresql" (default: 2-4x SQLite's insert rate with several writers,
+# and indexes its pushed-down filters use) or "sqlite" (no PostgreSQL process).
+MONGO_BACKEND = os.environ.get("MONGO_BACKEND", "postgresql")
+if MONGO_BACKEND not in ("postgresql", "sqlite"):
+    sys.exit(f"MONGO_BACKEND={MONGO_BACKEND!r}: choose postgresql or sqlite")
 
 
 def env_int(name: str, default: int) -> int:
@@ -59,6 +66,7 @@ class Ports:
     kafka_controller: int = 19093
     mongo: int = 27027
     redis: int = 16379
+    postgres: int = 15432
     gateway_base: int = 8101
     query_base: int = 8201
     aggregator_base: int = 8301
@@ -67,7 +75,7 @@ class Ports:
     def from_base(cls, base: int) -> Ports:
         """Every port in ``base .. base + 59``: a block that one ``PORT_BASE`` reserves."""
         return cls(http=base, kafka=base + 1, kafka_controller=base + 2, mongo=base + 3,
-                   redis=base + 4, gateway_base=base + 10, query_base=base + 20,
+                   redis=base + 4, postgres=base + 5, gateway_base=base + 10, query_base=base + 20,
                    aggregator_base=base + 30)
 
     @classmethod
@@ -130,10 +138,20 @@ class Tools:
     ferretdb: Path
     redis_server: str
     nginx: str
+    postgres_bin: Path | None  # the newest /usr/lib/postgresql/<major>/bin
+
+
+def postgres_bin() -> Path | None:
+    """Debian installs each PostgreSQL major beside the others, off ``PATH``: take the newest."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres")
+             if p.parent.parent.name.isdigit()]
+    return max(found, key=lambda b: int(b.parent.name), default=None)
 
 
 def ensure_apt() -> None:
     missing = [pkg for cmd, pkg in APT_PACKAGES.items() if shutil.which(cmd) is None]
+    if MONGO_BACKEND == "postgresql" and "ferretdb" not in EXTERNAL and postgres_bin() is None:
+        missing.append("postgresql")
     if not missing:
         return
     if os.geteuid() != 0:
@@ -194,7 +212,7 @@ def provision() -> Tools:
     ensure_apt()
     return Tools(kafka_libs=ensure_kafka_jars(), ferretdb=ensure_ferretdb(),
                  redis_server=shutil.which("redis-server") or "redis-server",
-                 nginx=shutil.which("nginx") or "/usr/sbin/nginx")
+                 nginx=shutil.which("nginx") or "/usr/sbin/nginx", postgres_bin=postgres_bin())
 
 
 # --------------------------------------------------------------------------- processes
@@ -278,9 +296,15 @@ def wait_ready(part: Part, pid: int) -> None:
     sys.exit(f"{part.name} not ready after {part.timeout_s:.0f}s; see {LOGS / part.name}.log")
 
 
+# Parts stopped by one signal to their leader first. PostgreSQL: SIGINT is its fast shutdown
+# (it ends its backends and writes a checkpoint); SIGTERM to every process of its session at
+# once would end its helpers under it, which it treats as a crash (recovery at next start).
+LEADER_FIRST = {"postgres": signal.SIGINT}
+
+
 def stop(name: str, timeout_s: float = 20.0) -> bool:
     """SIGTERM the part's whole session (SIGKILL after ``timeout_s``), even when its leader
-    died and left children behind."""
+    died and left children behind; ``LEADER_FIRST`` parts get their own signal first."""
     recorded = recorded_pid(name)
     (PIDS / f"{name}.pid").unlink(missing_ok=True)
     if recorded is None:
@@ -291,6 +315,11 @@ def stop(name: str, timeout_s: float = 20.0) -> bool:
     # Otherwise the session is ours: Linux reuses no pid while a session still bears it.
     if not session_members(session):
         return False
+    if name in LEADER_FIRST and start_time(session) == started:
+        os.kill(session, LEADER_FIRST[name])
+        deadline = time.monotonic() + timeout_s
+        while session_members(session) and time.monotonic() < deadline:
+            time.sleep(0.1)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in session_members(session):
             with contextlib.suppress(ProcessLookupError):
@@ -423,10 +452,101 @@ def redis_part(tools: Tools, ports: Ports) -> Part:
 
 
 def ferretdb_part(tools: Tools, ports: Ports) -> Part:
+    argv = [str(tools.ferretdb), "-listen", f"127.0.0.1:{ports.mongo}", "-log-level", "warn"]
+    if MONGO_BACKEND == "sqlite":
+        return Part(name="ferretdb", argv=[*argv, "-backend", "sqlite",
+                                           "-sqlite-dir", str(DATA / "ferretdb")],
+                    ready=lambda: mongo_ok(ports.mongo), port=ports.mongo)
     return Part(name="ferretdb",
-                argv=[str(tools.ferretdb), "-listen", f"127.0.0.1:{ports.mongo}",
-                      "-sqlite-dir", str(DATA / "ferretdb"), "-log-level", "warn"],
-                ready=lambda: mongo_ok(ports.mongo), port=ports.mongo)
+                argv=[*argv, "-backend", "postgresql", "-postgresql-url", postgres_url(ports)],
+                ready=lambda: mongo_ok(ports.mongo), port=ports.mongo,
+                before_start=lambda: ensure_database(tools, ports))
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+PG_USER = "postgres"  # the superuser initdb creates; also the system user when we are root
+PG_DATABASE = "ferretdb"  # each MongoDB database is a schema in it
+# Durability stays as shipped (fsync, synchronous_commit and full_page_writes on): a write
+# FerretDB acknowledged survives a crash. Tuned only what loses nothing: memory for pages and
+# WAL, and fewer checkpoints (each one writes whole pages to the WAL again).
+PG_SETTINGS = {
+    "listen_addresses": "127.0.0.1", "max_connections": "200",
+    "shared_buffers": "256MB", "wal_buffers": "16MB", "wal_compression": "on",
+    "max_wal_size": "2GB", "min_wal_size": "256MB", "checkpoint_timeout": "15min",
+    "log_min_messages": "warning", "log_line_prefix": "%m [%p] ",
+}
+PG_HBA = "local all all trust\nhost all all 127.0.0.1/32 trust\n"  # loopback only
+
+
+def postgres_url(ports: Ports) -> str:
+    return f"postgres://{PG_USER}@127.0.0.1:{ports.postgres}/{PG_DATABASE}"
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root (CI), run it as the Debian package's
+    ``postgres`` user; ``setpriv`` execs, so the session leader is the server itself."""
+    if os.geteuid() != 0:
+        return argv
+    return ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", "--", *argv]
+
+
+def prepare_postgres_dir(data: Path) -> None:
+    """The data directory, owned by whoever runs the server. As root, the ``postgres`` user
+    must also reach it through every parent directory: we fail with the fix rather than put
+    the data outside ``STACK_DIR``, where ``down`` and the tests' cleanup would not see it."""
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if os.geteuid() != 0:
+        return
+    shutil.chown(data, PG_USER, PG_USER)
+    data.chmod(0o700)
+    if subprocess.run(as_postgres(["test", "-w", str(data), "-a", "-x", str(data)])).returncode:
+        blocked = [str(p) for p in reversed(data.parents) if not os.stat(p).st_mode & 0o001]
+        sys.exit(f"postgres: the `{PG_USER}` user cannot reach {data}; make every parent "
+                 f"directory searchable (chmod o+x {' '.join(blocked) or '...'}) or set "
+                 "STACK_DIR to a directory it can reach")
+
+
+def postgres_part(tools: Tools, ports: Ports) -> Part:
+    if tools.postgres_bin is None:
+        sys.exit("postgres: no /usr/lib/postgresql/*/bin/postgres; install Debian's `postgresql`")
+    bin_dir, data = tools.postgres_bin, DATA / "postgres"
+    socket_dir = str(data) if len(f"{data}/.s.PGSQL.{ports.postgres}") < 100 else ""
+
+    def init() -> None:
+        prepare_postgres_dir(data)
+        if not (data / "PG_VERSION").exists():
+            say("postgres", "initdb (first start)")
+            run(as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER,
+                             "-E", "UTF8", "--no-locale", "--auth=trust"]),
+                stdout=subprocess.DEVNULL)
+        (data / "pg_hba.conf").write_text(PG_HBA)
+        if os.geteuid() == 0:
+            shutil.chown(data / "pg_hba.conf", PG_USER, PG_USER)
+
+    settings = [arg for key, value in PG_SETTINGS.items() for arg in ("-c", f"{key}={value}")]
+    return Part(name="postgres",
+                argv=as_postgres([str(bin_dir / "postgres"), "-D", str(data),
+                                  "-p", str(ports.postgres), "-k", socket_dir, *settings]),
+                ready=lambda: postgres_ok(bin_dir, ports.postgres), before_start=init,
+                port=ports.postgres)
+
+
+def postgres_ok(bin_dir: Path, port: int) -> bool:
+    return subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port),
+                           "-U", PG_USER, "-d", "postgres"]).returncode == 0
+
+
+def ensure_database(tools: Tools, ports: Ports) -> None:
+    """FerretDB's database, created on first start (FerretDB creates schemas, not databases)."""
+    assert tools.postgres_bin is not None
+    psql = [str(tools.postgres_bin / "psql"), "-h", "127.0.0.1", "-p", str(ports.postgres),
+            "-U", PG_USER, "-d", "postgres", "-tAq", "-c"]
+    exists = subprocess.run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    if exists != "1":
+        say("postgres", f"creating database {PG_DATABASE}")
+        run([*psql, f"CREATE DATABASE {PG_DATABASE}"], stdout=subprocess.DEVNULL)
 
 
 def service_parts(ports: Ports, python: str) -> list[Part]:
@@ -481,6 +601,7 @@ def stack_env(ports: Ports) -> dict[str, str]:
         "AGGREGATOR_GROUP": GROUP,
         "MONGO_URL": EXTERNAL.get("ferretdb", f"mongodb://127.0.0.1:{ports.mongo}/"),
         "REDIS_URL": EXTERNAL.get("redis", f"redis://127.0.0.1:{ports.redis}/0"),
+        **({"POSTGRES_URL": postgres_url(ports)} if uses_postgres() else {}),
         "GATEWAY_URLS": ",".join(f"http://127.0.0.1:{ports.gateway_base + i}"
                                  for i in range(GATEWAYS)),
         "QUERY_URLS": ",".join(f"http://127.0.0.1:{ports.query_base + i}"
@@ -488,6 +609,10 @@ def stack_env(ports: Ports) -> dict[str, str]:
         "AGGREGATOR_URLS": ",".join(f"http://127.0.0.1:{ports.aggregator_base + i}"
                                     for i in range(AGGREGATORS)),
     }
+
+
+def uses_postgres() -> bool:
+    return MONGO_BACKEND == "postgresql" and "ferretdb" not in EXTERNAL
 
 
 def up() -> None:
@@ -500,7 +625,9 @@ def up() -> None:
     base_env = {**os.environ, **env_values, "PYTHONUNBUFFERED": "1"}
     python = str(ROOT / ".venv" / "bin" / "python")
     # Servers one by one (each needs the previous), then all services at once, then NGINX.
-    servers = [redis_part(tools, ports), ferretdb_part(tools, ports), kafka_part(tools, ports)]
+    servers = [redis_part(tools, ports),
+               *([postgres_part(tools, ports)] if uses_postgres() else []),
+               ferretdb_part(tools, ports), kafka_part(tools, ports)]
     waves = [[server] for server in servers if server.name not in EXTERNAL]
     waves += [service_parts(ports, python), [nginx_part(tools, ports)]]
     if "kafka" in EXTERNAL:
@@ -544,7 +671,7 @@ def names() -> list[str]:
 
 def down() -> None:
     # Front door first, then services, then the servers they depend on.
-    order = ["nginx", "gateway", "query", "aggregator", "kafka", "ferretdb", "redis"]
+    order = ["nginx", "gateway", "query", "aggregator", "kafka", "ferretdb", "postgres", "redis"]
     for prefix in order:
         for name in names():
             if name.startswith(prefix) and stop(name):

@@ -46,6 +46,13 @@ def count_by(key: str) -> list[dict[str, Any]]:
     return [{"$group": {"_id": None if key == "" else f"${key}", "n": {"$sum": 1}}}]
 
 
+def views_by_user() -> list[dict[str, Any]]:
+    """Views per visitor: how many there are is the distinct visitors, their sum the views.
+    One fetch of the matched events instead of two (a count and a distinct count): FerretDB
+    reads and decodes the matched documents once per query."""
+    return [{"$group": {"_id": "$user_id", "n": {"$sum": 1}}}]
+
+
 def distinct_users_by(key: str) -> list[dict[str, Any]]:
     """Distinct visitors per ``key``: group by (key, user), then count per key."""
     first_id: Any = "$user_id" if key == "" else {"k": f"${key}", "u": "$user_id"}
@@ -73,10 +80,8 @@ class MongoReader:
         return {doc["_id"]: int(doc["n"]) async for doc in cursor}
 
     async def totals(self, site_id: str, rng: TimeRange, page_id: str | None) -> Totals:
-        match = match_stage(site_id, rng, page_id)
-        views, uniques = await asyncio.gather(self._grouped([match, *count_by("")]),
-                                              self._grouped([match, *distinct_users_by("")]))
-        return Totals(views.get(None, 0), uniques.get(None, 0))
+        per_user = await self._grouped([match_stage(site_id, rng, page_id), *views_by_user()])
+        return Totals(sum(per_user.values()), len(per_user))
 
     async def ranked_pages(self, site_id: str, rng: TimeRange, offset: int, limit: int
                            ) -> tuple[int, list[tuple[str, int]]]:

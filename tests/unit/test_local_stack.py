@@ -109,6 +109,7 @@ def test_port_base_and_stack_dir_give_a_second_stack_its_own_ports_and_state(
         "KAFKA_TOPIC": "test-page-views", "AGGREGATOR_GROUP": "test-aggregators"})
     ports = stack.Ports.load()
     every = [ports.http, ports.kafka, ports.kafka_controller, ports.mongo, ports.redis,
+             ports.postgres,
              *(ports.gateway_base + i for i in range(stack.GATEWAYS)),
              *(ports.query_base + i for i in range(stack.QUERY_APIS)),
              *(ports.aggregator_base + i for i in range(stack.AGGREGATORS))]
@@ -118,6 +119,30 @@ def test_port_base_and_stack_dir_give_a_second_stack_its_own_ports_and_state(
     env = stack.stack_env(ports)
     assert (env["KAFKA_TOPIC"], env["AGGREGATOR_GROUP"]) == ("test-page-views", "test-aggregators")
     assert env["HTTP_URL"] == "http://127.0.0.1:23000"
+    assert env["POSTGRES_URL"] == "postgres://postgres@127.0.0.1:23005/ferretdb"
+
+
+def test_the_sqlite_backend_starts_no_postgresql(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    stack = load_stack_module(monkeypatch, tmp_path, {"MONGO_BACKEND": "sqlite"})
+    assert not stack.uses_postgres()
+    assert "POSTGRES_URL" not in stack.stack_env(stack.Ports())
+    tools = stack.Tools(kafka_libs=tmp_path, ferretdb=tmp_path / "ferretdb", redis_server="",
+                        nginx="", postgres_bin=None)
+    argv = stack.ferretdb_part(tools, stack.Ports()).argv
+    assert argv[argv.index("-backend") + 1] == "sqlite"
+
+
+def test_postgresql_is_the_default_backend(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    monkeypatch.delenv("MONGO_BACKEND", raising=False)
+    monkeypatch.delenv("EXTERNAL_MONGO_URL", raising=False)
+    stack = load_stack_module(monkeypatch, tmp_path, {})
+    assert stack.uses_postgres()
+    tools = stack.Tools(kafka_libs=tmp_path, ferretdb=tmp_path / "ferretdb", redis_server="",
+                        nginx="", postgres_bin=tmp_path)
+    argv = stack.ferretdb_part(tools, stack.Ports()).argv
+    assert argv[argv.index("-postgresql-url") + 1] == stack.postgres_url(stack.Ports())
 
 
 def test_a_test_session_takes_a_port_block_no_other_session_holds_and_no_process_uses(

@@ -19,15 +19,21 @@ import (
 	_ "modernc.org/sqlite" // the driver FerretDB itself uses
 )
 
-// ensureIDLookupIndexes runs until ctx ends, every interval adding missing indexes.
-func ensureIDLookupIndexes(ctx context.Context, dir string, interval time.Duration, logger *slog.Logger) {
+// sqliteMissing lists the collection tables that lack their lookup index. It asks the
+// catalog each pass instead of remembering what it indexed: a collection dropped and
+// re-created under the same table name has lost its index and must get it again.
+const sqliteMissing = `SELECT c.table_name FROM "_ferretdb_collections" c
+WHERE NOT EXISTS (SELECT 1 FROM sqlite_master m
+                  WHERE m.type = 'index' AND m.name = c.table_name || '_id_lookup')`
+
+// ensureSQLiteIndexes runs until ctx ends, every interval adding missing indexes.
+func ensureSQLiteIndexes(ctx context.Context, dir string, interval time.Duration, logger *slog.Logger) {
 	dbs := map[string]*sql.DB{}
 	defer func() {
 		for _, db := range dbs {
 			db.Close()
 		}
 	}()
-	done := map[string]bool{}
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
@@ -44,7 +50,7 @@ func ensureIDLookupIndexes(ctx context.Context, dir string, interval time.Durati
 				db.SetMaxOpenConns(1)
 				dbs[file] = db
 			}
-			if err := indexTables(ctx, db, done); err != nil {
+			if err := indexSQLiteTables(ctx, db); err != nil {
 				logger.Debug("id lookup index", "file", file, "error", err)
 			}
 		}
@@ -56,31 +62,34 @@ func ensureIDLookupIndexes(ctx context.Context, dir string, interval time.Durati
 	}
 }
 
-func indexTables(ctx context.Context, db *sql.DB, done map[string]bool) error {
-	rows, err := db.QueryContext(ctx, `SELECT table_name FROM "_ferretdb_collections"`)
+func indexSQLiteTables(ctx context.Context, db *sql.DB) error {
+	tables, err := queryStrings(ctx, db, sqliteMissing)
 	if err != nil {
 		return err // a database FerretDB has not initialised yet
 	}
-	var tables []string
-	for rows.Next() {
-		var table string
-		if err = rows.Scan(&table); err != nil {
-			rows.Close()
-			return err
-		}
-		tables = append(tables, table)
-	}
-	rows.Close()
 	for _, table := range tables {
-		if done[table] {
-			continue
-		}
 		q := fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %q ON %q (_ferretdb_sjson->'$._id')`,
 			table+"_id_lookup", table)
 		if _, err = db.ExecContext(ctx, q); err != nil {
 			return err
 		}
-		done[table] = true
 	}
 	return nil
+}
+
+func queryStrings(ctx context.Context, db *sql.DB, q string) ([]string, error) {
+	rows, err := db.QueryContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err = rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
 }
