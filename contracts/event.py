@@ -180,7 +180,9 @@ def _check_ids(raw: Mapping[str, Any], errors: list[FieldError], *, event_id_req
     site) when invalid: the gateway and the record decoder apply the same ones."""
     page_id = _check_text(raw, "page_id", MAX_PAGE_ID, required=True, no_control=True,
                           errors=errors)
-    user_id = _check_text(raw, "user_id", MAX_USER_ID, required=True, no_control=False,
+    # No control characters in any text field: PostgreSQL (FerretDB's storage) cannot store
+    # NUL at all, and a record it cannot store must be refused here, not crash the aggregator.
+    user_id = _check_text(raw, "user_id", MAX_USER_ID, required=True, no_control=True,
                           errors=errors)
     event_id = _check_text(raw, "event_id", MAX_EVENT_ID, required=event_id_required,
                            no_control=True, errors=errors)

@@ -35,7 +35,8 @@ _SITE_ID = r"^[A-Za-z0-9._-]{1,64}\Z"
 class _WireEvent(msgspec.Struct, forbid_unknown_fields=True):
     page_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PAGE_ID,
                                          pattern=_NO_CONTROL)]
-    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_USER_ID)]
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_USER_ID,
+                                         pattern=_NO_CONTROL)]
     site_id: Annotated[str, msgspec.Meta(pattern=_SITE_ID)] = DEFAULT_SITE
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID,
                                           pattern=_NO_CONTROL)] | msgspec.UnsetType = \

@@ -24,7 +24,7 @@ EVENT_SCHEMA: dict[str, Any] = {
         "page_id": {"type": "string", "minLength": 1, "maxLength": MAX_PAGE_ID,
                     "description": "The page (path or name); no control characters."},
         "user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID,
-                    "description": "The visitor (pseudonymous id)."},
+                    "description": "The visitor (pseudonymous id); no control characters."},
         "site_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
                     "default": "default"},
         "event_id": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID,

@@ -164,6 +164,8 @@ def test_a_record_with_every_field_valid_decodes() -> None:
     ({"page_id": "p" * 513}, "page_id"),
     ({"page_id": ""}, "page_id"),
     ({"user_id": "u" * 129}, "user_id"),
+    ({"user_id": "u\u0000"}, "user_id"),  # PostgreSQL under FerretDB cannot store NUL
+    ({"user_id": "\x1b[31mu"}, "user_id"),
     ({"event_id": "e" * 129}, "event_id"),
     ({"event_id": "e\n"}, "event_id"),
     ({"event_id": 7}, "event_id"),
