@@ -13,6 +13,8 @@ from typing import Any
 from contracts.event import MAX_EVENT_ID, MAX_PAGE_ID, MAX_USER_ID
 from contracts.settings import GatewaySettings
 
+# ECMA-262 (JSON Schema) form of the "no control characters" rule of contracts.event.
+NO_CONTROL_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
 MAX_BATCH_EVENTS = GatewaySettings.max_batch_events  # the default; a deployment may lower it
 
 EVENT_SCHEMA: dict[str, Any] = {
@@ -22,12 +24,15 @@ EVENT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "page_id": {"type": "string", "minLength": 1, "maxLength": MAX_PAGE_ID,
+                    "pattern": NO_CONTROL_PATTERN,
                     "description": "The page (path or name); no control characters."},
         "user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID,
+                    "pattern": NO_CONTROL_PATTERN,
                     "description": "The visitor (pseudonymous id); no control characters."},
         "site_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
                     "default": "default"},
         "event_id": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID,
+                     "pattern": NO_CONTROL_PATTERN,
                      "description": "Make retries safe: an event id is counted once. "
                                     "Assigned (time-ordered UUIDv7) when absent."},
         "ts": {"type": ["integer", "string"], "description": (
