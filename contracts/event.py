@@ -34,7 +34,9 @@ RFC3339_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
     r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The control characters no text field may hold (C0, DEL and C1), as a regex class body.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f"
+CONTROL_CHARS_RE = re.compile(f"[{CONTROL_CHARS}]")
 KNOWN_FIELDS = frozenset({"page_id", "user_id", "site_id", "event_id", "ts"})
 
 

@@ -18,6 +18,7 @@ from typing import Annotated
 import msgspec
 
 from contracts.event import (
+    CONTROL_CHARS,
     DEFAULT_SITE,
     MAX_EVENT_ID,
     MAX_PAGE_ID,
@@ -28,7 +29,7 @@ from contracts.event import (
 )
 
 # ``\Z``, not ``$``: msgspec searches, and ``$`` would also match before a final newline.
-_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
+_NO_CONTROL = rf"^[^{CONTROL_CHARS}]*\Z"
 _SITE_ID = r"^[A-Za-z0-9._-]{1,64}\Z"
 
 
