@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -48,7 +48,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
 from aggregator.counting.dead_letters import DeadLetters, Poison
 from aggregator.counting.mongo_sink import Located
-from aggregator.counting.redis_sink import GenerationMoved, Ranges
+from aggregator.counting.redis_sink import (
+    MAX_SCRIPT_COST,
+    GenerationMoved,
+    Ranges,
+    script_cost,
+)
 from aggregator.counting.source import Record, RecordSource
 from aggregator.health import StoreHealth
 from aggregator.metrics import AggregatorMetrics
@@ -142,6 +147,7 @@ class Pipeline:
     stopping: asyncio.Event
     retention: Retention
     backoff_max_s: float = 5.0
+    max_script_cost: int = MAX_SCRIPT_COST
     crash: CrashHook = field(default_factory=CrashHook)
     health: StoreHealth = field(default_factory=StoreHealth)
     batches: int = 0
@@ -255,21 +261,33 @@ class Pipeline:
     async def _apply_site(self, sites: dict[str, SiteKeys], site_id: str,
                           groups: dict[int, list[Located]], counted: set[tuple[int, int]]
                           ) -> None:
-        """Apply one site's records of every partition to its current generation; when a
-        rebuild switched generations meanwhile, re-read the pointer and apply what the new
-        generation does not hold yet (its stored offsets say)."""
+        """Apply one site's records of every partition, in pieces (``pieces``) so that no
+        script holds Redis for long. Each piece is one atomic step with the offsets it
+        covers: after a crash between two pieces the redelivery finds the first one's
+        offsets and counts only the rest."""
+        for piece, ops in pieces(sites[site_id], groups, counted, self.retention,
+                                 self.max_script_cost):
+            await self._apply_piece(sites, site_id, piece, counted, ops)
+
+    async def _apply_piece(self, sites: dict[str, SiteKeys], site_id: str,
+                           groups: dict[int, list[Located]], counted: set[tuple[int, int]],
+                           ops: RedisOps | None) -> None:
+        """Apply records to the site's current generation; when a rebuild switched
+        generations meanwhile, re-read the pointer and apply what the new generation does
+        not hold yet (its stored offsets say)."""
         while groups:
             events = [r.event for group in groups.values() for r in group
                       if (r.partition, r.offset) in counted]
-            ops = to_ops(sites[site_id], aggregate(events), self.retention)
+            piece_ops = ops or to_ops(sites[site_id], aggregate(events), self.retention)
             ranges = {p: (group[0].offset, group[-1].offset) for p, group in groups.items()}
             try:
                 stored = await self._retry(
-                    "redis", lambda: self.redis.apply_ranges(ops, ranges))  # noqa: B023
+                    "redis", lambda: self.redis.apply_ranges(piece_ops, ranges))  # noqa: B023
             except GenerationMoved:
                 sites.update(await self._retry("redis", lambda: self.redis.current([site_id])))
                 log.info("generation_switched", extra={"fields": {
                     "site": site_id, "generation": sites[site_id].generation}})
+                ops = None
                 continue
             if stored is None:
                 self.metrics.applied.inc(len(events))
@@ -280,6 +298,7 @@ class Pipeline:
                 self.metrics.skipped.labels("already_applied").inc(len(group) - len(rest))
                 groups[partition] = rest
             groups = {p: group for p, group in groups.items() if group}
+            ops = None
 
     async def _retry(self, store: str, step: Callable[[], Awaitable[T]]) -> T:
         delay = 0.05
@@ -322,6 +341,41 @@ def decode_all(records: list[Record]) -> tuple[list[Located], list[Poison]]:
             continue
         located.append(Located(event, record.partition, record.offset, document))
     return located, poison
+
+
+def pieces(site: SiteKeys, groups: dict[int, list[Located]], counted: set[tuple[int, int]],
+           retention: Retention, max_cost: int = MAX_SCRIPT_COST
+           ) -> Iterator[tuple[dict[int, list[Located]], RedisOps]]:
+    """One site's records (partition -> records in offset order) and their operations, in
+    pieces of consecutive offsets (``by_cost``): every piece covers one range of each
+    partition it holds."""
+    def ops_of(records: Sequence[Located]) -> RedisOps:
+        events = [r.event for r in records if (r.partition, r.offset) in counted]
+        return to_ops(site, aggregate(events), retention)
+
+    flat = [r for group in groups.values() for r in group]
+    for chunk, ops in by_cost(flat, ops_of, max_cost):
+        piece: dict[int, list[Located]] = defaultdict(list)
+        for r in chunk:
+            piece[r.partition].append(r)
+        yield piece, ops
+
+
+def by_cost(items: Sequence[T], ops_of: Callable[[Sequence[T]], RedisOps],
+            max_cost: int = MAX_SCRIPT_COST) -> Iterator[tuple[Sequence[T], RedisOps]]:
+    """``items`` with their operations, in as few consecutive slices as keep each slice's
+    ``script_cost`` near ``max_cost`` at most. Most batches are one slice; a site with many
+    pages is split by the cost its whole batch measured (smaller slices merge less, so a
+    slice may go somewhat over)."""
+    ops = ops_of(items)
+    parts = -(-script_cost(ops) // max_cost)
+    if parts <= 1:
+        yield items, ops
+        return
+    size = -(-len(items) // parts)
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield chunk, ops_of(chunk)
 
 
 def group_by_site(records: list[Located]) -> dict[str, dict[int, list[Located]]]:

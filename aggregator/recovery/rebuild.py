@@ -31,7 +31,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 
 from aggregator.counting.aggregate import aggregate, to_ops
-from aggregator.counting.pipeline import decode_all, group_by_site
+from aggregator.counting.pipeline import by_cost, decode_all, group_by_site, pieces
 from aggregator.counting.redis_sink import RedisSink
 from aggregator.counting.source import Record
 from aggregator.recovery.generations import Generations
@@ -112,11 +112,12 @@ class Builder:
                 by_site[e.site_id].append(e)
         for site_id, group in by_site.items():
             site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
-            self._stored_batches += 1
             self.counted += len(group)
-            await self._sink.apply(to_ops(site, aggregate(group), self._retention),
-                                   STORED_PARTITION, self._stored_batches,
-                                   self._stored_batches, live=False)
+            for _, ops in by_cost(group, lambda chunk: to_ops(
+                    site, aggregate(chunk), self._retention)):  # noqa: B023
+                self._stored_batches += 1
+                await self._sink.apply(ops, STORED_PARTITION, self._stored_batches,
+                                       self._stored_batches, live=False)
 
     async def add(self, records: list[Record]) -> None:
         located, _undecodable = decode_all(records)  # live counting dead-lettered those
@@ -126,18 +127,18 @@ class Builder:
             if site_id in self.switched:
                 continue  # live counting owns it now
             site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
-            events = []
+            counted: set[tuple[int, int]] = set()  # first occurrences of their event ids
             for partition, group in groups.items():
                 for r in group:
                     if r.event.event_id not in self._seen:
                         self._seen.add(r.event.event_id)
-                        events.append(r.event)
+                        counted.add((r.partition, r.offset))
                 self.last_seen[site_id][partition] = group[-1].offset
-            self.counted += len(events)
-            await self._sink.apply_ranges(
-                to_ops(site, aggregate(events), self._retention),
-                {p: (group[0].offset, group[-1].offset) for p, group in groups.items()},
-                live=False)
+            self.counted += len(counted)
+            for piece, ops in pieces(site, groups, counted, self._retention):
+                await self._sink.apply_ranges(
+                    ops, {p: (group[0].offset, group[-1].offset) for p, group in piece.items()},
+                    live=False)
 
 
 class Rebuild:

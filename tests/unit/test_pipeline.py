@@ -4,11 +4,16 @@ retries, crashes between steps, store outages and poison records."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections import Counter
+from collections.abc import Mapping
 
 import pytest
 
+from aggregator.counting.aggregate import RedisOps
 from aggregator.counting.dead_letters import ListDeadLetters
 from aggregator.counting.pipeline import Pipeline, decode_all
+from aggregator.counting.redis_sink import script_cost
 from aggregator.counting.source import InMemorySource, Record
 from aggregator.metrics import AggregatorMetrics
 from contracts.aggregates import ALL_TIME, RANKING, VIEWS
@@ -213,3 +218,66 @@ async def test_a_redo_of_a_batch_whose_stored_copy_is_not_the_first_counts_it_ex
     await mongo.sink().write(decode_all(records[2:])[0])  # the crashed attempt's write
     await drain(pipeline, source)
     assert views(redis) == 2
+
+
+class RecordingStore:
+    """Records the offset ranges and the cost of every apply call, then applies it."""
+
+    def __init__(self, inner: FakeAggregateStore, fail_on_call: int = 0) -> None:
+        self._inner = inner
+        self.calls: list[tuple[dict[int, tuple[int, int]], int]] = []
+        self._fail_on_call = fail_on_call
+
+    async def apply_ranges(self, ops: RedisOps, ranges: Mapping[int, tuple[int, int]],
+                           live: bool = True) -> dict[int, int] | None:
+        if len(self.calls) + 1 == self._fail_on_call:
+            raise RuntimeError("crash between two pieces")
+        self.calls.append((dict(ranges), script_cost(ops)))
+        return await self._inner.apply_ranges(ops, ranges, live)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
+
+
+def many_pages(n: int, partitions: int = 2) -> list[Record]:
+    """A site with a new page and visitor every event, over ``partitions`` partitions."""
+    return [record(i // partitions, f"e{i}", page=f"/p{i}", user=f"u{i}",
+                   partition=i % partitions) for i in range(n)]
+
+
+def page_views(redis: FakeAggregateStore) -> Counter[str]:
+    return Counter({page: -n for page, n in
+                    redis.sorted_sets[SiteKeys("s").key(RANKING, ALL_TIME)].items()})
+
+
+async def test_a_batch_too_costly_for_one_script_is_applied_in_pieces_that_cover_it() -> None:
+    pipeline, source, _, redis, _ = make(many_pages(60))
+    pipeline.max_script_cost = 200
+    pipeline.redis = recording = RecordingStore(redis)
+    await pipeline.process(await source.poll(60, 0))
+    assert len(recording.calls) > 1
+    assert max(cost for _, cost in recording.calls) <= 2 * 200
+    for partition in (0, 1):  # the pieces' ranges tile each partition's offsets in order
+        covered = [ranges[partition] for ranges, _ in recording.calls if partition in ranges]
+        assert covered[0][0] == 0 and covered[-1][1] == 29
+        assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(covered))
+    assert views(redis) == 60
+    assert page_views(redis) == Counter({f"/p{i}": 1 for i in range(60)})
+    assert source.committed == {0: 30, 1: 30}
+
+
+async def test_a_crash_between_two_pieces_counts_the_rest_once_on_redelivery() -> None:
+    records = many_pages(60)
+    pipeline, source, mongo, redis, _ = make(records)
+    pipeline.max_script_cost = 200
+    pipeline.redis = RecordingStore(redis, fail_on_call=3)
+    with pytest.raises(RuntimeError):
+        await pipeline.process(await source.poll(60, 0))
+    assert 0 < views(redis) < 60 and not source.committed  # two pieces applied, none committed
+
+    restarted, _, _, _, _ = make(records)
+    restarted.mongo, restarted.redis = mongo.sink(), redis
+    source.rewind()
+    await restarted.process(await source.poll(60, 0))
+    assert views(redis) == 60
+    assert page_views(redis) == Counter({f"/p{i}": 1 for i in range(60)})
