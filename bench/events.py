@@ -14,11 +14,13 @@ from contracts.event import PageView, encode_event
 
 def page_views(count: int, sites: list[str], now_ms: int, seed: int = 7, pages: int = 200,
                users: int = 20_000, spread_ms: int = 5 * 60_000) -> Iterator[PageView]:
-    """``count`` events over ``sites``; pages follow a rough power law (a few popular)."""
-    rng = random.Random(seed)
+    """``count`` events over ``sites``; pages follow a rough power law (a few popular). The
+    event ids are new every time: the same ids sent again in a later run on the same stack
+    would be client retries (not counted), and the benchmark would measure dropping them."""
+    rng, ids = random.Random(seed), random.Random()
     for _ in range(count):
         page = int(pages * rng.random() ** 3)
-        yield PageView(event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        yield PageView(event_id=str(uuid.UUID(int=ids.getrandbits(128), version=4)),
                        site_id=rng.choice(sites), page_id=f"/bench/page-{page}",
                        user_id=f"user-{rng.randrange(users)}",
                        ts=now_ms - rng.randrange(spread_ms), received_at=now_ms)

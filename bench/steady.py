@@ -59,10 +59,12 @@ class IngestStats:
 
 
 class SteadyIngest:
-    """``async with SteadyIngest(...) as ingest``: sends until the block ends; ``stats``."""
+    """``async with SteadyIngest(...) as ingest``: sends until the block ends; ``stats``.
+    Unseeded by default: a later run on the same stack must send new event ids, or every
+    event would be a client retry, dropped by the aggregators instead of counted."""
 
     def __init__(self, url: str, spec: SeedSpec, rate: int, batch: int = 20,
-                 seed: int = 23) -> None:
+                 seed: int | None = None) -> None:
         self._url = f"{url}/events"
         self._spec = spec
         self.rate, self.batch = rate, batch
