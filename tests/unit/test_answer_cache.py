@@ -163,3 +163,44 @@ def test_a_negative_ttl_or_no_room_is_refused() -> None:
         AnswerCache(-1)
     with pytest.raises(ValueError, match="max_keys"):
         AnswerCache(0.02, max_keys=0)
+
+
+class SlowComputation:
+    """Answers ``answer-<run>`` after moving the fake clock on by ``took_s``: a computation
+    that costs that long."""
+
+    def __init__(self, clock: FakeClock, took_s: float) -> None:
+        self.clock, self.took_s, self.calls = clock, took_s, 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        self.clock.now += self.took_s
+        return f"answer-{self.calls}"
+
+
+async def test_a_costly_answer_is_reused_for_ten_times_its_cost() -> None:
+    answers, clock, outcomes = cache(ttl_s=0.02)
+    compute = SlowComputation(clock, took_s=0.05)
+    assert await answers.get_or_compute("k", compute) == "answer-1"
+    clock.now += 0.44  # 0.49 s after it started: within 10 x 50 ms
+    assert await answers.get_or_compute("k", compute) == "answer-1"
+    clock.now += 0.02  # 0.51 s
+    assert await answers.get_or_compute("k", compute) == "answer-2"
+    assert outcomes == ["miss", "hit", "miss"]
+
+
+async def test_however_costly_an_answer_is_never_reused_after_a_second() -> None:
+    answers, clock, _ = cache(ttl_s=0.02)
+    compute = SlowComputation(clock, took_s=0.5)
+    await answers.get_or_compute("k", compute)
+    clock.now += 0.49  # 0.99 s after it started
+    assert await answers.get_or_compute("k", compute) == "answer-1"
+    clock.now += 0.02
+    assert await answers.get_or_compute("k", compute) == "answer-2"
+
+
+async def test_ttl_zero_keeps_no_answer_however_costly() -> None:
+    answers, clock, _ = cache(ttl_s=0)
+    compute = SlowComputation(clock, took_s=0.5)
+    await answers.get_or_compute("k", compute)
+    assert await answers.get_or_compute("k", compute) == "answer-2"
