@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -123,3 +125,55 @@ async def test_the_read_script_refuses_an_unknown_read(redis: Redis, site_id: st
     with pytest.raises(ResponseError, match="unknown read"):
         await redis.eval(READ_SCRIPT, 2, keys.generation_pointer(), keys.named("views:t"),
                          "0", '[["hgetall", 2]]')
+
+
+class Interleaved:
+    """The reader's script runner, with a read of several calls split in two round trips
+    and events applied between them: what a busy aggregator does to a long read."""
+
+    def __init__(self, reads: object, between: Callable[[], Awaitable[None]]) -> None:
+        self._reads, self._between = reads, between
+        self.torn_reads = 0
+
+    async def run(self, site_id: str, plan: Any, expect: SiteKeys | None = None
+                  ) -> tuple[SiteKeys, list[list[Any]]]:
+        made: list[Any] = []
+
+        def first(keys: SiteKeys) -> list[Any]:
+            made[:] = plan(keys)
+            return made[:1]
+
+        keys, head = await self._reads.run(site_id, first, expect)  # type: ignore[attr-defined]
+        if len(made) <= 1:
+            return keys, head
+        self.torn_reads += 1
+        await self._between()
+        _, tail = await self._reads.run(  # type: ignore[attr-defined]
+            site_id, lambda _: made[1:], expect=keys)
+        return keys, head + tail
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reads, name)
+
+
+async def test_a_long_ranking_read_that_every_event_would_tear_is_still_answered_exactly(
+        redis: Redis, site_id: str) -> None:
+    """1,200 pages in one day: read in slices, each attempt is torn by a new event; the
+    last attempt reads in one call and is exact, with the events that came in meanwhile."""
+    rng = random.Random(17)
+    reader = RedisReader(redis)
+    applied = Applied(redis, site_id)
+    day = RANGE.bounds()[0] + DAY_MS
+    await applied.add([PageView(str(uuid.uuid4()), site_id, f"/many/{i}", f"u{i % 50}",
+                                day + rng.randrange(HOUR_MS), NOW) for i in range(1200)])
+
+    async def one_more() -> None:
+        await applied.add(make_events(site_id, 1, rng, day, day + HOUR_MS))
+
+    reader._reads = racing = Interleaved(reader._reads, one_more)  # type: ignore[assignment]
+    size, rows = await reader.ranked_pages(site_id, RANGE, 0, 2000)
+    assert racing.torn_reads >= 2  # the sliced attempts were torn
+    views: dict[str, int] = {}
+    for e in applied.in_range():  # every event applied, the racing ones included
+        views[e.page_id] = views.get(e.page_id, 0) + 1
+    assert (size, rows) == (len(views), sorted(views.items(), key=lambda pv: (-pv[1], pv[0])))
