@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 
-.PHONY: help venv up down status test test-unit test-integration lint typecheck replay \
+.PHONY: help venv up down status sites tokens test test-unit test-integration lint typecheck replay \
         bench bench-ingest bench-query bench-e2e bench-aggregator bench-replay bench-fallback bench-report
 
 help:
@@ -28,6 +28,12 @@ status: ## Which parts of the stack run
 replay: venv ## Rebuild the Redis aggregates from Kafka with no downtime (ARGS="--verify", "--site S", "--help")
 	@set -a && . .run/stack.env && set +a && $(PY) -m aggregator.recovery.replay $(ARGS)
 
+sites: venv ## The sites this stack serves (ARGS="add shop [--max-pages N] [--origin URL]", "list", "remove shop")
+	@set -a && . .run/stack.env && set +a && $(PY) -m admin sites $(ARGS)
+
+tokens: venv ## Stats tokens (ARGS="add --sites shop,blog", "add --admin", "list", "revoke ID")
+	@set -a && . .run/stack.env && set +a && $(PY) -m admin tokens $(ARGS)
+
 test: venv ## Unit tests, then integration and e2e tests on a private stack of their own (KEEP=1 keeps it for a rerun)
 	$(PY) -m pytest tests/unit -q
 	TEST_STACK_KEEP=$(KEEP) $(PY) -m pytest tests/integration tests/e2e -q
@@ -37,7 +43,7 @@ test-unit: venv ## Unit tests only (no servers)
 
 lint: venv ## ruff and mypy
 	$(PY) -m ruff check .
-	$(PY) -m mypy contracts ingest_gateway aggregator query_api tests bench
+	$(PY) -m mypy contracts ingest_gateway aggregator query_api admin tests bench
 
 # Benchmarks (not part of `make test`): BENCH_SECONDS=N shortens every measurement.
 BENCH := $(PY) -m bench

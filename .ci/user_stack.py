@@ -41,6 +41,17 @@ def stack_env() -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
+def auth(env: dict[str, str]) -> dict[str, str]:
+    """The admin token `make up` recorded in stack.env (stats need one)."""
+    return {"Authorization": f"Bearer {env['STATS_TOKEN']}"}
+
+
+def register_site() -> None:
+    """`make sites ARGS="add ci-user-site"`: the gateways serve only registered sites."""
+    subprocess.run(["make", "-s", "sites", f"ARGS=add {SITE}"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 def known_events(base_ms: int) -> list[dict[str, Any]]:
     """Fixed ids, pages, visitors and times spread over the hour before ``base_ms``."""
     return [{"event_id": f"ci-{i:05d}", "site_id": SITE, "page_id": f"/page-{i % PAGES}",
@@ -92,7 +103,8 @@ def pids() -> dict[str, int]:
 
 
 async def reading(env: dict[str, str], window: dict[str, str]) -> dict[str, Any]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     headers=auth(env)) as http:
         return {"answers": await answers(http, env["HTTP_URL"], window),
                 "stored": await stored(env), "pids": pids()}
 
@@ -101,11 +113,18 @@ async def seed() -> dict[str, Any]:
     env = stack_env()
     now_ms = int(time.time() * 1000)
     events = known_events(now_ms)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+    register_site()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     headers=auth(env)) as http:
         for start in range(0, len(events), 100):
-            async with http.post(f"{env['HTTP_URL']}/events",
-                                 json=events[start:start + 100]) as response:
-                assert response.status == 202, await response.text()
+            deadline = time.monotonic() + 30  # every gateway re-reads the sites within 2 s
+            while True:
+                async with http.post(f"{env['HTTP_URL']}/events",
+                                     json=events[start:start + 100]) as response:
+                    if response.status != 403 or time.monotonic() > deadline:
+                        assert response.status == 202, await response.text()
+                        break
+                await asyncio.sleep(0.2)
         deadline = time.monotonic() + 120
         while True:
             async with http.get(f"{env['HTTP_URL']}/stats", params={"site_id": SITE}) as r:

@@ -43,6 +43,7 @@ from bench.progress import say
 from bench.results import Figure, Limit, Run
 from bench.search import Tried, highest_sustained, next_rate
 from bench.settings import BenchSettings
+from bench.sites import register_sites
 from bench.stats import Latency, rate
 
 SUITE = "e2e"
@@ -232,6 +233,7 @@ async def _load_visible(http: aiohttp.ClientSession, s: BenchSettings, step: Ste
 async def measure(s: BenchSettings, target_rate: int, tag: str) -> tuple[Step, dict[str, float]]:
     step = Step(target_rate, f"bench-e2e-{tag}-load-{target_rate}",
                 f"bench-e2e-{tag}-fresh-{target_rate}")
+    await register_sites(s, step.load_site, step.probe_site)
     window = CpuWindow(stack_groups())
     timeout = aiohttp.ClientTimeout(total=30)
     connector = aiohttp.TCPConnector(limit=PROBE_CONNECTIONS)

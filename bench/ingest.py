@@ -25,6 +25,7 @@ from bench.limits import AIOHTTP_VIA_NGINX, KAFKA_PRODUCER, NGINX_STATIC
 from bench.progress import say
 from bench.results import Figure, Run
 from bench.settings import BenchSettings
+from bench.sites import register_sites
 from bench.stats import peak, rate
 
 SUITE = "ingest"
@@ -37,6 +38,7 @@ EVENTS_GOAL = {"min_ratio": 0.5, "or_min_value": 100_000,
 
 async def _measure(s: BenchSettings, run: Run, path: str, script: str, connections: int,
                    per_request: int, site: str, limit: str) -> tuple[float, Expected]:
+    await register_sites(s, site)
     result, cpu = await wrk.run_measured(f"{s.http_url}{path}", script, connections,
                                          s.seconds, s.wrk_threads, site=site, count=True)
     accepted = result.accepted if result.accepted >= 0 else result.ok_requests

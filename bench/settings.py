@@ -134,7 +134,8 @@ class BenchSettings:
             mongo_url=env.get("MONGO_URL", cls.mongo_url),
             redis_url=env.get("REDIS_URL", cls.redis_url),
             gateway_urls=urls("GATEWAY_URLS"), query_urls=urls("QUERY_URLS"),
-            stats_token=env.get("BENCH_STATS_TOKEN", ""),
+            # the admin token `make up` wrote to stack.env, unless BENCH_STATS_TOKEN is set
+            stats_token=env.get("BENCH_STATS_TOKEN") or env.get("STATS_TOKEN", ""),
             track_connections=_ints(env.get("BENCH_TRACK_CONNECTIONS", "16,64,256,512"),
                                     "BENCH_TRACK_CONNECTIONS"),
             events_connections=_ints(env.get("BENCH_EVENTS_CONNECTIONS", "4,16,64"),

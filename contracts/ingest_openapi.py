@@ -78,7 +78,9 @@ def _post(summary: str, description: str, body: dict[str, Any]) -> dict[str, Any
                 "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
             "400": {"description": "Malformed JSON or invalid events; `details` lists each "
                                    "by index and field. Nothing was accepted.", **_ERROR},
-            "403": {"description": "An event is for a site this deployment does not serve.",
+            "403": {"description": "`site_not_allowed`: an event is for a site this "
+                                   "deployment does not serve (sites are registered with "
+                                   "`make sites ARGS=\"add shop\"`). Nothing was accepted.",
                     **_ERROR},
             "413": {"description": "Body over 1 MiB (after decompression) or too many events.",
                     **_ERROR},
@@ -86,7 +88,9 @@ def _post(summary: str, description: str, body: dict[str, Any]) -> dict[str, Any
                                    "`Allow` names them.", **_ERROR},
             "415": {"description": "Unsupported Content-Type or Content-Encoding.", **_ERROR},
             "429": {"description": "Too many requests from this client (NGINX).", **_ERROR},
-            "503": {"description": "Kafka did not acknowledge in time (`Retry-After`); "
+            "503": {"description": "Kafka did not acknowledge in time, or the gateway could "
+                                   "not read the site registry since it started "
+                                   "(`Retry-After`); "
                                    "retry with the returned `event_ids`.", **_ERROR}}}}
 
 

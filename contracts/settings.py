@@ -129,7 +129,6 @@ class GatewaySettings:
     max_body_bytes: int = 1024 * 1024
     max_batch_events: int = 1000
     late_window_ms: int = DEFAULT_LATE_WINDOW_MS
-    allowed_sites: frozenset[str] = frozenset()  # empty: every valid site id is accepted
     cors_origins: tuple[str, ...] = ("*",)
     linger_ms: int = 5
     max_batch_size: int = 256 * 1024
@@ -139,6 +138,9 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
         env = _Env(environ)
+        if env.items("ALLOWED_SITES"):
+            raise SettingsError("ALLOWED_SITES is gone: the sites a deployment serves are "
+                                "registered in MongoDB (python -m admin sites add SITE)")
         return cls(
             backends=Backends.from_env(environ),
             host=env.text("HOST", cls.host),
@@ -147,7 +149,6 @@ class GatewaySettings:
             max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             max_batch_events=env.integer("MAX_BATCH_EVENTS", cls.max_batch_events, minimum=1),
             late_window_ms=env.integer("LATE_WINDOW_MS", cls.late_window_ms, minimum=60_000),
-            allowed_sites=frozenset(env.items("ALLOWED_SITES")),
             cors_origins=env.items("CORS_ORIGINS") or cls.cors_origins,
             linger_ms=env.integer("KAFKA_LINGER_MS", cls.linger_ms),
             max_batch_size=env.integer("KAFKA_MAX_BATCH_BYTES", cls.max_batch_size, minimum=1024),
@@ -205,7 +206,7 @@ class QuerySettings:
     retention: Retention = field(default_factory=Retention)
     host: str = "127.0.0.1"
     port: int = 8201
-    auth_tokens: tuple[str, ...] = ()
+    # Tokens live hashed in MongoDB (contracts.tenancy; python -m admin tokens add).
     auth_disabled: bool = False
     mongo_query_timeout_ms: int = 20_000  # fallback queries give up (503) after this
     # How long an answer is reused; well under the 100 ms freshness p99. 0: identical
@@ -221,16 +222,15 @@ class QuerySettings:
             retention=Retention.from_env(environ),
             host=env.text("HOST", cls.host),
             port=env.integer("PORT", cls.port, minimum=1),
-            auth_tokens=env.items("STATS_TOKENS"),
             auth_disabled=env.flag("STATS_AUTH_DISABLED", cls.auth_disabled),
             mongo_query_timeout_ms=env.integer("MONGO_QUERY_TIMEOUT_MS",
                                                cls.mongo_query_timeout_ms, minimum=100),
             answer_cache_ms=env.integer("QUERY_ANSWER_CACHE_MS", cls.answer_cache_ms),
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
         )
-        if not settings.auth_disabled and not settings.auth_tokens:
-            raise SettingsError("set STATS_TOKENS (comma-separated bearer tokens), "
-                                "or STATS_AUTH_DISABLED=true for a local stack")
+        if env.items("STATS_TOKENS"):
+            raise SettingsError("STATS_TOKENS is gone: tokens are stored hashed in MongoDB "
+                                "(python -m admin tokens add --admin)")
         return settings
 
 

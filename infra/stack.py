@@ -53,6 +53,9 @@ if MONGO_BACKEND not in ("postgresql", "sqlite"):
     sys.exit(f"MONGO_BACKEND={MONGO_BACKEND!r}: choose postgresql or sqlite")
 
 
+TOKEN_VARIABLE = "STATS_TOKEN"  # stack.env: the admin stats token `up` created
+
+
 def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
@@ -564,7 +567,7 @@ def service_parts(ports: Ports, python: str) -> list[Part]:
     for i in range(QUERY_APIS):
         port = ports.query_base + i
         parts.append(Part(name=f"query-{i + 1}", argv=[python, "-m", "query_api"],
-                          env={"PORT": str(port), "STATS_AUTH_DISABLED": "true"},
+                          env={"PORT": str(port)},
                           port=port, ready=lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz")))
     return parts
 
@@ -615,13 +618,73 @@ def uses_postgres() -> bool:
     return MONGO_BACKEND == "postgresql" and "ferretdb" not in EXTERNAL
 
 
+def start_wave(wave: list[Part], base_env: dict[str, str]) -> None:
+    """Start the parts of a wave that are not running, then wait until all of them answer."""
+    spawned: list[tuple[Part, int, float]] = []
+    running: list[tuple[Part, int]] = []
+    for part in wave:
+        pid = running_pid(part.name)
+        if pid is not None:
+            running.append((part, pid))
+            continue
+        if stop(part.name):  # its leader died, but children (NGINX workers) live on
+            say(part.name, "stopped what was left of its last run")
+        if part.port is not None and port_open(part.port):
+            sys.exit(f"{part.name}: port {part.port} is taken by another process; "
+                     "choose another port (see README, Ports)")
+        say(part.name, "starting")
+        spawned.append((part, spawn(part, base_env), time.monotonic()))
+    for part, pid in running:  # already running is not enough: it must answer too
+        if not part.ready():
+            say(part.name, f"running (pid {pid}) but not answering; waiting")
+            wait_ready(part, pid)
+    for part, pid, t0 in spawned:
+        wait_ready(part, pid)
+        if part.after_ready:
+            part.after_ready()
+        say(part.name, f"ready in {time.monotonic() - t0:.1f}s (pid {pid})")
+
+
+def init_tenancy(python: str, base_env: dict[str, str], known_token: str | None) -> str | None:
+    """Register the ``default`` site and make sure an admin stats token exists
+    (``python -m admin init``). A token is created only when MongoDB holds no admin token
+    yet: then it is printed once and returned (for ``stack.env``); otherwise the token this
+    stack recorded before is kept, if any."""
+    out = subprocess.run([python, "-m", "admin", "init"], env=base_env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    created = json.loads(out.strip().splitlines()[-1]).get("token")
+    if created:
+        say("admin", f"created an admin stats token (also in {RUN / 'stack.env'} as "
+                     f"{TOKEN_VARIABLE}): {created}")
+        return str(created)
+    if not known_token:
+        say("admin", "an admin token exists but this stack did not record it; create one "
+                     "with: make tokens ARGS=\"add --admin\"")
+    return known_token
+
+
+def write_env(values: dict[str, str]) -> None:
+    (RUN / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+
+
+def read_env() -> dict[str, str]:
+    path = RUN / "stack.env"
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def up() -> None:
     started = time.monotonic()
     ports = Ports.load()
     tools = provision()
     env_values = stack_env(ports)
     RUN.mkdir(exist_ok=True)
-    (RUN / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in env_values.items()))
+    previous = read_env()
+    if previous.get(TOKEN_VARIABLE):  # the admin token `up` created once stays recorded
+        env_values[TOKEN_VARIABLE] = previous[TOKEN_VARIABLE]
+    write_env(env_values)
     base_env = {**os.environ, **env_values, "PYTHONUNBUFFERED": "1"}
     python = str(ROOT / ".venv" / "bin" / "python")
     # Servers one by one (each needs the previous), then all services at once, then NGINX.
@@ -632,34 +695,20 @@ def up() -> None:
     waves += [service_parts(ports, python), [nginx_part(tools, ports)]]
     if "kafka" in EXTERNAL:
         create_topics(EXTERNAL["kafka"])
-    for wave in waves:
-        spawned: list[tuple[Part, int, float]] = []
-        running: list[tuple[Part, int]] = []
-        for part in wave:
-            pid = running_pid(part.name)
-            if pid is not None:
-                running.append((part, pid))
-                continue
-            if stop(part.name):  # its leader died, but children (NGINX workers) live on
-                say(part.name, "stopped what was left of its last run")
-            if part.port is not None and port_open(part.port):
-                sys.exit(f"{part.name}: port {part.port} is taken by another process; "
-                         "choose another port (see README, Ports)")
-            say(part.name, "starting")
-            spawned.append((part, spawn(part, base_env), time.monotonic()))
-        for part, pid in running:  # already running is not enough: it must answer too
-            if not part.ready():
-                say(part.name, f"running (pid {pid}) but not answering; waiting")
-                wait_ready(part, pid)
-        for part, pid, t0 in spawned:
-            wait_ready(part, pid)
-            if part.after_ready:
-                part.after_ready()
-            say(part.name, f"ready in {time.monotonic() - t0:.1f}s (pid {pid})")
+    services = waves[-2:]
+    for wave in waves[:-2]:
+        start_wave(wave, base_env)
+    token = init_tenancy(python, base_env, previous.get(TOKEN_VARIABLE))
+    if token:
+        env_values[TOKEN_VARIABLE] = token
+        write_env(env_values)
+    for wave in services:
+        start_wave(wave, base_env)
     say("stack", f"up in {time.monotonic() - started:.1f}s")
     print(f"\n  Track page views:  curl -X POST {env_values['HTTP_URL']}/track "
           "-H 'Content-Type: application/json' -d '{\"page_id\":\"home\",\"user_id\":\"u1\"}'")
-    print(f"  Read the stats:    curl {env_values['HTTP_URL']}/stats")
+    print(f"  Read the stats:    curl -H \"Authorization: Bearer ${TOKEN_VARIABLE}\" "
+          f"{env_values['HTTP_URL']}/stats    (after: set -a; . {RUN / 'stack.env'})")
     print(f"  Servers:           Kafka {env_values['KAFKA_BOOTSTRAP']}  "
           f"MongoDB {env_values['MONGO_URL']}  Redis {env_values['REDIS_URL']}")
     print(f"  Settings:          {RUN / 'stack.env'}    logs: {LOGS}/\n")

@@ -13,6 +13,7 @@ from aiohttp import web
 from contracts.httpkit import error_middleware, healthz, metrics_handler
 from contracts.ids import event_id_factory
 from contracts.ingest_openapi import ingest_document
+from contracts.registry import RegistryCache, RegistrySource, registry_context
 from contracts.settings import GatewaySettings
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import KafkaPublisher, Publisher
@@ -23,14 +24,18 @@ AUTO_DECOMPRESS = False
 
 
 def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
-               clock_ms: Callable[[], int] | None = None) -> web.Application:
-    """Build the gateway. Tests may pass their own publisher and clock."""
+               clock_ms: Callable[[], int] | None = None,
+               registry: RegistrySource | None = None) -> web.Application:
+    """Build the gateway. Tests may pass their own publisher, clock and site registry;
+    without one, the registry is read from MongoDB and refreshed in the background."""
     metrics = GatewayMetrics()
     clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
     owned = publisher is None
     kafka = KafkaPublisher(settings) if publisher is None else None
+    cache = RegistryCache() if registry is None else None
     deps = GatewayDeps(settings=settings, publisher=kafka or publisher,  # type: ignore[arg-type]
-                       metrics=metrics, clock_ms=clock, new_event_id=event_id_factory(clock))
+                       metrics=metrics, clock_ms=clock, new_event_id=event_id_factory(clock),
+                       registry=cache or registry)  # type: ignore[arg-type]
     metrics.follow_in_flight(lambda: deps.publisher.in_flight)
     # Room for a gzip body's framing on top of the decompressed limit.
     app = web.Application(middlewares=[error_middleware(metrics)],
@@ -45,6 +50,9 @@ def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
         return web.Response(body=document, content_type="application/json")
 
     app.router.add_get("/openapi.json", openapi_json)
+    if cache is not None:
+        app.cleanup_ctx.append(registry_context(cache, settings.backends.mongo_url,
+                                                settings.backends.mongo_db))
     if owned and kafka is not None:
         app.cleanup_ctx.append(_producer_ctx(kafka))
     return app

@@ -11,7 +11,9 @@ from aiohttp import web
 from contracts.event import InvalidEvent, PageView, ValidationPolicy, validate_batch
 from contracts.fast_events import accept_json
 from contracts.httpkit import error_response, json_response, readiness_response
+from contracts.registry import RegistrySource
 from contracts.settings import GatewaySettings
+from contracts.tenancy import Registry
 from ingest_gateway.body import BodyError, events_of_body, read_body
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import Publisher, PublishUnavailable
@@ -24,6 +26,7 @@ class GatewayDeps:
     metrics: GatewayMetrics
     clock_ms: Callable[[], int]
     new_event_id: Callable[[], str]
+    registry: RegistrySource  # the sites this deployment serves (contracts.registry)
 
 
 DEPS = web.AppKey("gateway_deps", GatewayDeps)
@@ -52,10 +55,9 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-def _check_sites(events: list[PageView], allowed: frozenset[str]) -> None:
-    if not allowed:
-        return
-    bad = [(i, e.site_id) for i, e in enumerate(events) if e.site_id not in allowed]
+def _check_sites(events: list[PageView], registry: Registry) -> None:
+    """Only registered sites are served: an unknown site could otherwise grow Redis."""
+    bad = [(i, e.site_id) for i, e in enumerate(events) if not registry.serves(e.site_id)]
     if bad:
         raise _SiteRefused(bad)
 
@@ -80,7 +82,13 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
             raws = events_of_body(body.data, body.kind, "identity", limit=s.max_body_bytes,
                                   max_events=s.max_batch_events, batch=batch)
             events = validate_batch(raws, policy, deps.new_event_id)
-        _check_sites(events, s.allowed_sites)
+        if not deps.registry.loaded:  # MongoDB was never reachable since the start
+            return error_response(503, "unavailable", "the site registry is not loaded yet; "
+                                  "retry later", [{"index": None, "field": None,
+                                                   "reason": "site_registry_unavailable"}],
+                                  headers={**cors, "Retry-After": "2"},
+                                  extra={"reason": "site_registry_unavailable"})
+        _check_sites(events, deps.registry.current())
     except BodyError as exc:
         deps.metrics.bodies_rejected.labels(exc.code).inc()
         if exc.events:
@@ -129,7 +137,8 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    return readiness_response({"kafka": request.app[DEPS].publisher.ready})
+    deps = request.app[DEPS]
+    return readiness_response({"kafka": deps.publisher.ready, "sites": deps.registry.loaded})
 
 
 def add_routes(app: web.Application) -> None:

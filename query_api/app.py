@@ -24,7 +24,14 @@ from contracts.httpkit import (
 )
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis_client
+from contracts.registry import (
+    FixedRegistry,
+    RegistryCache,
+    RegistrySource,
+    registry_context,
+)
 from contracts.settings import QuerySettings
+from contracts.tenancy import EMPTY as EMPTY_REGISTRY
 from query_api.answer_cache import OUTCOMES, AnswerCache
 from query_api.auth import auth_middleware
 from query_api.dashboard import dashboard_routes
@@ -33,7 +40,7 @@ from query_api.model import StatsReader
 from query_api.mongo_reader import MongoReader
 from query_api.openapi import openapi_document
 from query_api.redis_reader import RedisReader
-from query_api.routes import DEPS, Answer, QueryDeps, add_routes
+from query_api.routes import DEPS, REGISTRY, Answer, QueryDeps, add_routes
 from query_api.service import StatsService
 from query_api.sites import SITES, FixedSites, SiteDirectory, SiteLister
 
@@ -77,17 +84,22 @@ def answer_cache(settings: QuerySettings, metrics: HttpMetrics) -> AnswerCache[A
 
 def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clock_ms,
                readers: tuple[StatsReader, StatsReader] | None = None,
-               sites: SiteLister | None = None) -> web.Application:
-    """``readers`` (Redis-like, MongoDB-like) and ``sites`` replace the real clients in app
-    tests."""
+               sites: SiteLister | None = None,
+               registry: RegistrySource | None = None) -> web.Application:
+    """``readers`` (Redis-like, MongoDB-like), ``sites`` and ``registry`` (the tokens)
+    replace the real clients in app tests; without a registry, tokens are read from MongoDB
+    and refreshed in the background (``contracts.registry``)."""
     metrics = HttpMetrics("query_api")
     middlewares = [error_middleware(metrics)]
+    cache = RegistryCache() if registry is None and readers is None else None
+    tokens: RegistrySource = cache or registry or FixedRegistry(EMPTY_REGISTRY)
     if settings.auth_disabled:
         log.warning("auth_disabled", extra={"fields": {
             "detail": "stats are readable without a token; only for a local stack"}})
     else:
-        middlewares.append(auth_middleware(settings.auth_tokens))
+        middlewares.append(auth_middleware(tokens))
     app = web.Application(middlewares=middlewares)
+    app[REGISTRY] = tokens
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
     add_routes(app)
@@ -116,4 +128,7 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
         await mongo.close()
 
     app.cleanup_ctx.append(clients)
+    if cache is not None:
+        app.cleanup_ctx.append(registry_context(cache, settings.backends.mongo_url,
+                                                settings.backends.mongo_db))
     return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.ingest_openapi import INGEST_SCHEMAS, ingest_paths
+from query_api.auth import UNSCOPED_PATHS
 from query_api.params import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from query_api.ranges import MAX_RANGE_DAYS, PERIODS
 from query_api.routes import DEFAULT_TOP, ENDPOINT_PARAMS, MAX_SERIES_POINTS, MAX_SITES
@@ -170,8 +171,16 @@ def _operation(path: str) -> dict[str, Any]:
                         "schema": {"$ref": f"#/components/schemas/{schema}"}},
                         "text/csv": {"schema": {"type": "string"}}}},
             "400": {"description": "A parameter is invalid; `details` names it.", **ERROR},
-            "401": {"description": "Missing or wrong bearer token.", **ERROR},
+            "401": {"description": "Missing, unknown or revoked bearer token.", **ERROR},
+            **({} if path in UNSCOPED_PATHS else {"403": {
+                "description": "`forbidden_site`: the token may not read this site (a token "
+                               "reads only the sites it was granted; `site_id` defaults to "
+                               "`default`).", **ERROR}}),
             "503": {"description": "Neither Redis nor MongoDB answered.", **ERROR}}}}
+
+
+OPERATOR_NOTE = (" For operators: served on each query API's own port, not through the "
+                 "public front door (NGINX answers 404).")
 
 
 def _probe(summary: str, description: str, content_type: str = "application/json"
@@ -185,13 +194,15 @@ def _probe(summary: str, description: str, content_type: str = "application/json
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {path: _operation(path) for path in ENDPOINTS}
     paths["/healthz"] = _probe("Liveness", "The process is alive.")
-    paths["/readyz"] = _probe("Readiness", "Redis and MongoDB answer (503 otherwise).")
+    paths["/readyz"] = _probe("Readiness", "Redis and MongoDB answer and the tokens were read "
+                              "(503 otherwise)." + OPERATOR_NOTE)
     paths["/readyz"]["get"]["responses"]["503"] = {
         "description": "A store did not answer; `checks` says which.",
         "content": {"application/json": {}}}
-    paths["/metrics"] = _probe("Metrics", "Prometheus metrics.", "text/plain")
-    paths["/openapi.json"] = _probe("OpenAPI", "This document.")
-    paths["/docs"] = _probe("Docs", "This document as a web page.", "text/html")
+    paths["/metrics"] = _probe("Metrics", "Prometheus metrics." + OPERATOR_NOTE, "text/plain")
+    paths["/openapi.json"] = _probe("OpenAPI", "This document." + OPERATOR_NOTE)
+    paths["/docs"] = _probe("Docs", "This document as a web page." + OPERATOR_NOTE,
+                            "text/html")
     paths.update(ingest_paths())  # the same front door (NGINX) serves the gateway's
     paths["/dashboard"] = _probe(
         "Dashboard", "A live dashboard of these stats, for a browser. The page is public and "
@@ -206,5 +217,9 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": {**SCHEMAS, **INGEST_SCHEMAS}, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "A token from STATS_TOKENS."}}},
+                       "description": "A stats token (`make tokens ARGS=\"add --sites "
+                                      "shop\"`, or `--admin` for every site; `make up` "
+                                      "creates an admin token and writes it to "
+                                      "`.run/stack.env` as `STATS_TOKEN`). A token reads only "
+                                      "the sites it was granted."}}},
     }

@@ -21,9 +21,11 @@ from contracts.httpkit import (
     readiness_response,
     whole_request_error,
 )
+from contracts.registry import RegistrySource
 from contracts.settings import QuerySettings
 from query_api import params
 from query_api.answer_cache import AnswerCache
+from query_api.auth import GRANT
 from query_api.csv_out import Cell, csv_response
 from query_api.model import StatsReader, Totals
 from query_api.ranges import REALTIME_MINUTES, TimeRange, parse_range, period_range
@@ -78,15 +80,19 @@ class QueryDeps:
 
 
 DEPS = web.AppKey("query_deps", QueryDeps)
+REGISTRY = web.AppKey("registry", RegistrySource)  # the tokens (contracts.registry)
 
 
 def answer_key(request: web.Request, fmt: str) -> Hashable:
     """What makes two requests the same question: the path as sent, the query parameters
     in name order (``?a=1&b=2`` is ``?b=2&a=1``; a repeated name keeps its values' order,
-    since handlers read the first) and the output format. Not the method; the token was
-    checked by the auth middleware before."""
+    since handlers read the first), the output format and what the token may read
+    (``/stats/sites`` answers differ by it; admin tokens and no auth share one). Not the
+    method; the token was checked by the auth middleware before."""
     items = sorted(request.query.items(), key=lambda item: item[0])
-    return request.rel_url.raw_path, tuple(items), fmt
+    grant = request.get(GRANT)
+    scope = grant.sites if grant is not None and not grant.admin else None
+    return request.rel_url.raw_path, tuple(items), fmt, scope
 
 
 def endpoint(build: Callable[[web.Request, StatsService], Awaitable[Answer]]) -> Handler:
@@ -336,6 +342,9 @@ async def realtime(request: web.Request, service: StatsService) -> Answer:
 async def sites(request: web.Request, _: StatsService) -> Answer:
     params.reject_unknown(request.query, ENDPOINT_PARAMS["/stats/sites"])
     found, source = await request.app[SITES].sites()
+    grant = request.get(GRANT)
+    if grant is not None and not grant.admin:  # a token lists only the sites it may read
+        found = [s for s in found if grant.allows(s)]
     shown = found[:MAX_SITES]
     rows: list[dict[str, Cell]] = [{"site_id": s} for s in shown]
     body = {"total_sites": len(found), "sites": shown}
@@ -350,6 +359,8 @@ async def readyz(request: web.Request) -> web.Response:
             checks[name] = await reader.ping()
         except Exception:  # readiness reports, it never fails
             checks[name] = False
+    if not request.app[DEPS].settings.auth_disabled:
+        checks["tokens"] = request.app[REGISTRY].loaded
     return readiness_response(checks)
 
 

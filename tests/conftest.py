@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from redis.asyncio import Redis
 from contracts.mongo import DATABASE as MONGO_DATABASE
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
-from tests.stack import Stack, private_stack, wait_until_aggregates_intact
+from tests.stack import SitePool, Stack, private_stack, wait_until_aggregates_intact
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,15 +33,24 @@ def stack() -> Iterator[Stack]:
         yield found
 
 
-@pytest.fixture
-def site_id() -> str:
-    """A fresh site per test, so tests share a running stack without seeing each other."""
-    return f"t-{uuid.uuid4().hex[:16]}"
+@pytest.fixture(scope="session")
+def site_pool(stack: Stack) -> SitePool:
+    return SitePool(stack)
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+def site_id(site_pool: SitePool) -> str:
+    """A fresh site per test, registered in the stack's site registry (the gateways refuse
+    unknown sites), so tests share a running stack without seeing each other."""
+    return site_pool.take()
+
+
+@pytest.fixture
+async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
+    """Sends the stack's admin token with every request (stats need one; the gateways and
+    the services' own probes ignore it)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     headers=stack.auth()) as session:
         yield session
 
 

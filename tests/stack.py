@@ -25,17 +25,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 import pytest
+from pymongo import MongoClient
 from redis import Redis as SyncRedis
 
 from contracts.keys import intact_key
+from contracts.mongo import DATABASE as MONGO_DATABASE
+from contracts.tenancy import SITES, TOKENS, Site, new_token, site_document, token_document
 from tests.containers import docker_engine_answers, start_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +73,7 @@ class Stack:
     aggregator_urls: tuple[str, ...]
     directory: Path
     port_base: int
+    stats_token: str  # the admin token `infra/stack.py up` created for this stack
 
     @classmethod
     def from_directory(cls, directory: Path, port_base: int) -> Stack:
@@ -80,7 +87,11 @@ class Stack:
                    mongo_url=env["MONGO_URL"], redis_url=env["REDIS_URL"],
                    gateway_urls=urls("GATEWAY_URLS"), query_urls=urls("QUERY_URLS"),
                    aggregator_urls=urls("AGGREGATOR_URLS"), directory=directory,
-                   port_base=port_base)
+                   port_base=port_base, stats_token=env["STATS_TOKEN"])
+
+    def auth(self) -> dict[str, str]:
+        """The header that lets a test read every site's stats."""
+        return {"Authorization": f"Bearer {self.stats_token}"}
 
     def env(self) -> dict[str, str]:
         return {"HTTP_URL": self.http_url, "KAFKA_BOOTSTRAP": self.kafka_bootstrap,
@@ -110,6 +121,67 @@ class Stack:
 def read_env_file(path: Path) -> dict[str, str]:
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def register_sites(stack: Stack, site_ids: Sequence[str]) -> None:
+    """Register sites in the stack's registry (as ``make sites ARGS="add …"`` does) and wait
+    until every gateway of the stack serves them. The gateways re-read the whole registry
+    every 2 s, so once each accepts a canary site registered after these, it has these too."""
+    canary = f"t-canary-{uuid.uuid4().hex[:12]}"
+    client: MongoClient[dict[str, Any]] = MongoClient(stack.mongo_url)
+    try:
+        sites = client[MONGO_DATABASE][SITES]
+        if site_ids:
+            sites.insert_many([site_document(Site(s)) for s in site_ids])
+        sites.insert_one(site_document(Site(canary)))
+    finally:
+        client.close()
+    body = orjson.dumps({"page_id": "/canary", "user_id": "canary", "site_id": canary})
+    for url in stack.gateway_urls:
+        track = f"{url}/track"
+        poll_until(lambda: post_status(track, body) == 202, timeout_s=30,  # noqa: B023
+                   interval_s=0.1, message=f"{url} serving newly registered sites")
+
+
+def add_token(stack: Stack, sites: Sequence[str]) -> tuple[str, str]:
+    """A new stats token for these sites in the stack's registry: (id, token). Query APIs
+    accept it within a few seconds (they re-read the tokens every 2 s)."""
+    token_id, token = f"t{uuid.uuid4().hex[:10]}", new_token()
+    client: MongoClient[dict[str, Any]] = MongoClient(stack.mongo_url)
+    try:
+        client[MONGO_DATABASE][TOKENS].insert_one(token_document(token_id, token, sites))
+    finally:
+        client.close()
+    return token_id, token
+
+
+def post_status(url: str, body: bytes, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+class SitePool:
+    """Registered site ids handed out one per test (the ``site_id`` fixture): registering
+    in batches keeps the wait for the gateways to notice (about 2 s) to once per batch."""
+
+    def __init__(self, stack: Stack, batch: int = 100) -> None:
+        self._stack = stack
+        self._batch = batch
+        self._free: list[str] = []
+
+    def take(self) -> str:
+        if not self._free:
+            fresh = [f"t-{uuid.uuid4().hex[:16]}" for _ in range(self._batch)]
+            register_sites(self._stack, fresh)
+            self._free = fresh
+        return self._free.pop()
 
 
 def answers(url: str) -> bool:

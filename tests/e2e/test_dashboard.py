@@ -2,37 +2,35 @@
 
 Debian's ``chromium`` (installed by ``infra/stack.py provision``) is driven by Playwright.
 Page views are posted through NGINX's ``/events`` (gateway -> Kafka -> aggregators -> Redis)
-and the page, served through NGINX by the stack's query APIs (auth off, as the local stack
-runs them), must show them, numbers and chart, within seconds. Auth is tested on a query API
-process of this checkout started here with ``STATS_TOKENS`` and pointed at the stack's Redis
-and MongoDB. Every wait is Playwright's ``expect`` polling up to a deadline; screenshots go
-to ``test-output/dashboard/``.
+and the page, served through NGINX by the stack's query APIs (auth on, as the local stack
+runs them: the tab's sessionStorage is given the stack's admin token before the page loads),
+must show them, numbers and chart, within seconds. The sign-in is tested with a token for one
+site, created in the stack's registry as ``make tokens ARGS="add --sites …"`` does. Every
+wait is Playwright's ``expect`` polling up to a deadline; screenshots go to
+``test-output/dashboard/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
 
 from query_api.routes import MAX_SITES
-from tests.stack import ROOT, Stack, answers, eventually, poll_until
+from tests.stack import ROOT, SitePool, Stack, add_token, eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = ROOT / "test-output" / "dashboard"
-TOKEN = "dashboard-test-token"
+TOKEN_KEY = "pageviews.stats-token"  # query_api/static/dashboard.js
 LIVE_MS = 15_000  # an accepted view shows within a second; the page polls every 1 s / 3 s
 pytestmark = [
     pytest.mark.e2e,
@@ -52,45 +50,20 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
+async def signed_in(context: BrowserContext, stack: Stack) -> BrowserContext:
+    """The tab already holds the admin token, as after typing it into the prompt."""
+    await context.add_init_script(
+        f"sessionStorage.setItem({json.dumps(TOKEN_KEY)}, {json.dumps(stack.stats_token)})")
+    return context
+
+
 @pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+async def page(browser: Browser, stack: Stack) -> AsyncIterator[Page]:
+    context = await signed_in(await browser.new_context(viewport={"width": 1280, "height": 900}),
+                              stack)
     opened = await context.new_page()
     yield opened
     await context.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def private_query_api(stack: Stack) -> Iterator[str]:
-    """A query API of this checkout with auth on, on the stack's Redis and MongoDB."""
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if key != "STATS_AUTH_DISABLED"}
-    env.update(stack.env(), PORT=str(port), HOST="127.0.0.1", STATS_TOKENS=TOKEN)
-    log_path = OUTPUT / "query-api-with-auth.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "query_api"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        poll_until(lambda: answers(f"{url}/healthz") or proc.poll() is not None, timeout_s=30,
-                   message="the query API with auth answering")
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def post_views(http: aiohttp.ClientSession, stack: Stack, site_id: str,
@@ -175,10 +148,11 @@ async def test_the_dashboard_shows_posted_views_live_in_numbers_chart_and_table(
 
 
 async def test_the_site_picker_lists_sites_and_switches_to_the_chosen_one(
-        stack: Stack, http: aiohttp.ClientSession, site_id: str, page: Page) -> None:
+        stack: Stack, http: aiohttp.ClientSession, site_id: str, site_pool: SitePool,
+        page: Page) -> None:
     dashboard_served(stack)
     await post_views(http, stack, site_id, [("home", "u1"), ("home", "u2")])
-    other = f"{site_id}-b"
+    other = site_pool.take()
     await post_views(http, stack, other, [("home", "u9")])
 
     async def listed() -> dict[str, Any] | None:  # before the page loads its list
@@ -234,8 +208,9 @@ async def test_the_dashboard_is_usable_on_a_phone(
         capsys: pytest.CaptureFixture[str]) -> None:
     dashboard_served(stack)
     await post_views(http, stack, site_id, [("home", "u1"), ("/a/long/page/path?q=1", "u2")])
-    context = await browser.new_context(viewport={"width": 390, "height": 844},
-                                        device_scale_factor=2, is_mobile=True, has_touch=True)
+    context = await signed_in(await browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+        has_touch=True), stack)
     try:
         phone = await context.new_page()
         await phone.goto(f"{stack.http_url}/dashboard?site={site_id}")
@@ -249,14 +224,15 @@ async def test_the_dashboard_is_usable_on_a_phone(
         await context.close()
 
 
-async def test_with_auth_on_it_asks_for_the_token_and_a_wrong_one_shows_an_error(
+async def test_it_asks_for_the_token_a_wrong_one_shows_an_error_and_a_site_token_works(
         stack: Stack, http: aiohttp.ClientSession, site_id: str, browser: Browser,
-        private_query_api: str, capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str]) -> None:
     await post_views(http, stack, site_id, [("home", "u1"), ("home", "u2"), ("faq", "u1")])
+    _, token = add_token(stack, [site_id])  # read by the query APIs within seconds
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     try:
         page = await context.new_page()
-        await page.goto(f"{private_query_api}/dashboard?site={site_id}")
+        await page.goto(f"{stack.http_url}/dashboard?site={site_id}")
         signin = page.locator("#signin")
         await expect(signin).to_be_visible()
         await expect(page.locator("#signin-error")).to_be_hidden()
@@ -269,7 +245,15 @@ async def test_with_auth_on_it_asks_for_the_token_and_a_wrong_one_shows_an_error
         await expect(signin).to_be_visible()
         await screenshot(page, "wrong-token.png", capsys)
 
-        await page.locator("#token").fill(TOKEN)
+        async def accepted() -> bool:  # by every query API (each re-reads tokens every 2 s)
+            statuses = []
+            for url in stack.query_urls:
+                async with http.get(f"{url}/stats/sites",
+                                    headers={"Authorization": f"Bearer {token}"}) as response:
+                    statuses.append(response.status)
+            return statuses == [200] * len(stack.query_urls)
+        await eventually(accepted, timeout_s=15, message="the new token accepted")
+        await page.locator("#token").fill(token)
         await page.get_by_role("button", name="Show stats").click()
         await expect(signin).to_be_hidden()
         await shows(page, "#views", 3)
@@ -287,7 +271,7 @@ async def test_with_auth_on_it_asks_for_the_token_and_a_wrong_one_shows_an_error
     context = await browser.new_context()  # a new session asks again
     try:
         page = await context.new_page()
-        await page.goto(f"{private_query_api}/dashboard?site={site_id}")
+        await page.goto(f"{stack.http_url}/dashboard?site={site_id}")
         await expect(page.locator("#signin")).to_be_visible()
     finally:
         await context.close()

@@ -17,7 +17,9 @@ from pymongo.errors import ServerSelectionTimeoutError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from contracts.keys import intact_key, sites_key
+from contracts.registry import FixedRegistry
 from contracts.settings import QuerySettings
+from contracts.tenancy import registry_of, token_document
 from query_api.app import create_app
 from query_api.dashboard import render_dashboard
 from query_api.service import Unavailable
@@ -31,9 +33,11 @@ TOKEN = "s3cret"
 
 @pytest.fixture
 async def client(aiohttp_client: Factory) -> Client:
-    app = create_app(QuerySettings(auth_tokens=(TOKEN,)),
+    app = create_app(QuerySettings(),
                      readers=(MemoryReader("redis"), MemoryReader("mongo")),
-                     sites=FixedSites(["shop", "blog", "default"]))
+                     sites=FixedSites(["shop", "blog", "default"]),
+                     registry=FixedRegistry(registry_of([], [token_document("t", TOKEN,
+                                                                             admin=True)])))
     return await aiohttp_client(TestServer(app))
 
 

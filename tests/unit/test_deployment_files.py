@@ -3,6 +3,7 @@ the services, images, replicas, ports, health checks and start-up order a user r
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_compose_runs_every_service_with_replicas(compose: dict[str, Any]) -> No
 
 def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
-        if name != "kafka-init":
+        if name not in ("kafka-init", "init"):
             assert "test" in svc.get("healthcheck", {}), name
 
 
@@ -70,9 +71,45 @@ def test_nginx_is_published_on_loopback_8080_with_the_shared_routes(
     assert any("routes.conf" in volume for volume in nginx["volumes"])
 
 
-def test_the_query_api_is_private_in_compose(compose: dict[str, Any]) -> None:
-    env = compose["services"]["query"]["environment"]
-    assert "STATS_TOKENS" in env and "STATS_AUTH_DISABLED" not in env
+def interpolate(text: str, environ: dict[str, str]) -> str:
+    """Compose's variable interpolation, as far as this file uses it: ``${VAR}``,
+    ``${VAR:-default}`` and ``${VAR:?error}`` (compose refuses to start with the error when
+    VAR is unset or empty)."""
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        value = environ.get(name, "")
+        if op == ":?" and not value:
+            raise ValueError(f"{name}: {arg}")
+        return value or (arg if op == ":-" else "")
+    return re.sub(r"\$\{(\w+)(?:(:[-?])((?:[^{}]|\$\([^)]*\))*))?\}", one, text)
+
+
+def test_compose_refuses_to_start_without_an_admin_token() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    with pytest.raises(ValueError, match="STATS_TOKEN: set STATS_TOKEN"):
+        interpolate(text, {})
+    with pytest.raises(ValueError, match="STATS_TOKEN"):
+        interpolate(text, {"STATS_TOKEN": ""})
+    services = yaml.safe_load(interpolate(text, {"STATS_TOKEN": "t0ken"}))["services"]
+    assert services["init"]["environment"]["STATS_TOKEN"] == "t0ken"
+    assert services["init"]["command"] == ["python", "-m", "admin", "init",
+                                           "--admin-token-env", "STATS_TOKEN"]
+
+
+def test_no_token_has_a_default_anywhere_in_compose() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert not re.search(r"TOKEN\w*:-", text), "a token variable with a default"
+    assert "STATS_TOKENS" not in text and "STATS_AUTH_DISABLED" not in text
+
+
+def test_the_services_start_only_after_init_registered_the_site_and_token(
+        compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["init"]["depends_on"]["mongo"]["condition"] == "service_healthy"
+    for name in ("gateway", "query"):
+        assert services[name]["depends_on"]["init"]["condition"] == \
+            "service_completed_successfully", name
+    assert "COPY admin ./admin" in (ROOT / "infra" / "Dockerfile").read_text()
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")

@@ -14,7 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from contracts.event import KNOWN_FIELDS, PageView
+from contracts.registry import FixedRegistry, RegistrySource
 from contracts.settings import GatewaySettings
+from contracts.tenancy import Registry, Site
 from ingest_gateway import body as body_module
 from ingest_gateway.app import AUTO_DECOMPRESS, create_app
 from ingest_gateway.publisher import PublishUnavailable
@@ -47,9 +49,24 @@ async def client(aiohttp_client: Callable[..., Awaitable[Client]],
     return await make_client(aiohttp_client, publisher, GatewaySettings())
 
 
+def registered(*sites: str) -> FixedRegistry:
+    return FixedRegistry(Registry(sites={s: Site(s) for s in sites}, grants={}))
+
+
+class NeverLoaded:
+    """A registry whose first read from MongoDB has not succeeded yet."""
+
+    loaded = False
+
+    def current(self) -> Registry:
+        return Registry(sites={}, grants={})
+
+
 async def make_client(aiohttp_client: Callable[..., Awaitable[Client]],
-                      publisher: FakePublisher, settings: GatewaySettings) -> Client:
-    app = create_app(settings, publisher=publisher, clock_ms=lambda: NOW)
+                      publisher: FakePublisher, settings: GatewaySettings,
+                      registry: RegistrySource | None = None) -> Client:
+    app = create_app(settings, publisher=publisher, clock_ms=lambda: NOW,
+                     registry=registry or registered("default", "shop"))
     server = TestServer(app)
     # As in __main__: the gateway inflates bodies itself, within its limit.
     await server.start_server(auto_decompress=AUTO_DECOMPRESS)
@@ -268,10 +285,10 @@ async def test_body_level_refusals_carry_a_detail_without_index(client: Client) 
                                   "reason": "the batch holds no events"}]
 
 
-async def test_sites_outside_the_allowlist_get_a_403_naming_the_site(
+async def test_sites_outside_the_registry_get_a_403_naming_the_site(
         aiohttp_client: Callable[..., Awaitable[Client]], publisher: FakePublisher) -> None:
-    client = await make_client(aiohttp_client, publisher,
-                               GatewaySettings(allowed_sites=frozenset({"shop"})))
+    client = await make_client(aiohttp_client, publisher, GatewaySettings(),
+                               registered("shop"))
     events = [{"page_id": "a", "user_id": "u", "site_id": "shop"},
               {"page_id": "a", "user_id": "u", "site_id": "junk"}]
     status, answer = await post(client, "/events", orjson.dumps(events))
@@ -279,6 +296,18 @@ async def test_sites_outside_the_allowlist_get_a_403_naming_the_site(
     assert answer["details"] == [{"index": 1, "field": "site_id",
                                   "reason": "site 'junk' is not served here"}]
     assert publisher.published == []
+
+
+async def test_before_the_registry_was_ever_read_events_get_a_503_and_readyz_says_why(
+        aiohttp_client: Callable[..., Awaitable[Client]], publisher: FakePublisher) -> None:
+    client = await make_client(aiohttp_client, publisher, GatewaySettings(), NeverLoaded())
+    status, answer = await post(client, "/track", b'{"page_id": "a", "user_id": "u"}')
+    assert (status, answer["error"]) == (503, "unavailable")
+    assert answer["reason"] == "site_registry_unavailable"
+    assert publisher.published == []
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"] == {"kafka": True, "sites": False}
 
 
 async def test_kafka_unavailable_is_a_503_with_retry_after_and_the_ids(
@@ -313,7 +342,7 @@ async def test_readyz_follows_the_publisher(client: Client, publisher: FakePubli
     publisher.ready = False
     response = await client.get("/readyz")
     assert response.status == 503
-    assert (await response.json())["checks"] == {"kafka": False}
+    assert (await response.json())["checks"] == {"kafka": False, "sites": True}
 
 
 async def metrics(client: Client) -> dict[str, float]:

@@ -15,7 +15,7 @@ RETURN_RE = re.compile(r"^\s*return\s+(\d{3})\s+'(.*)';\s*$", re.MULTILINE)
 def test_every_json_error_nginx_returns_has_the_uniform_shape() -> None:
     answers = {int(status): orjson.loads(body) for status, body in
                RETURN_RE.findall(ROUTES.read_text()) if int(status) >= 400}
-    assert set(answers) == {413, 429, 503}
+    assert set(answers) == {404, 413, 429, 503}
     for status, answer in answers.items():
         assert isinstance(answer["error"], str) and isinstance(answer["message"], str), status
         assert answer["details"], status

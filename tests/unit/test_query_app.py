@@ -19,13 +19,16 @@ from pymongo.errors import ServerSelectionTimeoutError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from contracts.ingest_openapi import ingest_paths
+from contracts.registry import FixedRegistry
 from contracts.settings import QuerySettings
+from contracts.tenancy import registry_of, token_document
 from contracts.timebuckets import HOUR_MS, MINUTE_MS
 from query_api.app import create_app
 from query_api.model import Totals
 from query_api.openapi import openapi_document
 from query_api.ranges import TimeRange
 from query_api.routes import ENDPOINT_PARAMS, answer_key
+from query_api.sites import FixedSites
 
 Client = TestClient[web.Request, web.Application]
 NOW = 1_795_860_000_000 + 17 * MINUTE_MS + 42_500  # 2026-11-28T10:17:42.5Z
@@ -89,9 +92,18 @@ Factory = Callable[..., Awaitable[Client]]
 @pytest.fixture
 async def make(aiohttp_client: Factory) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
     async def build(redis: MemoryReader | None = None, mongo: MemoryReader | None = None,
-                    settings: QuerySettings | None = None) -> Client:
-        app = create_app(settings or QuerySettings(auth_disabled=True), clock_ms=lambda: NOW,
-                         readers=(redis or MemoryReader("redis"), mongo or MemoryReader("mongo")))
+                    settings: QuerySettings | None = None,
+                    tokens: dict[str, tuple[str, ...] | None] | None = None,
+                    sites: FixedSites | None = None) -> Client:
+        """``tokens``: token -> the sites it reads (None: an admin token); with tokens,
+        auth is on."""
+        registry = FixedRegistry(registry_of([], [
+            token_document(f"id{i}", token, scope or (), admin=scope is None)
+            for i, (token, scope) in enumerate((tokens or {}).items())]))
+        app = create_app(settings or QuerySettings(auth_disabled=tokens is None),
+                         clock_ms=lambda: NOW,
+                         readers=(redis or MemoryReader("redis"), mongo or MemoryReader("mongo")),
+                         sites=sites, registry=registry)
         return await aiohttp_client(TestServer(app))
     yield build
 
@@ -390,8 +402,9 @@ async def test_a_503_is_not_kept_the_next_request_asks_the_stores_again(
 
 async def test_stats_need_a_valid_token_but_docs_do_not(
         make: Callable[..., Awaitable[Client]]) -> None:
-    client = await make(settings=QuerySettings(auth_tokens=("s3cret",)))
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+    client = await make(tokens={"s3cret": None})
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
+                    {"Authorization": "Bearer "}, {"Authorization": "Bearer s3cret-and-more"}):
         response = await client.get("/stats", headers=headers)
         assert response.status == 401 and "Bearer" in response.headers["WWW-Authenticate"]
         assert (await response.json())["details"] == [
@@ -400,6 +413,40 @@ async def test_stats_need_a_valid_token_but_docs_do_not(
     assert response.status == 200
     for path in ("/openapi.json", "/docs", "/healthz"):
         assert (await client.get(path)).status == 200, path
+
+
+SITE_PATHS = ("/stats", "/stats/compare", "/stats/pages/home", "/stats/timeseries",
+              "/stats/top", "/stats/realtime")
+
+
+async def test_a_token_for_one_site_gets_403_for_another_on_every_endpoint_that_takes_one(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    assert set(SITE_PATHS) | {"/stats/sites"} >= {
+        p.replace("{page_id}", "home") for p in ENDPOINT_PARAMS}, "a new endpoint: list it"
+    client = await make(tokens={"shop-token": ("shop",), "root": None})
+    shop = {"Authorization": "Bearer shop-token"}
+    for path in SITE_PATHS:
+        query = {"interval": "hour", "period": "24h"} if path == "/stats/timeseries" else {}
+        own = await client.get(path, params={**query, "site_id": "shop"}, headers=shop)
+        assert own.status == 200, (path, await own.text())
+        for other in ({"site_id": "blog"}, {},  # no site_id: the default site, not granted
+                      {"site_id": ["shop", "blog"]}):
+            response = await client.get(path, params={**query, **other}, headers=shop)
+            assert response.status == 403, (path, other)
+            assert (await response.json())["error"] == "forbidden_site"
+        admin = await client.get(path, params={**query, "site_id": "blog"},
+                                 headers={"Authorization": "Bearer root"})
+        assert admin.status == 200, path
+
+
+async def test_stats_sites_lists_only_the_sites_of_the_token(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    client = await make(tokens={"two": ("shop", "blog"), "root": None},
+                        sites=FixedSites(["shop", "blog", "other", "default"]))
+    scoped = await client.get("/stats/sites", headers={"Authorization": "Bearer two"})
+    assert await scoped.json() == {"total_sites": 2, "sites": ["blog", "shop"]}
+    admin = await client.get("/stats/sites", headers={"Authorization": "Bearer root"})
+    assert (await admin.json())["sites"] == ["blog", "default", "other", "shop"]
 
 
 async def test_openapi_describes_every_route_and_exactly_the_accepted_parameters(

@@ -17,17 +17,15 @@ def test_defaults_apply_when_the_environment_is_empty() -> None:
     settings = GatewaySettings.from_env({})
     assert settings.backends == Backends()
     assert settings.port == 8101 and settings.produce_timeout_s == 2.0
-    assert settings.allowed_sites == frozenset()
     assert AggregatorSettings.from_env({}).max_records == 2000
 
 
 def test_values_come_from_the_environment() -> None:
     settings = GatewaySettings.from_env({
-        "KAFKA_BOOTSTRAP": "k:1", "PORT": "9000", "ALLOWED_SITES": "a, b",
+        "KAFKA_BOOTSTRAP": "k:1", "PORT": "9000",
         "PRODUCE_TIMEOUT_S": "0.5", "KAFKA_COMPRESSION": "lz4"})
     assert settings.backends.kafka_bootstrap == "k:1"
     assert (settings.port, settings.produce_timeout_s) == (9000, 0.5)
-    assert settings.allowed_sites == {"a", "b"}
     assert settings.compression == "lz4"
 
 
@@ -41,11 +39,16 @@ def test_malformed_values_name_the_variable() -> None:
     assert GatewaySettings.from_env({"KAFKA_COMPRESSION": "NONE"}).compression is None
 
 
-def test_the_query_api_refuses_to_start_public_unless_told_to() -> None:
-    with pytest.raises(SettingsError, match="STATS_TOKENS"):
-        QuerySettings.from_env({})
+def test_the_query_api_needs_tokens_unless_told_otherwise_and_takes_none_from_env() -> None:
+    assert not QuerySettings.from_env({}).auth_disabled
     assert QuerySettings.from_env({"STATS_AUTH_DISABLED": "true"}).auth_disabled
-    assert QuerySettings.from_env({"STATS_TOKENS": "t1,t2"}).auth_tokens == ("t1", "t2")
+    with pytest.raises(SettingsError, match="STATS_TOKENS is gone"):
+        QuerySettings.from_env({"STATS_TOKENS": "t1,t2"})
+
+
+def test_allowed_sites_is_refused_with_a_pointer_to_the_registry() -> None:
+    with pytest.raises(SettingsError, match="admin sites add"):
+        GatewaySettings.from_env({"ALLOWED_SITES": "a,b"})
 
 
 def test_the_answer_cache_lasts_20_ms_by_default_and_0_turns_it_off() -> None:

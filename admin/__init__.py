@@ -1,0 +1,1 @@
+"""Operator commands: the site registry and the stats tokens (``python -m admin --help``)."""

@@ -1,0 +1,143 @@
+"""``python -m admin``: manage the sites a deployment serves and the stats tokens.
+
+    python -m admin sites add shop [--max-pages N] [--origin https://shop.example ...]
+    python -m admin sites list
+    python -m admin sites remove shop
+    python -m admin tokens add --sites shop,blog     (or --admin: every site)
+    python -m admin tokens list
+    python -m admin tokens revoke <id>
+    python -m admin init [--admin-token-env VAR]
+
+``make sites ARGS="..."`` and ``make tokens ARGS="..."`` run it with the stack's settings
+(``.run/stack.env``); elsewhere it reads ``MONGO_URL`` and ``MONGO_DB`` from the
+environment like the services. A new token is printed once and stored only as its SHA-256.
+Running gateways and query APIs see every change within a few seconds
+(``contracts.registry``). Exit status: 0 done, 1 nothing to do it to (no such site or
+token), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from admin.store import AdminStore, UnknownSites
+from contracts.settings import Backends
+from contracts.tenancy import DEFAULT_MAX_PAGES, ORIGIN, Site, valid_site_id
+
+
+def _site_id(value: str) -> str:
+    if not valid_site_id(value):
+        raise argparse.ArgumentTypeError("a site id matches [A-Za-z0-9._-]{1,64}")
+    return value
+
+
+def _origin(value: str) -> str:
+    if not ORIGIN.fullmatch(value):
+        raise argparse.ArgumentTypeError("an origin is scheme://host[:port], e.g. "
+                                         "https://shop.example")
+    return value
+
+
+def _site_list(value: str) -> list[str]:
+    sites = [s.strip() for s in value.split(",") if s.strip()]
+    if not sites:
+        raise argparse.ArgumentTypeError("name at least one site")
+    return [_site_id(s) for s in sites]
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m admin", description=__doc__.split("\n")[0])
+    groups = top.add_subparsers(dest="group", required=True)
+    sites = groups.add_parser("sites", help="the site registry").add_subparsers(
+        dest="action", required=True)
+    add = sites.add_parser("add", help="register a site (or update its settings)")
+    add.add_argument("site", type=_site_id)
+    add.add_argument("--max-pages", type=int, default=DEFAULT_MAX_PAGES,
+                     help=f"distinct pages the site may count (default {DEFAULT_MAX_PAGES})")
+    add.add_argument("--origin", type=_origin, action="append", default=[],
+                     help="an origin the site's pages are served from (repeatable)")
+    sites.add_parser("list", help="every registered site, one JSON object a line")
+    remove = sites.add_parser("remove", help="stop serving a site (its data stays)")
+    remove.add_argument("site", type=_site_id)
+
+    tokens = groups.add_parser("tokens", help="stats tokens").add_subparsers(
+        dest="action", required=True)
+    new = tokens.add_parser("add", help="create a token and print it once")
+    scope = new.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--sites", type=_site_list, help="comma-separated sites it may read")
+    scope.add_argument("--admin", action="store_true", help="it may read every site")
+    tokens.add_parser("list", help="ids, sites and creation times (never the tokens)")
+    revoke = tokens.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id")
+
+    init = groups.add_parser("init", help="register the default site and make sure an admin "
+                             "token exists (what `make up` runs)")
+    init.add_argument("--admin-token-env", metavar="VAR", help="store the hash of this "
+                      "variable's token as an admin token (docker compose); without it, "
+                      "create and print one if no admin token exists yet")
+    return top
+
+
+def _print(doc: object) -> None:
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_NAIVE_UTC).decode() + "\n")
+
+
+async def run(args: argparse.Namespace, store: AdminStore) -> int:
+    if args.group == "sites":
+        if args.action == "add":
+            if args.max_pages < 1:
+                sys.exit("--max-pages must be at least 1")
+            _print(await store.add_site(Site(args.site, args.max_pages, tuple(args.origin))))
+        elif args.action == "list":
+            for doc in await store.sites():
+                _print(doc)
+        elif not await store.remove_site(args.site):
+            print(f"no site {args.site!r}", file=sys.stderr)
+            return 1
+        return 0
+    if args.group == "tokens":
+        if args.action == "add":
+            try:
+                token_id, token = await store.add_token(args.sites or (), admin=args.admin)
+            except UnknownSites as exc:
+                sys.exit(f"not registered: {', '.join(exc.sites)} (make sites ARGS=\"add …\")")
+            print(f"token id {token_id} ({'admin' if args.admin else ','.join(args.sites)}); "
+                  "the token, shown only this once:", file=sys.stderr)
+            print(token)
+        elif args.action == "list":
+            for doc in await store.tokens():
+                _print(doc)
+        elif not await store.revoke_token(args.token_id):
+            print(f"no token {args.token_id!r}", file=sys.stderr)
+            return 1
+        return 0
+    # init
+    given = os.environ.get(args.admin_token_env, "") if args.admin_token_env else None
+    if given is not None and not given.strip():
+        sys.exit(f"{args.admin_token_env} is empty: set it to a long random token")
+    _print(await store.init(given.strip() if given else None))
+    return 0
+
+
+async def main_async(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    backends = Backends.from_env(os.environ)
+    store = AdminStore.connect(backends.mongo_url, backends.mongo_db)
+    try:
+        return await run(args, store)
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    sys.exit(asyncio.run(main_async(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()

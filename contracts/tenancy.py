@@ -1,0 +1,137 @@
+"""Which sites a deployment serves and which stats tokens may read which of them.
+
+Two MongoDB collections in the events database hold the facts, managed with
+``python -m admin`` (``make sites``, ``make tokens``):
+
+- ``sites``: one document per served site, ``_id`` = the site id, with its page quota
+  (``max_pages``) and the origins its pages are served from (``origins``). Unknown sites are
+  refused by every gateway (403 ``site_not_allowed``).
+- ``tokens``: one document per stats token, ``_id`` = a short random id that names it in
+  ``list`` and ``revoke``, ``sha256`` = the hex SHA-256 of the token (the token itself is
+  never stored: it is printed once, when created), and either ``admin: true`` (every site)
+  or ``sites``: the site ids it may read.
+
+This module is the pure part: names, document shapes, hashing and the immutable
+``Registry`` snapshot the services consult per request. ``contracts.registry`` keeps a
+snapshot fresh in each process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts.event import SITE_ID_RE
+
+SITES = "sites"
+TOKENS = "tokens"
+DEFAULT_MAX_PAGES = 10_000  # distinct page ids a site may count (enforced elsewhere)
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+TOKEN_BYTES = 32  # 256 random bits, URL-safe base64: 43 characters
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    site_id: str
+    max_pages: int = DEFAULT_MAX_PAGES
+    origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one token may read: every site (``admin``) or the listed ones."""
+
+    token_id: str
+    digest: str  # hex SHA-256 of the token
+    sites: frozenset[str] = frozenset()
+    admin: bool = False
+
+    def allows(self, site_id: str) -> bool:
+        return self.admin or site_id in self.sites
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """One consistent snapshot of both collections; never mutated, replaced whole."""
+
+    sites: Mapping[str, Site]
+    grants: Mapping[str, Grant]  # by the token's SHA-256 hex digest
+
+    def serves(self, site_id: str) -> bool:
+        return site_id in self.sites
+
+    def grant_for(self, token: bytes) -> Grant | None:
+        """The grant of a presented token, or None. The token is hashed and its digest
+        looked up (timing can at most reveal something about a digest, which does not give
+        the token back); the stored digest is then compared in constant time."""
+        if not token:
+            return None
+        digest = token_digest(token)
+        grant = self.grants.get(digest)
+        if grant is None or not hmac.compare_digest(grant.digest, digest):
+            return None
+        return grant
+
+
+EMPTY = Registry(sites={}, grants={})
+
+
+def token_digest(token: bytes) -> str:
+    return hashlib.sha256(token).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def new_token_id() -> str:
+    return secrets.token_hex(6)
+
+
+def valid_site_id(site_id: str) -> bool:
+    return SITE_ID_RE.fullmatch(site_id) is not None
+
+
+def site_document(site: Site, now: datetime | None = None) -> dict[str, Any]:
+    return {"_id": site.site_id, "max_pages": site.max_pages, "origins": list(site.origins),
+            "created_at": now or datetime.now(UTC)}
+
+
+def token_document(token_id: str, token: str, sites: Iterable[str] = (), admin: bool = False,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """The stored form of a token: its hash, never the token."""
+    return {"_id": token_id, "sha256": token_digest(token.encode()), "admin": admin,
+            "sites": sorted(set(sites)), "created_at": now or datetime.now(UTC)}
+
+
+def site_of(doc: Mapping[str, Any]) -> Site | None:
+    """A stored site document, or None when it is malformed (skipped, never fatal)."""
+    site_id, max_pages = doc.get("_id"), doc.get("max_pages", DEFAULT_MAX_PAGES)
+    origins = doc.get("origins") or []
+    if not isinstance(site_id, str) or not valid_site_id(site_id):
+        return None
+    if not isinstance(max_pages, int) or max_pages < 1:
+        max_pages = DEFAULT_MAX_PAGES
+    return Site(site_id, max_pages, tuple(o for o in origins if isinstance(o, str)))
+
+
+def grant_of(doc: Mapping[str, Any]) -> tuple[str, Grant] | None:
+    """(digest, grant) of a stored token document, or None when it is malformed."""
+    digest, token_id = doc.get("sha256"), doc.get("_id")
+    if not isinstance(digest, str) or len(digest) != 64 or not isinstance(token_id, str):
+        return None
+    sites = frozenset(s for s in doc.get("sites") or [] if isinstance(s, str))
+    return digest, Grant(token_id, digest, sites, admin=doc.get("admin") is True)
+
+
+def registry_of(site_docs: Iterable[Mapping[str, Any]],
+                token_docs: Iterable[Mapping[str, Any]]) -> Registry:
+    sites = {s.site_id: s for s in map(site_of, site_docs) if s is not None}
+    grants = dict(g for g in map(grant_of, token_docs) if g is not None)
+    return Registry(sites=sites, grants=grants)
