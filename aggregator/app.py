@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from aggregator.metrics import AggregatorMetrics
-from contracts.httpkit import error_middleware, healthz, metrics_handler, readiness_response
+from contracts.httpkit import healthz, metrics_handler, readiness_response, service_middlewares
 
 Readiness = Callable[[], dict[str, bool]]
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
@@ -20,7 +20,7 @@ async def readyz(request: web.Request) -> web.Response:
 def create_app(metrics: AggregatorMetrics,
                readiness: Callable[[], dict[str, bool]]) -> web.Application:
     """``readiness`` reports each dependency (consumer running, Mongo, Redis, Kafka)."""
-    app = web.Application(middlewares=[error_middleware(metrics)])
+    app = web.Application(middlewares=service_middlewares(metrics))
     app[READINESS] = readiness
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

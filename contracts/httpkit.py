@@ -118,6 +118,27 @@ def error_middleware(metrics: HttpMetrics) -> Callable[..., Awaitable[web.Stream
     return middleware
 
 
+@web.middleware
+async def nosniff_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``X-Content-Type-Options: nosniff`` on every answer, errors included: a browser then
+    never runs a JSON or CSV answer (whose text comes partly from the public: page ids) as a
+    script or a page. The outermost middleware of every app, so it sees the error
+    middleware's answers too; NGINX adds the same header to its own."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # only when no error middleware is inside
+        exc.headers["X-Content-Type-Options"] = "nosniff"
+        raise
+    if not response.prepared:  # a streamed answer sets its own headers before it starts
+        response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def service_middlewares(metrics: HttpMetrics) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    """The middlewares every service starts with, outermost first."""
+    return [nosniff_middleware, error_middleware(metrics)]
+
+
 def whole_request_error(status: int, code: str, message: str,
                         headers: dict[str, str] | None = None) -> web.Response:
     """An error about the request as a whole: one detail, with no event index or field."""

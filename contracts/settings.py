@@ -209,6 +209,19 @@ class QuerySettings:
     # Tokens live hashed in MongoDB (contracts.tenancy; python -m admin tokens add).
     auth_disabled: bool = False
     mongo_query_timeout_ms: int = 20_000  # fallback queries give up (503) after this
+    # At most this many requests per process are answered from MongoDB at once; another
+    # waits at most mongo_queue_ms for a turn, then gets 503 with Retry-After (a flood of
+    # expensive fallback queries cannot starve the rest, nor pile up without bound).
+    mongo_max_concurrent: int = 4
+    mongo_queue_ms: int = 1_000
+    # A whole answer (every store call of one request, e.g. compare's two ranges) gives up
+    # after this: a 503 before NGINX's proxy_read_timeout (30 s) would cut it off.
+    request_timeout_ms: int = 25_000
+    # (bucket, page) entries of bucket rankings one request may read to rank a multi-bucket
+    # range (those already merged in this process are free); more is a 400.
+    max_ranking_entries: int = 2_000_000
+    # Per-page visitor counts (pages x time buckets, each a HyperLogLog) one request reads.
+    max_page_buckets: int = 20_000
     # How long an answer is reused; well under the 100 ms freshness p99. 0: identical
     # concurrent requests still share one computation, but nothing is kept after it.
     answer_cache_ms: int = 20
@@ -225,6 +238,15 @@ class QuerySettings:
             auth_disabled=env.flag("STATS_AUTH_DISABLED", cls.auth_disabled),
             mongo_query_timeout_ms=env.integer("MONGO_QUERY_TIMEOUT_MS",
                                                cls.mongo_query_timeout_ms, minimum=100),
+            mongo_max_concurrent=env.integer("MONGO_QUERY_CONCURRENCY",
+                                             cls.mongo_max_concurrent, minimum=1),
+            mongo_queue_ms=env.integer("MONGO_QUERY_QUEUE_MS", cls.mongo_queue_ms),
+            request_timeout_ms=env.integer("QUERY_REQUEST_TIMEOUT_MS", cls.request_timeout_ms,
+                                           minimum=100),
+            max_ranking_entries=env.integer("QUERY_MAX_RANKING_ENTRIES",
+                                            cls.max_ranking_entries, minimum=1),
+            max_page_buckets=env.integer("QUERY_MAX_PAGE_BUCKETS", cls.max_page_buckets,
+                                         minimum=1),
             answer_cache_ms=env.integer("QUERY_ANSWER_CACHE_MS", cls.answer_cache_ms),
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
         )

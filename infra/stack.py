@@ -110,7 +110,9 @@ PARTITIONS = env_int("KAFKA_PARTITIONS", 6)
 RETENTION_MS = env_int("KAFKA_RETENTION_MS", 30 * 24 * 3600 * 1000)
 TOPIC = os.environ.get("KAFKA_TOPIC", "page-views")
 GROUP = os.environ.get("AGGREGATOR_GROUP", "pageview-aggregators")  # contracts.topics
-RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 100)  # requests/s per client (burst 200)
+RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 100)  # ingest requests/s per client (burst 200)
+QUERY_RATE_LIMIT = env_int("NGINX_QUERY_RATE_LIMIT", 20)  # query requests/s per client (burst 40)
+CONN_LIMIT = env_int("NGINX_CONN_LIMIT", 64)  # open connections per client
 # Servers this stack uses but does not run: part name -> address.
 EXTERNAL_VARIABLES = {"kafka": "EXTERNAL_KAFKA_BOOTSTRAP", "ferretdb": "EXTERNAL_MONGO_URL",
                       "redis": "EXTERNAL_REDIS_URL"}
@@ -585,7 +587,8 @@ def nginx_part(tools: Tools, ports: Ports) -> Part:
         render(INFRA / "nginx" / "nginx.conf.in", conf, {
             "RUN": str(RUN), "MIME_TYPES": "/etc/nginx/mime.types",
             "ROUTES": str(INFRA / "nginx" / "routes.conf"), "HTTP_PORT": str(ports.http),
-            "RATE_LIMIT": str(RATE_LIMIT),
+            "RATE_LIMIT": str(RATE_LIMIT), "QUERY_RATE_LIMIT": str(QUERY_RATE_LIMIT),
+            "CONN_LIMIT": str(CONN_LIMIT),
             "GATEWAY_SERVERS": servers(ports.gateway_base, GATEWAYS),
             "QUERY_SERVERS": servers(ports.query_base, QUERY_APIS)})
         run([tools.nginx, "-t", "-q", "-p", str(RUN / "nginx"), "-c", str(conf)])

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import orjson
 from aiohttp import web
 
-from contracts.httpkit import error_middleware, healthz, metrics_handler
+from contracts.httpkit import healthz, metrics_handler, service_middlewares
 from contracts.ids import event_id_factory
 from contracts.ingest_openapi import ingest_document
 from contracts.registry import RegistryCache, RegistrySource, registry_context
@@ -38,7 +38,7 @@ def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
                        registry=cache or registry)  # type: ignore[arg-type]
     metrics.follow_in_flight(lambda: deps.publisher.in_flight)
     # Room for a gzip body's framing on top of the decompressed limit.
-    app = web.Application(middlewares=[error_middleware(metrics)],
+    app = web.Application(middlewares=service_middlewares(metrics),
                           client_max_size=settings.max_body_bytes + 64 * 1024)
     app[DEPS] = deps
     add_routes(app)

@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pymongo import AsyncMongoClient
 
 from contracts.httpkit import (
     HttpMetrics,
-    error_middleware,
     healthz,
     json_response,
     metrics_handler,
+    service_middlewares,
 )
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis_client
@@ -41,7 +41,7 @@ from query_api.mongo_reader import MongoReader
 from query_api.openapi import openapi_document
 from query_api.redis_reader import RedisReader
 from query_api.routes import DEPS, REGISTRY, Answer, QueryDeps, add_routes
-from query_api.service import StatsService
+from query_api.service import FallbackGate, StatsService
 from query_api.sites import SITES, FixedSites, SiteDirectory, SiteLister
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,18 @@ def answer_cache(settings: QuerySettings, metrics: HttpMetrics) -> AnswerCache[A
     return AnswerCache(settings.answer_cache_ms / 1000, record=record)
 
 
+def fallback_gate(settings: QuerySettings, metrics: HttpMetrics) -> FallbackGate:
+    """The process's cap on concurrent MongoDB answers, shown in the app's registry."""
+    refused = Counter("query_api_mongo_answers_refused", "Requests answered 503 busy: no "
+                      "MongoDB slot within MONGO_QUERY_QUEUE_MS", registry=metrics.registry)
+    gate = FallbackGate(settings.mongo_max_concurrent, settings.mongo_queue_ms / 1000,
+                        on_refused=refused.inc)
+    in_use = Gauge("query_api_mongo_answers_in_flight", "Requests being answered from "
+                   "MongoDB now (at most MONGO_QUERY_CONCURRENCY)", registry=metrics.registry)
+    in_use.set_function(lambda: gate.in_use)
+    return gate
+
+
 def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clock_ms,
                readers: tuple[StatsReader, StatsReader] | None = None,
                sites: SiteLister | None = None,
@@ -90,7 +102,7 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
     replace the real clients in app tests; without a registry, tokens are read from MongoDB
     and refreshed in the background (``contracts.registry``)."""
     metrics = HttpMetrics("query_api")
-    middlewares = [error_middleware(metrics)]
+    middlewares = service_middlewares(metrics)
     cache = RegistryCache() if registry is None and readers is None else None
     tokens: RegistrySource = cache or registry or FixedRegistry(EMPTY_REGISTRY)
     if settings.auth_disabled:
@@ -106,10 +118,10 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
     docs_routes(app)
     dashboard_routes(app)
     answers = answer_cache(settings, metrics)
+    gate = fallback_gate(settings, metrics)
     if readers is not None:
-        app[DEPS] = QueryDeps(settings=settings, service=StatsService(*readers, clock_ms,
-                                                                          settings.retention),
-                              answers=answers)
+        app[DEPS] = QueryDeps(settings=settings, service=StatsService(
+            *readers, clock_ms, settings.retention, gate), answers=answers)
         app[SITES] = sites or FixedSites()
         return app
 
@@ -120,7 +132,8 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
             connectTimeoutMS=MONGO_TIMEOUT_MS)
         events = mongo[settings.backends.mongo_db][EVENTS]
         fallback = MongoReader(events, settings.mongo_query_timeout_ms)
-        service = StatsService(RedisReader(redis), fallback, clock_ms, settings.retention)
+        service = StatsService(RedisReader(redis, settings.max_ranking_entries), fallback,
+                               clock_ms, settings.retention, gate)
         app[DEPS] = QueryDeps(settings=settings, service=service, answers=answers)
         app[SITES] = SiteDirectory(redis, events, settings.mongo_query_timeout_ms)
         yield

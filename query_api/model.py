@@ -13,6 +13,11 @@ from typing import Protocol
 from query_api.ranges import TimeRange
 
 
+class RangeTooCostly(ValueError):
+    """Answering would read more than a request may (a reader's bound, e.g. the entries
+    of many bucket rankings): the handler answers 400 with this text."""
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     views: int

@@ -25,6 +25,30 @@ from query_api.model import Totals
 from query_api.ranges import TimeRange
 
 MINUTE_MS = MINUTE.ms
+# Page ids one ``$in`` may carry, in UTF-8 bytes. A command over MongoDB's 16 MiB document
+# limit is refused by pymongo before it is sent (``DocumentTooLarge``, not a connection
+# error, so it would be a 500): 20,000 pages of 512 four-byte characters are 40 MiB. Larger
+# lists are asked in pieces, one after another; each piece's pages are disjoint, so their
+# answers simply join.
+MAX_IN_BYTES = 4 * 1024 * 1024
+
+
+def pieces_of(pages: list[str], max_bytes: int = MAX_IN_BYTES) -> list[list[str]]:
+    """``pages`` in order, cut into lists whose ids total at most ``max_bytes`` (UTF-8,
+    plus a few bytes of BSON framing each); a single id is never split. Pure."""
+    out: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for page in pages:
+        cost = len(page.encode("utf-8", "surrogatepass")) + 16  # type, index key, length, NUL
+        if current and size + cost > max_bytes:
+            out.append(current)
+            current, size = [], 0
+        current.append(page)
+        size += cost
+    if current:
+        out.append(current)
+    return out
 
 
 def match_stage(site_id: str, rng: TimeRange, page_id: str | None = None,
@@ -92,10 +116,10 @@ class MongoReader:
 
     async def page_uniques(self, site_id: str, rng: TimeRange, pages: list[str]
                            ) -> dict[str, int]:
-        if not pages:
-            return {}
-        grouped = await self._grouped([match_stage(site_id, rng, pages=pages),
-                                       *distinct_users_by("page_id")])
+        grouped: dict[Any, int] = {}
+        for piece in pieces_of(pages):
+            grouped.update(await self._grouped([match_stage(site_id, rng, pages=piece),
+                                                *distinct_users_by("page_id")]))
         return {page: grouped.get(page, 0) for page in pages}
 
     async def series(self, site_id: str, slots: list[TimeRange], interval: str,

@@ -170,13 +170,19 @@ def _operation(path: str) -> dict[str, Any]:
                     "content": {"application/json": {
                         "schema": {"$ref": f"#/components/schemas/{schema}"}},
                         "text/csv": {"schema": {"type": "string"}}}},
-            "400": {"description": "A parameter is invalid; `details` names it.", **ERROR},
+            "400": {"description": "A parameter is invalid, or the request would cost more "
+                                   "than one request may (see the README's API cost); "
+                                   "`details` names the parameter.", **ERROR},
             "401": {"description": "Missing, unknown or revoked bearer token.", **ERROR},
             **({} if path in UNSCOPED_PATHS else {"403": {
                 "description": "`forbidden_site`: the token may not read this site (a token "
                                "reads only the sites it was granted; `site_id` defaults to "
                                "`default`).", **ERROR}}),
-            "503": {"description": "Neither Redis nor MongoDB answered.", **ERROR}}}}
+            "429": {"description": "Too many requests or connections from this address "
+                                   "(NGINX, the front door); see Retry-After.", **ERROR},
+            "503": {"description": "Neither Redis nor MongoDB answered in time, or every "
+                                   "MongoDB answer slot stayed busy (`busy`); see "
+                                   "Retry-After.", **ERROR}}}}
 
 
 OPERATOR_NOTE = (" For operators: served on each query API's own port, not through the "

@@ -113,7 +113,10 @@ def parse_instant(name: str, raw: str, *, is_end: bool) -> int:
                                  "(2026-11-28T10:00:00Z)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    ms = datetime_to_ms(moment.astimezone(UTC))
+    try:  # an offset can carry year 1 before year 1, or year 9999 past the last year
+        ms = datetime_to_ms(moment.astimezone(UTC))
+    except OverflowError:
+        raise BadParameter(name, "must be between 1970-01-01 and 9000-01-01") from None
     if not 0 <= ms < LATEST_MS:
         raise BadParameter(name, "must be between 1970-01-01 and 9000-01-01")
     return _ceil(ms, MINUTE_MS) if is_end else _floor(ms, MINUTE_MS)

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from contracts.aggregates import ALL_TIME, PAGE_VISITORS, RANKING, VIEWS, VISITORS, Scope
 from contracts.keys import SiteKeys, intact_key
 from contracts.redis_client import RedisClient
-from query_api.model import Totals
+from query_api.model import RangeTooCostly, Totals
 from query_api.ranges import TimeRange
 from query_api.redis_reads import ENTRIES_PER_SLICE, Batch, Packer, ReadScript
 from query_api.tiling import tile
@@ -53,8 +53,10 @@ class TornRead(RedisError):
 class RedisReader:
     source = "redis"
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, max_ranking_entries: int = MAX_MERGED_ENTRIES
+                 ) -> None:
         self._redis = redis
+        self._max_ranking_entries = max_ranking_entries
         self._reads = ReadScript(redis)
         self._intact = False
         self._intact_checked = float("-inf")
@@ -197,6 +199,15 @@ class RedisReader:
         sizes = [int(n) for n in replies[0][1]]
         ident = (keys, tuple(scopes))
         merged = self._merged.pop(ident, None) or MergedRanking()
+        to_read = sum(size for scope, version, size in zip(scopes, versions, sizes, strict=True)
+                      if merged.buckets.get(scope, (-1, {}))[0] != version)
+        if to_read > self._max_ranking_entries:
+            if merged.buckets:
+                self._merged[ident] = merged  # what was merged before stays cached
+            raise RangeTooCostly(
+                f"ranking this range reads {to_read:,} (time bucket, page) entries from "
+                f"{len(scopes):,} buckets; one request reads at most "
+                f"{self._max_ranking_entries:,}: ask for a shorter range")
         for scope, version, size in zip(scopes, versions, sizes, strict=True):
             if merged.buckets.get(scope, (-1, {}))[0] != version:
                 read_version, _, pages = await self._read_ranking(site_id, keys, scope, 0, None,

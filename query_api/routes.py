@@ -27,9 +27,9 @@ from query_api import params
 from query_api.answer_cache import AnswerCache
 from query_api.auth import GRANT
 from query_api.csv_out import Cell, csv_response
-from query_api.model import StatsReader, Totals
+from query_api.model import RangeTooCostly, StatsReader, Totals
 from query_api.ranges import REALTIME_MINUTES, TimeRange, parse_range, period_range
-from query_api.service import StatsService, Unavailable
+from query_api.service import Busy, StatsService, Unavailable
 from query_api.sites import SITES
 from query_api.tiling import scope_count, slot_count, slots
 
@@ -47,9 +47,6 @@ ENDPOINT_PARAMS: dict[str, frozenset[str]] = {
 }
 MAX_SERIES_POINTS = 10_000
 DEFAULT_TOP = 10
-# Per-page visitor counts one request may read, as pages x time buckets (each a
-# HyperLogLog): bounds the work of one request whatever the site's size (see _page_reads).
-MAX_PAGE_BUCKETS = 20_000
 MAX_SITES = 10_000  # site ids per /stats/sites answer; total_sites counts them all
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,15 +96,33 @@ def endpoint(build: Callable[[web.Request, StatsService], Awaitable[Answer]]) ->
     """Wraps a builder: format negotiation, single flight and the answer cache (successful
     answers only), 400s and 503s, the source header."""
 
+    async def compute(request: web.Request, deps: QueryDeps) -> Answer:
+        """The answer within the request deadline: every store call of the request
+        together (compare's two ranges, a ranking then its visitors) ends before NGINX
+        would give up on it."""
+        limit_s = deps.settings.request_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(limit_s):
+                return await build(request, deps.service)
+        except TimeoutError:
+            raise Unavailable(f"the answer took longer than {limit_s:g} s; ask for a "
+                              "shorter range, or retry later") from None
+
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             fmt = params.output_format(request.query, request.headers.get("Accept", ""))
             deps = request.app[DEPS]
             answer = await deps.answers.get_or_compute(answer_key(request, fmt),
-                                                       lambda: build(request, deps.service))
+                                                       lambda: compute(request, deps))
         except params.BadParameter as exc:
             return error_response(400, "bad_parameter", str(exc),
                                   [{"field": exc.name, "reason": exc.reason}])
+        except RangeTooCostly as exc:
+            name = "from" if "from" in request.query else "period"
+            return error_response(400, "bad_parameter", f"{name}: {exc}",
+                                  [{"field": name, "reason": str(exc)}])
+        except Busy as exc:
+            return whole_request_error(503, "busy", str(exc), headers={"Retry-After": "2"})
         except Unavailable as exc:
             return whole_request_error(503, "unavailable", str(exc),
                                        headers={"Retry-After": "5"})
@@ -132,14 +147,15 @@ def _bounded(rng: TimeRange, name: str = "period") -> TimeRange:
     return rng
 
 
-def _page_reads(pages: int, rng: TimeRange, name: str) -> None:
-    """Refuse what would read more than ``MAX_PAGE_BUCKETS`` per-page visitor counts: a
+def _page_reads(request: web.Request, pages: int, rng: TimeRange, name: str) -> None:
+    """Refuse what would read more than ``max_page_buckets`` per-page visitor counts: a
     400 that says how to ask for less, never a request that holds Redis."""
+    most = request.app[DEPS].settings.max_page_buckets
     buckets = scope_count(rng)
-    if pages * buckets > MAX_PAGE_BUCKETS:
+    if pages * buckets > most:
         raise params.BadParameter(name, (
             f"asks for the unique visitors of {pages:,} pages over {buckets:,} time buckets; "
-            f"one request reads at most {MAX_PAGE_BUCKETS:,} (pages x buckets): ask for "
+            f"one request reads at most {most:,} (pages x buckets): ask for "
             "fewer pages, or a range on whole hours or days (fewer buckets)"))
 
 
@@ -192,7 +208,7 @@ async def stats(request: web.Request, service: StatsService) -> Answer:
     if compare:
         _bounded(rng, "compare")
     if page is None:
-        _page_reads(limit, rng, "limit")
+        _page_reads(request, limit, rng, "limit")
 
     async def ask(reader: StatsReader) -> tuple[Totals, int, list[dict[str, Any]]]:
         if page is not None:
@@ -293,7 +309,8 @@ async def top(request: web.Request, service: StatsService) -> Answer:
     by = params.choice(query, "by", ("views", "unique_visitors"), "views")
     limit = params.bounded_int(query, "limit", DEFAULT_TOP, 1, params.MAX_LIMIT)
     rng = _range(request, service)
-    _page_reads(limit, rng, "limit")
+    _page_reads(request, limit, rng, "limit")
+    most = request.app[DEPS].settings.max_page_buckets // scope_count(rng)
 
     async def ask(reader: StatsReader) -> list[dict[str, Cell]]:
         if by == "views":
@@ -302,9 +319,8 @@ async def top(request: web.Request, service: StatsService) -> Answer:
             chosen = [p for p, _ in ranked]
             uniques = await reader.page_uniques(site, rng, chosen)
         else:  # every page's visitors are needed to rank by them
-            most = MAX_PAGE_BUCKETS // scope_count(rng)
             total, ranked = await reader.ranked_pages(site, rng, 0, most)
-            _page_reads(total, rng, "by")
+            _page_reads(request, total, rng, "by")
             views = dict(ranked)
             uniques = await reader.page_uniques(site, rng, list(views))
             chosen = sorted(views, key=lambda p: (-uniques[p], -views[p], p))[:limit]

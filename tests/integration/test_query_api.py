@@ -11,14 +11,16 @@ tests exercise the code in this checkout, not the query API processes already ru
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -35,6 +37,9 @@ from contracts.mongo import EVENTS, event_document
 from contracts.settings import Backends, QuerySettings
 from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS, iso_z
 from query_api.app import create_app
+from query_api.mongo_reader import MongoReader
+from query_api.ranges import TimeRange
+from query_api.routes import DEPS
 from tests.expectations import hll_estimate
 from tests.stack import Stack, eventually
 
@@ -392,3 +397,139 @@ async def test_csv_parses_to_the_same_numbers_as_json(api: Client, scenario: Sce
     as_csv = {r["page_id"].removeprefix("'"): (int(r["views"]), int(r["unique_visitors"]))
               for r in rows}
     assert as_csv == as_json
+
+
+async def test_visitors_of_twenty_megabytes_of_page_ids_are_asked_in_pieces_under_16_mib(
+        mongo_db: AsyncDatabase[dict[str, Any]], site_id: str) -> None:
+    """A site with tens of thousands of long page ids: one ``$in`` of them all would be a
+    command over MongoDB's 16 MiB limit, which pymongo refuses before sending
+    (``DocumentTooLarge``, a 500 if it reached the handler). The fallback asks in pieces."""
+    pages = [f"{i:05d}" + "\U0001f600" * 507 for i in range(10_000)]  # 2 KB each, 20 MB
+    now = int(time.time() * 1000)
+    hour = now // HOUR_MS * HOUR_MS - HOUR_MS
+    seen = [pages[0], pages[5_000], pages[-1]]  # in the first, a middle and the last piece
+    views = [PageView(str(uuid.uuid4()), site_id, page, f"u{n}", hour + n, now)
+             for n, page in enumerate(p for p in seen for _ in range(2))]
+    await mongo_db[EVENTS].insert_many(
+        [event_document(v, partition=0, offset=i) for i, v in enumerate(views)])
+    reader = MongoReader(mongo_db[EVENTS])
+    uniques = await reader.page_uniques(site_id, TimeRange(hour, hour + HOUR_MS), pages)
+    assert {p: n for p, n in uniques.items() if n} == {p: 2 for p in seen}
+    assert len(uniques) == len(pages)
+
+
+async def test_a_ten_year_range_with_a_big_limit_is_refused_at_once(
+        api: Client, scenario: Scenario) -> None:
+    s = scenario
+    end = (int(time.time() * 1000) // DAY_MS + 1) * DAY_MS  # tomorrow, UTC
+    ten_years = {"from": iso_z(end - 3650 * DAY_MS), "to": iso_z(end)}
+    for path, query, field in [
+            ("/stats", {"limit": "10000"}, "limit"),
+            ("/stats/top", {"limit": "10000"}, "limit"),
+            ("/stats/top", {"by": "unique_visitors"}, "limit"),  # 10 pages x 3,650 days
+            ("/stats/timeseries", {"interval": "minute"}, "interval")]:
+        response = await api.get(path, params={"site_id": s.site_id, **ten_years, **query})
+        assert response.status == 400, (path, await response.text())
+        assert (await response.json())["details"][0]["field"] == field, path
+    # Within the bounds the same range is answered, from Redis, with every view.
+    body, source = await get(api, "/stats", site_id=s.site_id, limit="5", **ten_years)
+    assert source == "redis" and body["total_views"] == len(s.events)
+
+
+async def test_ranking_more_bucket_entries_than_allowed_is_a_400_naming_the_range(
+        stack: Stack, mongo_db: AsyncDatabase[dict[str, Any]], scenario: Scenario) -> None:
+    s = scenario  # four pages in each of three hours: twelve (hour, page) entries
+    settings = settings_for(stack, mongo_db.name)
+    hours = {"from": iso_z(s.hour0), "to": iso_z(s.hour0 + 3 * HOUR_MS)}
+    tight = await start_client(replace(settings, max_ranking_entries=11))
+    try:
+        response = await tight.get("/stats", params={"site_id": s.site_id, **hours})
+        assert response.status == 400, await response.text()
+        body = await response.json()
+        assert body["details"][0]["field"] == "from" and "at most 11" in body["message"]
+    finally:
+        await tight.close()
+    enough = await start_client(replace(settings, max_ranking_entries=12))
+    try:
+        body, source = await get(enough, "/stats", site_id=s.site_id, **hours)
+        assert source == "redis" and body["total_pages"] == 4
+    finally:
+        await enough.close()
+
+
+class Valve:
+    """A TCP relay to MongoDB that the test can close: what a client sends while it is
+    closed waits in the relay, so a query sent then stays unanswered until it opens."""
+
+    def __init__(self, upstream: str) -> None:
+        parsed = urlsplit(upstream)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 27017
+        self.open = asyncio.Event()
+        self.open.set()
+        self.listen_port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.listen_port = self._server.sockets[0].getsockname()[1]
+        return f"mongodb://127.0.0.1:{self.listen_port}/"
+
+    async def stop(self) -> None:
+        self.open.set()
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        await asyncio.gather(self._pump(reader, up_writer, held=True),
+                             self._pump(up_reader, writer, held=False),
+                             return_exceptions=True)
+        for w in (writer, up_writer):
+            w.close()
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    held: bool) -> None:
+        while data := await source.read(65536):
+            if held:
+                await self.open.wait()
+            sink.write(data)
+            await sink.drain()
+        sink.close()
+
+
+async def test_mongo_answers_beyond_the_cap_get_503_busy_with_retry_after(
+        stack: Stack, mongo_db: AsyncDatabase[dict[str, Any]], site_id: str) -> None:
+    """One MongoDB answer at a time (MONGO_QUERY_CONCURRENCY=1), 100 ms of queue: while
+    one fallback query is held in MongoDB's connection, three more are turned away with a
+    503 and Retry-After, and the held one is answered once MongoDB answers again."""
+    valve = Valve(stack.mongo_url)
+    env = {**stack.env(), "MONGO_DB": mongo_db.name, "MONGO_URL": await valve.start()}
+    settings = QuerySettings(backends=Backends.from_env(env), auth_disabled=True,
+                             mongo_max_concurrent=1, mongo_queue_ms=100)
+    api = await start_client(settings)
+    try:
+        old = int(time.time() * 1000) // HOUR_MS * HOUR_MS - 3 * DAY_MS  # minutes: MongoDB
+        def window(minutes: int) -> dict[str, str]:
+            return {"site_id": site_id, "from": iso_z(old + MINUTE_MS),
+                    "to": iso_z(old + (1 + minutes) * MINUTE_MS)}
+        warm, source = await get(api, "/stats", **window(7))  # connected, server known
+        assert source == "mongo"
+        valve.open.clear()
+        held = asyncio.create_task(api.get("/stats", params=window(1)))
+        gate = api.app[DEPS].service.gate
+        await eventually(lambda: asyncio.sleep(0, gate.in_use == 1), timeout_s=20,
+                         message="the first fallback query holds the only slot")
+        refused = await asyncio.gather(*(api.get("/stats", params=window(n))
+                                         for n in (2, 3, 4)))
+        for response in refused:
+            assert response.status == 503, await response.text()
+            assert response.headers["Retry-After"] == "2"
+            assert (await response.json())["error"] == "busy"
+        valve.open.set()
+        answered = await held
+        assert answered.status == 200, await answered.text()
+        assert answered.headers["X-Stats-Source"] == "mongo"
+        assert (await answered.json())["total_views"] == 0 == warm["total_views"]
+    finally:
+        await api.close()
+        await valve.stop()

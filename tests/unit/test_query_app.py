@@ -24,7 +24,7 @@ from contracts.settings import QuerySettings
 from contracts.tenancy import registry_of, token_document
 from contracts.timebuckets import HOUR_MS, MINUTE_MS
 from query_api.app import create_app
-from query_api.model import Totals
+from query_api.model import RangeTooCostly, Totals
 from query_api.openapi import openapi_document
 from query_api.ranges import TimeRange
 from query_api.routes import ENDPOINT_PARAMS, answer_key
@@ -295,7 +295,7 @@ async def test_bad_parameters_get_a_400_naming_them(client: Client, path: str,
 
 
 async def test_a_request_reading_too_many_page_visitor_counts_is_refused_not_run(
-        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+        client: Client, make: Callable[..., Awaitable[Client]]) -> None:
     """pages x buckets is bounded: limit 1,000 over a range of odd minutes (about 30
     buckets) would read 30,000 HyperLogLogs; the same on whole days is answered."""
     odd = {"from": "2026-11-20T10:17:00Z", "to": "2026-11-27T10:13:00Z"}
@@ -308,13 +308,13 @@ async def test_a_request_reading_too_many_page_visitor_counts_is_refused_not_run
     assert (await client.get("/stats/top", params={**odd, "limit": "1000"})).status == 400
 
     # Ranking by visitors reads every page's: refused when the pages x buckets are too many.
-    monkeypatch.setattr("query_api.routes.MAX_PAGE_BUCKETS", 2 * 8)  # 4 pages x 8 days
+    small = await make(settings=QuerySettings(auth_disabled=True, max_page_buckets=2 * 8))
     by_visitors = {"by": "unique_visitors", "from": "2026-11-21", "to": "2026-11-28",
-                   "site_id": SITE, "limit": "1"}
-    response = await client.get("/stats/top", params=by_visitors)
+                   "site_id": SITE, "limit": "1"}  # 4 pages x 8 days
+    response = await small.get("/stats/top", params=by_visitors)
     assert response.status == 400 and (await response.json())["details"][0]["field"] == "by"
-    monkeypatch.setattr("query_api.routes.MAX_PAGE_BUCKETS", 4 * 8)
-    assert (await client.get("/stats/top", params=by_visitors)).status == 200
+    enough = await make(settings=QuerySettings(auth_disabled=True, max_page_buckets=4 * 8))
+    assert (await enough.get("/stats/top", params=by_visitors)).status == 200
 
 
 async def test_redis_down_falls_back_to_mongo_and_both_down_is_a_503(
@@ -449,6 +449,20 @@ async def test_stats_sites_lists_only_the_sites_of_the_token(
     assert (await admin.json())["sites"] == ["blog", "default", "other", "shop"]
 
 
+async def test_a_token_of_bytes_that_are_not_utf8_is_refused_with_401_not_500(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    client = await make(tokens={"s3cret": None})
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                 b"Authorization: Bearer \xff\xfe\x80s3cret\r\n\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert b'"error":"unauthorized"' in answer
+
+
 async def test_openapi_describes_every_route_and_exactly_the_accepted_parameters(
         client: Client) -> None:
     served = await (await client.get("/openapi.json")).json()
@@ -480,7 +494,8 @@ HOSTILE = ["", " ", "9999-12-30", "8999-12-31T23:59:59Z", "-1", "0", "1", "10001
            "2026-11-28T10:00:00Z", "2026-11-28T10:00:00+14:00", "2026-11-28T10:00:00",
            "9999-12-31", "9999-12-31T23:59:59Z", "0001-01-01", "1970-01-01", "all", "7d",
            "realtime", "csv", "json", "hour", "minute", "day", "views", "unique_visitors",
-           "previous_period", "shop", "home"]
+           "previous_period", "shop", "home", "0001-01-01T00:00:00+23:59",
+           "9999-12-31T23:59:59-23:59"]
 
 
 async def test_no_parameter_value_gives_a_5xx_and_every_answer_fits_the_schema(
@@ -500,3 +515,77 @@ async def test_no_parameter_value_gives_a_5xx_and_every_answer_fits_the_schema(
             assert response.status in (200, 400), (path, query, await response.text())
             if response.status == 200 and response.content_type == "application/json":
                 conforms(await response.json(), response_schema(spec_path))
+
+
+class HeldReader(MemoryReader):
+    """MongoDB whose answers wait until the test lets them go."""
+
+    def __init__(self, expect: int = 1) -> None:
+        super().__init__("mongo")
+        self.release = asyncio.Event()
+        self.waiting = 0
+        self.expect = expect
+        self.all_waiting = asyncio.Event()  # set once ``expect`` answers are held
+
+    async def totals(self, site_id: str, rng: TimeRange, page_id: str | None) -> Totals:
+        self.waiting += 1
+        if self.waiting == self.expect:
+            self.all_waiting.set()
+        try:
+            await self.release.wait()
+        finally:
+            self.waiting -= 1
+        return await super().totals(site_id, rng, page_id)
+
+
+async def test_mongo_answers_beyond_the_cap_get_503_busy_with_retry_after(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    mongo = HeldReader(expect=2)
+    client = await make(MemoryReader("redis", RedisConnectionError("refused")), mongo,
+                        QuerySettings(auth_disabled=True, mongo_max_concurrent=2,
+                                      mongo_queue_ms=50))
+    held = [asyncio.create_task(client.get("/stats/pages/home", params={"site_id": SITE,
+                                                                        "period": period}))
+            for period in ("7d", "30d")]
+    async with asyncio.timeout(10):
+        await mongo.all_waiting.wait()
+    refused = await client.get("/stats/pages/home", params={"site_id": SITE, "period": "24h"})
+    assert refused.status == 503 and refused.headers["Retry-After"] == "2"
+    assert (await refused.json())["error"] == "busy"
+    metrics = await (await client.get("/metrics")).text()
+    assert "query_api_mongo_answers_refused_total 1.0" in metrics
+    assert "query_api_mongo_answers_in_flight 2.0" in metrics
+    mongo.release.set()
+    assert [(await t).status for t in held] == [200, 200]
+    again = await client.get("/stats/pages/home", params={"site_id": SITE, "period": "24h"})
+    assert again.status == 200  # the turns were given back
+
+
+async def test_an_answer_past_the_request_deadline_is_a_503_before_nginx_gives_up(
+        make: Callable[..., Awaitable[Client]]) -> None:
+    mongo = HeldReader()  # never released: compare's first range would wait for ever
+    client = await make(MemoryReader("redis", RedisConnectionError("refused")), mongo,
+                        QuerySettings(auth_disabled=True, request_timeout_ms=100))
+    async with asyncio.timeout(10):  # without the deadline: a failure, not a hung test
+        response = await client.get("/stats/compare", params={"site_id": SITE, "period": "7d"})
+    assert response.status == 503 and response.headers["Retry-After"]
+    assert "longer than 0.1 s" in (await response.json())["message"]
+    assert mongo.waiting == 0  # the held query was cancelled, not left running
+
+
+class CostlyReader(MemoryReader):
+    async def ranked_pages(self, site_id: str, rng: TimeRange, offset: int, limit: int
+                           ) -> tuple[int, list[tuple[str, int]]]:
+        raise RangeTooCostly("ranking this range reads 9 entries; at most 1")
+
+
+@pytest.mark.parametrize(("query", "field"), [({"period": "30d"}, "period"),
+                                              ({"from": "2026-01-01", "limit": "1"}, "from")])
+async def test_a_range_too_costly_for_a_reader_is_a_400_naming_the_range(
+        make: Callable[..., Awaitable[Client]], query: dict[str, str], field: str) -> None:
+    client = await make(CostlyReader("redis"))
+    response = await client.get("/stats", params={"site_id": SITE, **query})
+    assert response.status == 400
+    body = await response.json()
+    assert body["details"] == [{"field": field,
+                                "reason": "ranking this range reads 9 entries; at most 1"}]

@@ -8,7 +8,8 @@ import io
 import pytest
 
 from query_api import params
-from query_api.csv_out import to_csv
+from query_api.csv_out import safe_cell, to_csv
+from query_api.mongo_reader import pieces_of
 
 
 def test_limit_and_offset_have_defaults_and_bounds() -> None:
@@ -62,5 +63,31 @@ def test_csv_defuses_spreadsheet_formulas_in_text_but_not_numbers() -> None:
     assert list(csv.reader(io.StringIO(text)))[1] == ["'=HYPERLINK(1)", "-5"]
 
 
+@pytest.mark.parametrize("text", [
+    "=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1", "\n=1", "\tplain", "\rplain",
+    " =1", "   @x", "\u00a0=1", "\u3000=1", " \t x",
+    "\uff1d1+1", "\uff0b1", "\uff0d1", "\uff20x", "  \uff1dcmd", "\ufe66x", "\ufe62x",
+    "\ufe63x", "\ufe6bx",
+])
+def test_every_cell_a_spreadsheet_could_evaluate_is_prefixed_with_a_quote(text: str) -> None:
+    assert safe_cell(text) == "'" + text
+    assert list(csv.reader(io.StringIO(to_csv(("p",), [{"p": text}]))))[1] == ["'" + text]
+
+
+@pytest.mark.parametrize("text", [
+    "home", "/pricing", "a=b", "a-b", "x@y", "1+1", " home", "", "  ", "\uff41bc", "'=1",
+])
+def test_plain_text_is_written_as_it_is(text: str) -> None:
+    assert safe_cell(text) == text
+
+
 def test_missing_values_are_empty_cells() -> None:
     assert to_csv(("a", "b"), [{"a": 1, "b": None}]).splitlines()[1] == "1,"
+
+
+def test_page_lists_for_mongo_are_cut_into_pieces_under_the_byte_bound_in_order() -> None:
+    pages = ["a" * 100, "b" * 100, "c" * 100, "\U0001f600" * 50]  # the last: 200 bytes
+    pieces = pieces_of(pages, max_bytes=250)
+    assert pieces == [["a" * 100, "b" * 100], ["c" * 100], ["\U0001f600" * 50]]
+    assert pieces_of([], max_bytes=250) == []
+    assert pieces_of(["x" * 1000], max_bytes=250) == [["x" * 1000]]  # never split an id

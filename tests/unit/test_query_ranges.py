@@ -85,6 +85,8 @@ def test_from_without_to_runs_until_now() -> None:
     ({"from": "9999-12-30", "to": "9999-12-31"}, "from"),
     ({"from": "2026-01-01", "to": "9999-12-31T23:59:59Z"}, "to"),
     ({"from": "1969-12-31"}, "from"),
+    ({"from": "0001-01-01T00:00:00+23:59"}, "from"),  # before year 1 in UTC: overflow
+    ({"from": "2026-01-01", "to": "9999-12-31T23:59:59-23:59"}, "to"),  # past year 9999
 ])
 def test_bad_ranges_name_the_parameter(query: dict[str, str], name: str) -> None:
     with pytest.raises(BadParameter) as caught:
