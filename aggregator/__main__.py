@@ -27,6 +27,7 @@ from aggregator.counting.source import KafkaSource
 from aggregator.health import StoreHealth, ping_stores
 from aggregator.metrics import AggregatorMetrics
 from aggregator.outage import Outage
+from aggregator.raw_retention import RawRetention
 from aggregator.recovery.history import committed_offsets
 from aggregator.recovery.loss_watch import LossWatch
 from aggregator.recovery.rebuild import MongoHistory
@@ -91,7 +92,7 @@ async def serve(settings: AggregatorSettings) -> None:
     def readiness() -> dict[str, bool]:
         return {"consumer": consuming, **health.checks()}
 
-    runner = web.AppRunner(create_app(metrics, readiness), access_log=None)
+    runner = web.AppRunner(create_app(metrics, readiness, health.reasons), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("aggregator_starting", extra={"fields": {"port": settings.port,
@@ -104,6 +105,12 @@ async def serve(settings: AggregatorSettings) -> None:
             return
         consuming = True
         background.append(asyncio.create_task(lag_reporter(source, metrics)))
+        if settings.raw_retention_days:
+            expiry = RawRetention(mongo[b.mongo_db][EVENTS], settings.raw_retention_days)
+            if not await _until_started("mongo", expiry.ensure, stopping):
+                return
+            if not expiry.server_expires:  # no TTL index on this server (FerretDB): sweep
+                background.append(asyncio.create_task(expiry.run(stopping)))
         if settings.auto_rebuild:
             async def history() -> MongoHistory:
                 """What MongoDB holds below the group's commits, then the topic: history

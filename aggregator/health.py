@@ -2,7 +2,9 @@
 ping, so ``/readyz`` reports an outage even while the aggregator is idle.
 
 A store is up when the latest call of every observer succeeded: the ping alone would miss
-errors only real work meets, and the pipeline alone says nothing between batches. Each
+errors only real work meets (a Redis over ``maxmemory`` still answers PING but refuses
+writes with OOM), and the pipeline alone says nothing between batches. ``reasons`` says why
+a store is down (the latest error), for ``/readyz``. Each
 state change is logged once (``outage.Outage``): down with the error, up with how long it
 lasted and how many calls failed meanwhile.
 """
@@ -20,12 +22,13 @@ from aggregator.outage import Outage
 
 log = logging.getLogger(__name__)
 STORES = ("mongo", "redis", "kafka")
+MAX_REASON = 200  # characters of an error shown in /readyz
 
 
 class StoreHealth:
     def __init__(self, gauge: Gauge | None = None, stores: tuple[str, ...] = STORES) -> None:
         self._gauge = gauge
-        self._failing: dict[str, set[str]] = {s: set() for s in stores}
+        self._failing: dict[str, dict[str, str]] = {s: {} for s in stores}  # observer: error
         self._outages = {s: Outage(log, "store_unavailable", "store_recovered", store=s)
                          for s in stores}
         for store in stores:
@@ -35,10 +38,10 @@ class StoreHealth:
         """The outcome of one call to ``store`` made by ``observer``."""
         failing = self._failing[store]
         if error is not None:
-            failing.add(observer)
+            failing[observer] = f"{type(error).__name__}: {error}"[:MAX_REASON]
             self._outages[store].failed(error)
         else:
-            failing.discard(observer)
+            failing.pop(observer, None)
             if not failing:
                 self._outages[store].succeeded()
         self._show(store)
@@ -48,6 +51,12 @@ class StoreHealth:
 
     def checks(self) -> dict[str, bool]:
         return {store: self.up(store) for store in self._failing}
+
+    def reasons(self) -> dict[str, str]:
+        """Store -> why it is down (each failing observer's latest error), for stores down."""
+        return {store: "; ".join(f"{observer}: {error}" for observer, error
+                                 in sorted(failing.items()))
+                for store, failing in self._failing.items() if failing}
 
     def _show(self, store: str) -> None:
         if self._gauge is not None:

@@ -172,6 +172,11 @@ async def healthz(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-def readiness_response(checks: dict[str, bool]) -> web.Response:
+def readiness_response(checks: dict[str, bool],
+                       reasons: dict[str, str] | None = None) -> web.Response:
+    """``reasons``: why a failing check fails (shown as ``reasons`` when there are any)."""
     ready = all(checks.values())
-    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, object] = {"ready": ready, "checks": checks}
+    if reasons:
+        body["reasons"] = reasons
+    return json_response(body, status=200 if ready else 503)

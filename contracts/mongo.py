@@ -3,6 +3,15 @@
 Buckets are stored as plain integer fields because FerretDB has no date operators; the
 Kafka partition and offset are stored so a redelivered record can tell a redo after a
 crash (same partition and offset) from a client retry (another offset).
+
+A stored event's identity is the pair (site, event id): event ids are unique per site, never
+globally, so one site must not be able to suppress another's events by reusing their ids.
+The ``_id`` is one string, ``<site_id>\x1f<event_id>``: FerretDB answers an exact-``_id``
+filter on a string from an index (a compound ``_id`` document or a dotted path it scans), and
+the separator (ASCII unit separator) can occur in neither part, since site ids are
+``[A-Za-z0-9._-]`` and event ids refuse control characters. So the pair is recovered exactly,
+and an ``_id`` written before the pair was the identity (the bare event id, never holding
+the separator) is told apart from a new one (``aggregator.recovery.migrate_ids``).
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ from contracts.event import PageView
 
 DATABASE = "pageviews"
 EVENTS = "events"
+# Small documents about the database itself (which migrations are done).
+META = "meta"
+EVENT_KEY_SEPARATOR = "\x1f"
 
 # (name, keys) of the indexes the fallback queries need.
 EVENT_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
@@ -29,13 +41,24 @@ EVENT_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
 _MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_799_999
 
 
+def event_key(site_id: str, event_id: str) -> str:
+    """The ``_id`` of a stored event: its identity is (site, event id)."""
+    return f"{site_id}{EVENT_KEY_SEPARATOR}{event_id}"
+
+
+def event_id_of(document_id: str) -> str:
+    """The event id from a stored ``_id`` (a bare one, from before the pair, as it is)."""
+    return document_id.partition(EVENT_KEY_SEPARATOR)[2] or document_id
+
+
 def event_document(event: PageView, partition: int, offset: int) -> dict[str, Any]:
     """ValueError when a time is outside the datetime range (the pipeline dead-letters it)."""
     for ms in (event.ts, event.received_at):
         if not _MIN_MS <= ms <= _MAX_MS:
             raise ValueError(f"{ms} ms since the epoch is beyond year 1..9999")
     return {
-        "_id": event.event_id, "site_id": event.site_id, "page_id": event.page_id,
+        "_id": event_key(event.site_id, event.event_id), "site_id": event.site_id,
+        "page_id": event.page_id,
         # BSON dates straight from epoch ms: no datetime object built per field and event
         # (read back, they are datetimes as ever).
         "user_id": event.user_id, "ts": DatetimeMS(event.ts),

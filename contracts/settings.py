@@ -133,6 +133,8 @@ class GatewaySettings:
     linger_ms: int = 5
     max_batch_size: int = 256 * 1024
     compression: str | None = None
+    # HMAC key for pseudonymising user_id before Kafka (contracts.privacy); "" = off.
+    user_id_hash_key: str = field(default="", repr=False)
     log_level: str = "INFO"
 
     @classmethod
@@ -154,6 +156,7 @@ class GatewaySettings:
             max_batch_size=env.integer("KAFKA_MAX_BATCH_BYTES", cls.max_batch_size, minimum=1024),
             compression=_no_compression(env.choice(
                 "KAFKA_COMPRESSION", "none", ("none", "gzip", "snappy", "lz4", "zstd"))),
+            user_id_hash_key=environ.get("USER_ID_HASH_KEY", "").strip(),
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
         )
 
@@ -177,6 +180,8 @@ class AggregatorSettings:
     crash_at: str | None = None  # a failpoint's name (contracts/failpoints.py); None: off
     crash_at_batch: int = 0
     auto_rebuild: bool = True  # rebuild Redis from the topic when it lost the aggregates
+    # Raw events are deleted this many days after their ts (aggregator.raw_retention); 0: kept.
+    raw_retention_days: int = 395
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AggregatorSettings:
@@ -197,6 +202,8 @@ class AggregatorSettings:
             crash_at=_failpoint(env.text(CRASH_AT_VARIABLE, "")),
             crash_at_batch=env.integer(CRASH_AT_BATCH_VARIABLE, 0),
             auto_rebuild=env.flag("AGGREGATOR_AUTO_REBUILD", cls.auto_rebuild),
+            raw_retention_days=env.integer("MONGO_RAW_RETENTION_DAYS", cls.raw_retention_days,
+                                           minimum=0),
         )
 
 

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -105,11 +106,15 @@ GATEWAYS = env_int("GATEWAYS", 3)
 AGGREGATORS = env_int("AGGREGATORS", 2)
 QUERY_APIS = env_int("QUERY_APIS", 2)
 PARTITIONS = env_int("KAFKA_PARTITIONS", 6)
-# How long the topic keeps records: replay rebuilds from them (-1: for ever). Applied when
-# the topic is created.
+# How long and how much (bytes per partition) the topic keeps: replay rebuilds from its
+# records (-1: no bound). Applied when the topic is created.
 RETENTION_MS = env_int("KAFKA_RETENTION_MS", 30 * 24 * 3600 * 1000)
+RETENTION_BYTES = env_int("KAFKA_RETENTION_BYTES", 1024 ** 3)  # per partition
 TOPIC = os.environ.get("KAFKA_TOPIC", "page-views")
 GROUP = os.environ.get("AGGREGATOR_GROUP", "pageview-aggregators")  # contracts.topics
+# Redis's memory bound (policy noeviction: over it, writes are refused with OOM and the
+# aggregators hold their batches until memory is raised or freed; nothing is evicted or lost).
+REDIS_MAXMEMORY = os.environ.get("REDIS_MAXMEMORY", "1gb")
 RATE_LIMIT = env_int("NGINX_RATE_LIMIT", 100)  # ingest requests/s per client (burst 200)
 QUERY_RATE_LIMIT = env_int("NGINX_QUERY_RATE_LIMIT", 20)  # query requests/s per client (burst 40)
 CONN_LIMIT = env_int("NGINX_CONN_LIMIT", 64)  # open connections per client
@@ -438,7 +443,7 @@ def kafka_part(tools: Tools, ports: Ports) -> Part:
 def create_topics(bootstrap: str) -> None:
     """Idempotent: creates the page-view and dead-letter topics when missing."""
     run([str(ROOT / ".venv" / "bin" / "python"), str(INFRA / "topics.py"),
-         bootstrap, TOPIC, str(PARTITIONS), str(RETENTION_MS)])
+         bootstrap, TOPIC, str(PARTITIONS), str(RETENTION_MS), str(RETENTION_BYTES)])
 
 
 def redis_part(tools: Tools, ports: Ports) -> Part:
@@ -450,7 +455,8 @@ def redis_part(tools: Tools, ports: Ports) -> Part:
         conf.write_text("\n".join([
             f"port {ports.redis}", "bind 127.0.0.1", "protected-mode yes", "daemonize no",
             f"dir {DATA / 'redis'}", "appendonly yes", "appendfsync everysec",
-            "save 3600 1", "maxmemory-policy noeviction", "loglevel notice", ""]))
+            "save 3600 1", f"maxmemory {REDIS_MAXMEMORY}", "maxmemory-policy noeviction",
+            "loglevel notice", ""]))
 
     return Part(name="redis", argv=[tools.redis_server, str(conf)],
                 ready=lambda: redis_ok(ports.redis), before_start=write_conf, port=ports.redis)
@@ -617,6 +623,21 @@ def stack_env(ports: Ports) -> dict[str, str]:
     }
 
 
+def user_id_hash_key() -> str:
+    """The gateways' key for pseudonymising user ids: ``USER_ID_HASH_KEY`` when set (empty:
+    off), else a random one generated once into the stack's directory and kept there (a new
+    key would make returning visitors new)."""
+    if "USER_ID_HASH_KEY" in os.environ:
+        return os.environ["USER_ID_HASH_KEY"]
+    path = RUN / "user_id_hash_key"
+    if not path.exists():
+        RUN.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def uses_postgres() -> bool:
     return MONGO_BACKEND == "postgresql" and "ferretdb" not in EXTERNAL
 
@@ -688,7 +709,8 @@ def up() -> None:
     if previous.get(TOKEN_VARIABLE):  # the admin token `up` created once stays recorded
         env_values[TOKEN_VARIABLE] = previous[TOKEN_VARIABLE]
     write_env(env_values)
-    base_env = {**os.environ, **env_values, "PYTHONUNBUFFERED": "1"}
+    base_env = {**os.environ, **env_values, "PYTHONUNBUFFERED": "1",
+                "USER_ID_HASH_KEY": user_id_hash_key()}
     python = str(ROOT / ".venv" / "bin" / "python")
     # Servers one by one (each needs the previous), then all services at once, then NGINX.
     servers = [redis_part(tools, ports),
@@ -706,6 +728,11 @@ def up() -> None:
         env_values[TOKEN_VARIABLE] = token
         write_env(env_values)
     for wave in services:
+        if any(p.name.startswith("aggregator") for p in wave) and not any(
+                running_pid(p.name) for p in wave if p.name.startswith("aggregator")):
+            # Raw events stored before the (site, event id) identity are rewritten before
+            # any aggregator counts (a no-op once done; see aggregator/recovery/migrate_ids.py).
+            run([python, "-m", "aggregator.recovery.migrate_ids"], env=base_env, cwd=ROOT)
         start_wave(wave, base_env)
     say("stack", f"up in {time.monotonic() - started:.1f}s")
     print(f"\n  Track page views:  curl -X POST {env_values['HTTP_URL']}/track "

@@ -13,6 +13,7 @@ from aiohttp import web
 from contracts.httpkit import healthz, metrics_handler, service_middlewares
 from contracts.ids import event_id_factory
 from contracts.ingest_openapi import ingest_document
+from contracts.privacy import user_id_hasher
 from contracts.registry import RegistryCache, RegistrySource, registry_context
 from contracts.settings import GatewaySettings
 from ingest_gateway.metrics import GatewayMetrics
@@ -35,7 +36,9 @@ def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
     cache = RegistryCache() if registry is None else None
     deps = GatewayDeps(settings=settings, publisher=kafka or publisher,  # type: ignore[arg-type]
                        metrics=metrics, clock_ms=clock, new_event_id=event_id_factory(clock),
-                       registry=cache or registry)  # type: ignore[arg-type]
+                       registry=cache or registry,  # type: ignore[arg-type]
+                       pseudonym=user_id_hasher(settings.user_id_hash_key)
+                       if settings.user_id_hash_key else None)
     metrics.follow_in_flight(lambda: deps.publisher.in_flight)
     # Room for a gzip body's framing on top of the decompressed limit.
     app = web.Application(middlewares=service_middlewares(metrics),

@@ -11,6 +11,7 @@ from aiohttp import web
 from contracts.event import InvalidEvent, PageView, ValidationPolicy, validate_batch
 from contracts.fast_events import accept_json
 from contracts.httpkit import error_response, json_response, readiness_response
+from contracts.privacy import pseudonymise
 from contracts.registry import RegistrySource
 from contracts.settings import GatewaySettings
 from contracts.tenancy import Registry
@@ -27,6 +28,8 @@ class GatewayDeps:
     clock_ms: Callable[[], int]
     new_event_id: Callable[[], str]
     registry: RegistrySource  # the sites this deployment serves (contracts.registry)
+    # Replaces user_id with its keyed hash before publishing (USER_ID_HASH_KEY); None = off.
+    pseudonym: Callable[[str], str] | None = None
 
 
 DEPS = web.AppKey("gateway_deps", GatewayDeps)
@@ -89,6 +92,8 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
                                   headers={**cors, "Retry-After": "2"},
                                   extra={"reason": "site_registry_unavailable"})
         _check_sites(events, deps.registry.current())
+        if deps.pseudonym is not None:  # nothing after the gateway sees the raw id
+            events = pseudonymise(events, deps.pseudonym)
     except BodyError as exc:
         deps.metrics.bodies_rejected.labels(exc.code).inc()
         if exc.events:

@@ -30,7 +30,7 @@ from contracts.aggregates import (
 from contracts.event import PageView
 from contracts.generations import GenerationStore
 from contracts.keys import REALTIME_WINDOW_MINUTES, SiteKeys
-from contracts.mongo import EVENT_INDEXES, event_document
+from contracts.mongo import EVENT_INDEXES, event_document, event_id_of
 from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 from contracts.timebuckets import datetime_to_ms
@@ -47,14 +47,14 @@ class Expected:
 
 
 def recount(events: Iterable[PageView]) -> Expected:
-    """Each distinct event id counted once, in all time and its minute, hour and day:
-    exactly what the pipeline promises, counted without the pipeline's code."""
-    seen: set[str] = set()
+    """Each distinct event identity (site, event id) counted once, in all time and its
+    minute, hour and day: exactly what the pipeline promises, counted without its code."""
+    seen: set[tuple[str, str]] = set()
     out = Expected()
     for e in events:
-        if e.event_id in seen:
+        if (e.site_id, e.event_id) in seen:
             continue
-        seen.add(e.event_id)
+        seen.add((e.site_id, e.event_id))
         out.total += 1
         for scope in scopes_of(e.ts):
             out.counters[suffix(VIEWS, scope)] += 1
@@ -196,7 +196,8 @@ async def assert_mongo_matches(events: AsyncCollection[dict[str, Any]], site_id:
     for e in sent:
         if e.event_id not in expected:
             expected[e.event_id] = _comparable(event_document(e, *positions[e.event_id]))
-    stored = {doc["_id"]: _comparable(doc) async for doc in events.find({"site_id": site_id})}
+    stored = {event_id_of(doc["_id"]): _comparable(doc)
+              async for doc in events.find({"site_id": site_id})}
     assert len(stored) == len(expected)
     wrong = [i for i, doc in expected.items() if stored.get(i) != doc]
     assert not wrong, f"{len(wrong)} documents differ, e.g. {wrong[0]}: " \

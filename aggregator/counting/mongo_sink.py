@@ -1,6 +1,7 @@
 """Writing raw events to MongoDB once, and telling redos from client retries.
 
-``insert_many(ordered=False)`` with the event id as ``_id``: duplicates fail per document
+``insert_many(ordered=False)`` with the event's identity, (site, event id), as ``_id``
+(``contracts.mongo.event_key``): duplicates fail per document
 with code 11000 and the rest is written. A duplicate whose stored (partition, offset) is
 the record's own is our own earlier write (a redo after a crash): it still counts. One from
 another offset is a client retry of an event already stored: it does not. Documents are
@@ -55,12 +56,13 @@ class MongoSink:
             await self._events.create_index(keys, name=name)
 
     async def write(self, batch: Sequence[Located]) -> list[Located]:
-        """Store the batch; return the records that count. Per event id exactly one copy
-        counts: the one stored now, or the one whose (partition, offset) the stored document
-        already names (a redo after a crash). Every other copy is a client retry."""
+        """Store the batch; return the records that count. Per event identity (site, event
+        id) exactly one copy counts: the one stored now, or the one whose (partition, offset)
+        the stored document already names (a redo after a crash). Every other copy is a
+        client retry. The same event id under two sites is two events."""
         copies: dict[str, list[Located]] = defaultdict(list)
         for r in sorted(batch, key=lambda r: (r.partition, r.offset)):
-            copies[r.event.event_id].append(r)
+            copies[r.document["_id"]].append(r)
         # One insert per id (unordered inserts of the same id twice may land either one).
         firsts = [group[0] for group in copies.values()]
         if not firsts:
@@ -69,11 +71,11 @@ class MongoSink:
         if not duplicate_at:
             return firsts
         counting = [r for i, r in enumerate(firsts) if i not in duplicate_at]
-        stored = await self._positions({firsts[i].event.event_id for i in duplicate_at})
-        for event_id, position in stored.items():
+        stored = await self._positions({firsts[i].document["_id"] for i in duplicate_at})
+        for key, position in stored.items():
             # The stored copy may be any of the batch's copies, not only the first: an
             # earlier attempt that crashed after writing it must still have it counted.
-            counting += [r for r in copies[event_id] if (r.partition, r.offset) == position]
+            counting += [r for r in copies[key] if (r.partition, r.offset) == position]
         return counting
 
     async def _insert(self, documents: list[dict[str, Any]]) -> set[int]:
@@ -95,16 +97,15 @@ class MongoSink:
                 raise result
         return duplicate_at
 
-    async def _positions(self, event_ids: set[str]) -> dict[str, tuple[int, int]]:
-        """The (partition, offset) each stored event was written from. One ``_id`` lookup
+    async def _positions(self, keys: set[str]) -> dict[str, tuple[int, int]]:
+        """The (partition, offset) each stored event (by ``_id``) was written from. One lookup
         per event, a few at a time: an exact-``_id`` filter is the query both MongoDB and
         FerretDB answer from an index (FerretDB evaluates ``$in`` by scanning)."""
         limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
 
-        async def lookup(event_id: str) -> tuple[str, tuple[int, int]]:
+        async def lookup(key: str) -> tuple[str, tuple[int, int]]:
             async with limit:
-                doc = await self._events.find_one({"_id": event_id},
-                                                  {"partition": 1, "offset": 1})
-            return event_id, (-1, -1) if doc is None else (doc["partition"], doc["offset"])
+                doc = await self._events.find_one({"_id": key}, {"partition": 1, "offset": 1})
+            return key, (-1, -1) if doc is None else (doc["partition"], doc["offset"])
 
-        return dict(await asyncio.gather(*(lookup(i) for i in event_ids)))
+        return dict(await asyncio.gather(*(lookup(k) for k in keys)))

@@ -7,7 +7,7 @@ Effectively-once, step by step (a crash between any two steps is safe):
    bad record can never stop its partition or crash every group member in turn.
 2. Read the last offset applied to Redis for each (site, partition) in the batch, and drop
    records at or below it: they were counted before a crash or a rebalance.
-3. Write the rest to MongoDB (``_id`` = event id). Duplicates whose stored (partition,
+3. Write the rest to MongoDB (``_id`` = (site, event id)). Duplicates whose stored (partition,
    offset) is their own are our earlier write: they count. Others are client retries: they
    don't, but their offsets still advance the marker.
 4. For each site, one atomic Redis script adds the counts and stores the last offset it
@@ -22,7 +22,8 @@ applied, so per (site, partition) Redis sees offsets in order; batches are commi
 each only after both stores hold it. A batch read with markers older than the batch before it
 is harmless: the script's own offset check refuses what was applied meanwhile.
 
-Store outages (connection errors) pause the batch: back off, keep the group membership,
+Store outages (connection errors; a Redis refusing writes with OOM over its ``maxmemory``
+or BUSY running a script) pause the batch: back off, keep the group membership,
 retry the same step, never commit; the state change is logged once (``health``). Anything
 else raises and crashes the process, for the supervisor to restart.
 """
@@ -41,7 +42,7 @@ from typing import Protocol, TypeVar
 
 from aiokafka.errors import KafkaError
 from pymongo.errors import ConnectionFailure
-from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -72,11 +73,26 @@ from contracts.settings import Retention
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Errors that mean "the store cannot take this now": back off and retry the same step. A
+# Redis over ``maxmemory`` (policy noeviction) refuses writes with OOM until memory is freed
+# or raised; the apply script is refused before its first write, so nothing is half-applied.
 TRANSIENT: dict[str, tuple[type[BaseException], ...]] = {
     "mongo": (ConnectionFailure,),
-    "redis": (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError),
+    "redis": (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError,
+              OutOfMemoryError),
     "kafka": (KafkaError,),
 }
+# Redis replies redis-py has no class for: BUSY (another script is running past
+# busy-reply-threshold) is as transient as a restart.
+TRANSIENT_REDIS_REPLIES = ("BUSY ",)
+WRITES = "pipeline_writes"  # the health observer of the pipeline's Redis writes
+
+
+def is_transient(store: str, error: BaseException) -> bool:
+    if isinstance(error, TRANSIENT[store]):
+        return True
+    return (store == "redis" and isinstance(error, ResponseError)
+            and str(error).startswith(TRANSIENT_REDIS_REPLIES))
 
 
 class EventStore(Protocol):
@@ -243,7 +259,7 @@ class Pipeline:
         """Step 4: one script per site, covering all of the site's partitions."""
         new_sites = {r.event.site_id for r in batch.fresh} - self.known_sites
         if new_sites:
-            await self._retry("redis", lambda: self.redis.remember_sites(new_sites))
+            await self._retry("redis", lambda: self.redis.remember_sites(new_sites), WRITES)
             self.known_sites |= new_sites
         for site_id, groups in group_by_site(batch.fresh).items():
             await self._apply_site(batch.sites, site_id, groups, batch.counted)
@@ -282,7 +298,8 @@ class Pipeline:
             ranges = {p: (group[0].offset, group[-1].offset) for p, group in groups.items()}
             try:
                 stored = await self._retry(
-                    "redis", lambda: self.redis.apply_ranges(piece_ops, ranges))  # noqa: B023
+                    "redis", lambda: self.redis.apply_ranges(piece_ops, ranges),  # noqa: B023
+                    WRITES)
             except GenerationMoved:
                 sites.update(await self._retry("redis", lambda: self.redis.current([site_id])))
                 log.info("generation_switched", extra={"fields": {
@@ -300,13 +317,19 @@ class Pipeline:
             groups = {p: group for p, group in groups.items() if group}
             ops = None
 
-    async def _retry(self, store: str, step: Callable[[], Awaitable[T]]) -> T:
+    async def _retry(self, store: str, step: Callable[[], Awaitable[T]],
+                     observer: str = "pipeline") -> T:
+        """Run ``step`` until it succeeds, backing off while the store is out. Writes report
+        as their own observer: a Redis over maxmemory answers reads but refuses writes, and
+        the next batch's successful read must not mark it healthy while a write is held."""
         delay = 0.05
         while True:
             try:
                 result = await step()
-            except TRANSIENT[store] as exc:
-                self.health.report(store, "pipeline", exc)
+            except Exception as exc:
+                if not is_transient(store, exc):
+                    raise
+                self.health.report(store, observer, exc)
                 if self.stopping.is_set():
                     raise Stopping from exc
                 if self._consumer.locked():  # a poll or the other stage talks to Kafka
@@ -317,7 +340,7 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
-            self.health.report(store, "pipeline", None)
+            self.health.report(store, observer, None)
             return result
 
 

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from contracts.event import PageView
+from contracts.mongo import event_id_of
 from contracts.timebuckets import datetime_to_ms
 
 BATCH = 5000
@@ -45,8 +46,8 @@ async def stored_events(events: AsyncCollection[dict[str, Any]], below: dict[int
         if doc.get("offset", -1) >= below.get(doc.get("partition", -1), 0):
             continue  # not committed yet: the topic part of the rebuild counts it
         ts = datetime_to_ms(doc["ts"])
-        batch.append(PageView(doc["_id"], doc["site_id"], doc["page_id"], doc["user_id"],
-                              ts, ts))
+        batch.append(PageView(event_id_of(doc["_id"]), doc["site_id"], doc["page_id"],
+                              doc["user_id"], ts, ts))
         if len(batch) >= BATCH:
             yield batch
             batch = []

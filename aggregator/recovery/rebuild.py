@@ -3,9 +3,10 @@
 
 Why it is exact while live counting goes on:
 
-- Every event id counts once, at its first occurrence in the topic (a client retry carries
-  the same key, so it sits later in the same partition): the rule live counting follows
-  through MongoDB's first write.
+- Every event identity (site, event id) counts once, at its first occurrence in the topic
+  (a client retry carries the same key, so it sits later in the same partition): the rule
+  live counting follows through MongoDB's first write. The same event id under two sites
+  is two events, in the rebuild as in MongoDB.
 - The new generation is written with the live apply script, so it carries applied offsets
   per site and partition like the live one. The switch (``generations.SWITCH_SCRIPT``)
   happens only once the rebuild has read at least as far as live counting on every
@@ -95,7 +96,7 @@ class Builder:
         self._retention = retention
         self.generation = generation
         self._only_site = site
-        self._seen: set[str] = set()
+        self._seen: set[tuple[str, str]] = set()  # (site, event id) already counted
         self.sites: dict[str, SiteKeys] = {}
         self.switched: set[str] = set()
         self.last_seen: dict[str, dict[int, int]] = defaultdict(dict)  # site -> partition
@@ -108,7 +109,7 @@ class Builder:
         by_site: dict[str, list[PageView]] = defaultdict(list)
         for e in events:
             if self._only_site is None or e.site_id == self._only_site:
-                self._seen.add(e.event_id)
+                self._seen.add((e.site_id, e.event_id))
                 by_site[e.site_id].append(e)
         for site_id, group in by_site.items():
             site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
@@ -130,8 +131,9 @@ class Builder:
             counted: set[tuple[int, int]] = set()  # first occurrences of their event ids
             for partition, group in groups.items():
                 for r in group:
-                    if r.event.event_id not in self._seen:
-                        self._seen.add(r.event.event_id)
+                    identity = (site_id, r.event.event_id)
+                    if identity not in self._seen:
+                        self._seen.add(identity)
                         counted.add((r.partition, r.offset))
                 self.last_seen[site_id][partition] = group[-1].offset
             self.counted += len(counted)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 from pymongo import AsyncMongoClient
 
+from contracts.mongo import event_key
 from tests.stack import Stack, eventually
 
 
@@ -34,7 +35,8 @@ async def test_a_tracked_page_view_is_stored_and_shows_in_stats(
 
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongo_url)
     try:
-        doc = await client["pageviews"]["events"].find_one({"_id": accepted["event_ids"][0]})
+        doc = await client["pageviews"]["events"].find_one(
+            {"_id": event_key(site_id, accepted["event_ids"][0])})
     finally:
         await client.close()
     assert doc is not None and doc["site_id"] == site_id and doc["page_id"] == "home"

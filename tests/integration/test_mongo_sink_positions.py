@@ -17,7 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from aggregator.counting.mongo_sink import Located, MongoSink
 from contracts.event import PageView
-from contracts.mongo import event_document
+from contracts.mongo import event_document, event_key
 
 
 def copy_of(event: PageView, partition: int, offset: int) -> Located:
@@ -36,7 +36,8 @@ def positions(counting: list[Located]) -> list[tuple[str, int, int]]:
 
 async def stored_at(events: AsyncCollection[dict[str, Any]], event: PageView
                     ) -> tuple[int, int]:
-    doc = await events.find_one({"_id": event.event_id}, {"partition": 1, "offset": 1})
+    doc = await events.find_one({"_id": event_key(event.site_id, event.event_id)},
+                                {"partition": 1, "offset": 1})
     assert doc is not None, event.event_id
     return doc["partition"], doc["offset"]
 

@@ -1,7 +1,7 @@
 """In-memory stand-ins with the exact semantics of the real stores, for pipeline unit tests.
 
 ``FakeEventCollection`` behaves like a collection under ``insert_many(ordered=False)`` with
-``_id`` = event id, so the real ``MongoSink`` runs on it;
+``_id`` = (site, event id) key, so the real ``MongoSink`` runs on it;
 ``FakeAggregateStore`` interprets the same operations the Lua script applies (by the
 catalog's kinds, ``contracts.aggregates``), with exact sets in place of HyperLogLogs and
 rankings holding negated views as Redis does. Both can be told to fail, like a store that went down.
@@ -73,10 +73,13 @@ class FakeAggregateStore:
         self.sorted_sets: dict[str, Counter[str]] = defaultdict(Counter)
         self.sets: dict[str, set[str]] = defaultdict(set)
         self.failures = 0
+        self.errors: list[Exception] = []  # raised one per call before anything else
         self.pointers: dict[str, str] = {}  # site -> current generation, when not the default
         self.applies = 0  # apply calls that changed something
 
     def _maybe_fail(self) -> None:
+        if self.errors:  # given errors first, in order
+            raise self.errors.pop(0)
         if self.failures:
             self.failures -= 1
             raise RedisConnectionError("fake outage")

@@ -86,11 +86,14 @@ def interpolate(text: str, environ: dict[str, str]) -> str:
 
 def test_compose_refuses_to_start_without_an_admin_token() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
+    key = {"USER_ID_HASH_KEY": "k" * 32}  # the other secret compose requires
     with pytest.raises(ValueError, match="STATS_TOKEN: set STATS_TOKEN"):
-        interpolate(text, {})
+        interpolate(text, key)
     with pytest.raises(ValueError, match="STATS_TOKEN"):
-        interpolate(text, {"STATS_TOKEN": ""})
-    services = yaml.safe_load(interpolate(text, {"STATS_TOKEN": "t0ken"}))["services"]
+        interpolate(text, {**key, "STATS_TOKEN": ""})
+    with pytest.raises(ValueError, match="USER_ID_HASH_KEY"):
+        interpolate(text, {"STATS_TOKEN": "t0ken"})
+    services = yaml.safe_load(interpolate(text, {**key, "STATS_TOKEN": "t0ken"}))["services"]
     assert services["init"]["environment"]["STATS_TOKEN"] == "t0ken"
     assert services["init"]["command"] == ["python", "-m", "admin", "init",
                                            "--admin-token-env", "STATS_TOKEN"]
@@ -127,3 +130,9 @@ def test_the_docker_nginx_config_is_valid_nginx(tmp_path: Path) -> None:
     result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_bounds_redis_memory_without_eviction(compose: dict[str, Any]) -> None:
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-1gb}"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"

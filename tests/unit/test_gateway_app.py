@@ -4,6 +4,8 @@ ingestion (formats, limits, errors, CORS, allowlist, 503) without a broker."""
 from __future__ import annotations
 
 import gzip
+import hashlib
+import hmac
 import io
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -426,3 +428,42 @@ async def test_openapi_document_describes_exactly_the_routes_served(client: Clie
     assert served == described
     event = document["components"]["schemas"]["PageView"]
     assert set(event["properties"]) == KNOWN_FIELDS and event["additionalProperties"] is False
+
+
+KEY = "a-test-secret-of-32-characters!!"
+
+
+@pytest.mark.parametrize(("path", "body", "content_type"), [
+    ("/track", b'{"page_id":"/a","user_id":"alice@example.com"}', "application/json"),
+    ("/events", b'[{"page_id":"/a","user_id":"alice@example.com"},'
+                b'{"page_id":"/b","user_id":"alice@example.com"}]', "application/json"),
+    ("/events", b'{"page_id":"/a","user_id":"alice@example.com"}\n', "application/x-ndjson"),
+])
+async def test_with_a_hash_key_the_gateway_publishes_a_keyed_hash_of_user_id_never_the_raw(
+        aiohttp_client: Callable[..., Awaitable[Client]], publisher: FakePublisher,
+        path: str, body: bytes, content_type: str) -> None:
+    client = await make_client(aiohttp_client, publisher,
+                               GatewaySettings(user_id_hash_key=KEY))
+    status, _ = await post(client, path, body, content_type)
+    assert status == 202
+    expected = hmac.new(KEY.encode(), b"alice@example.com", hashlib.sha256).hexdigest()[:32]
+    assert {e.user_id for e in publisher.published} == {expected}
+
+
+async def test_without_a_hash_key_user_id_is_published_as_sent(
+        client: Client, publisher: FakePublisher) -> None:
+    status, _ = await post(client, "/track", b'{"page_id":"/a","user_id":"u1"}')
+    assert status == 202 and publisher.published[0].user_id == "u1"
+
+
+def test_a_hash_key_too_short_to_be_a_secret_stops_the_gateway() -> None:
+    with pytest.raises(ValueError, match="USER_ID_HASH_KEY"):
+        create_app(GatewaySettings(user_id_hash_key="short"), publisher=FakePublisher())
+
+
+@pytest.mark.parametrize("user_id", ["a\x00b", "esc\x1b[31m", "tab\there", "del\x7f", "c1\x85"])
+async def test_user_id_refuses_control_characters(client: Client, user_id: str) -> None:
+    body = orjson.dumps({"page_id": "/a", "user_id": user_id})
+    status, answer = await post(client, "/track", body)
+    assert status == 400
+    assert answer["details"][0]["field"] == "user_id"

@@ -162,3 +162,14 @@ def test_a_test_session_takes_a_port_block_no_other_session_holds_and_no_process
     released, lock = test_stack.reserve_block()  # a finished session's block is free again
     os.close(lock)
     assert released == blocks[0]
+
+
+def test_redis_runs_with_a_memory_bound_and_evicts_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    stack = load_stack_module(monkeypatch, tmp_path, {"REDIS_MAXMEMORY": "300mb"})
+    tools = stack.Tools(kafka_libs=tmp_path, ferretdb=tmp_path / "ferretdb", redis_server="",
+                        nginx="", postgres_bin=None)
+    part = stack.redis_part(tools, stack.Ports())
+    part.before_start()
+    conf = Path(part.argv[-1]).read_text().splitlines()
+    assert {"maxmemory 300mb", "maxmemory-policy noeviction"} <= set(conf)

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 import pytest
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from aggregator.counting.aggregate import RedisOps
 from aggregator.counting.dead_letters import ListDeadLetters
@@ -19,6 +20,7 @@ from aggregator.metrics import AggregatorMetrics
 from contracts.aggregates import ALL_TIME, RANKING, VIEWS
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys
+from contracts.mongo import event_key
 from contracts.settings import Retention
 from tests.unit.fakes import FakeAggregateStore, FakeEventCollection
 
@@ -90,6 +92,23 @@ async def test_sites_are_counted_apart() -> None:
     assert (views(redis, "one"), views(redis, "two")) == (2, 1)
 
 
+async def test_one_site_reusing_another_sites_event_id_first_suppresses_nothing() -> None:
+    # Site "one" posts site "two"'s next event id before "two" does: two events, not a retry.
+    records = [record(0, "next", site="one"), record(1, "next", site="two"),
+               record(2, "next", site="two")]  # the last one is "two"'s own client retry
+    pipeline, source, mongo, redis, _ = make(records)
+    await drain(pipeline, source, batch=1)
+    assert (views(redis, "one"), views(redis, "two")) == (1, 1)
+    assert len(mongo.docs) == 2
+
+
+async def test_the_same_event_id_under_two_sites_in_one_batch_counts_for_each() -> None:
+    records = [record(0, "x", site="one"), record(1, "x", site="two")]
+    pipeline, source, _, redis, _ = make(records)
+    await drain(pipeline, source, batch=2)
+    assert (views(redis, "one"), views(redis, "two")) == (1, 1)
+
+
 async def test_poison_records_go_to_dead_letters_and_the_rest_is_counted() -> None:
     records = [record(0, "a"), Record(0, 1, b"k", b"{not json"), record(2, "b")]
     pipeline, source, _, redis, dlq = make(records)
@@ -106,9 +125,40 @@ async def test_a_record_that_decodes_but_cannot_be_stored_is_dead_lettered() -> 
     pipeline, source, mongo, redis, dlq = make(records)
     await drain(pipeline, source)
     assert views(redis) == 2
-    assert sorted(mongo.docs) == ["a", "b"]
+    assert sorted(mongo.docs) == [event_key("s", "a"), event_key("s", "b")]
     assert [p.record.offset for p in dlq.sent] == [1]
     assert source.committed == {0: 3}
+
+
+async def test_a_full_or_busy_redis_holds_the_batch_says_why_and_then_counts_it_exactly(
+        ) -> None:
+    pipeline, source, _, redis, _ = make([record(i, f"e{i}") for i in range(3)])
+    oom = OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    busy = ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL")
+    redis.errors = [oom, busy]
+    seen: list[tuple[dict[str, bool], dict[str, str], dict[int, int]]] = []
+    keepalive = source.keepalive
+
+    async def watch() -> None:  # called while the pipeline waits out the outage
+        seen.append((pipeline.health.checks(), pipeline.health.reasons(),
+                     dict(source.committed)))
+        await keepalive()
+
+    source.keepalive = watch  # type: ignore[method-assign]
+    await drain(pipeline, source)
+    assert views(redis) == 3 and source.committed == {0: 3}
+    assert [(checks["redis"], committed) for checks, _, committed in seen] == [
+        (False, {}), (False, {})]
+    assert "OutOfMemoryError" in seen[0][1]["redis"] and "BUSY" in seen[1][1]["redis"]
+    assert pipeline.health.reasons() == {}
+
+
+async def test_a_redis_error_that_is_not_an_outage_crashes_loudly() -> None:
+    pipeline, source, _, redis, _ = make([record(0, "e0")])
+    redis.errors = [ResponseError("WRONGTYPE Operation against a key holding the wrong kind")]
+    with pytest.raises(ResponseError):
+        await drain(pipeline, source)
+    assert source.committed == {}
 
 
 async def test_store_outages_are_waited_out_without_committing_early() -> None:
@@ -197,7 +247,7 @@ async def test_the_copy_an_earlier_attempt_stored_counts_even_when_not_the_first
     assert [(r.partition, r.offset) for r in await sink.write(decode_all([late])[0])] == [(1, 9)]
     counting = await sink.write(decode_all([early, late])[0])
     assert [(r.partition, r.offset) for r in counting] == [(1, 9)]
-    assert collection.positions() == {"same": (1, 9)}
+    assert collection.positions() == {event_key("s", "same"): (1, 9)}
 
 
 async def test_copies_of_one_id_in_a_fresh_batch_count_the_first_in_kafka_order() -> None:
@@ -206,7 +256,7 @@ async def test_copies_of_one_id_in_a_fresh_batch_count_the_first_in_kafka_order(
     collection = FakeEventCollection()
     counting = await collection.sink().write(sink_records)
     assert sorted((r.partition, r.offset) for r in counting) == [(0, 5), (0, 6)]
-    assert collection.positions() == {"x": (0, 5), "y": (0, 6)}
+    assert collection.positions() == {event_key("s", "x"): (0, 5), event_key("s", "y"): (0, 6)}
 
 
 async def test_a_redo_of_a_batch_whose_stored_copy_is_not_the_first_counts_it_exactly_once(
