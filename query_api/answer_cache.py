@@ -5,13 +5,6 @@ cost a Redis ranking of every page. Identical concurrent requests therefore shar
 computation, and a finished answer is reused for ``ttl_s`` (a few tens of milliseconds,
 ``QUERY_ANSWER_CACHE_MS``) so the freshness budget (p99 < 100 ms) still holds.
 
-An answer that was costly to compute is kept longer: for ``COST_FACTOR`` times what it took
-(at most ``MAX_LIFETIME_S``). While events arrive, a 30-day ranking of a site with 10,000
-pages must re-read the day that changes on every request (measured: 8 ms of query API CPU and
-tens of milliseconds of Redis, 16 answers/s); asked again and again, such an answer would
-take the whole service. So a repeated question costs at most about 1/COST_FACTOR of the
-time it is asked over, and cheap answers (almost all) stay within ``ttl_s`` of fresh.
-
 Called from ``routes.endpoint`` on the event loop, behind auth; never blocks. Only
 successful answers are kept: an exception reaches every waiter of that computation and the
 next request computes afresh. One waiter being cancelled (a client going away) does not
@@ -28,26 +21,22 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 DEFAULT_MAX_KEYS = 1024
-COST_FACTOR = 10
-MAX_LIFETIME_S = 1.0
 OUTCOMES = ("hit", "coalesced", "miss")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Entry(Generic[T]):
     """One key's computation: in flight while ``task`` runs, a cached answer once it is done.
 
     ``started`` is when the computation began: the answer's data is at least that old, so
-    counting the lifetime from there keeps a cached answer's age under it. ``lifetime`` is
-    set when the computation finishes (``AnswerCache.lifetime``)."""
+    counting the TTL from there keeps a cached answer's age under the TTL."""
 
     task: asyncio.Task[T]
     started: float
-    lifetime: float = 0.0
 
 
 class AnswerCache(Generic[T]):
-    """Per key: at most one computation in flight, and its answer for ``lifetime`` after it
+    """Per key: at most one computation in flight, and its answer for ``ttl_s`` after it
     started. ``ttl_s == 0`` keeps the single flight and caches nothing. At most
     ``max_keys`` keys are held; the oldest give way first. ``clock`` is monotonic seconds
     (injected in tests); ``record`` hears each lookup's outcome (hit, coalesced, miss)."""
@@ -97,39 +86,29 @@ class AnswerCache(Generic[T]):
         entry.task.add_done_callback(lambda _: self._finished(key, entry))
         return entry
 
-    def lifetime(self, took_s: float) -> float:
-        """How long after it started an answer that took ``took_s`` to compute is reused."""
-        if self.ttl_s == 0:
-            return 0.0
-        return max(self.ttl_s, min(MAX_LIFETIME_S, COST_FACTOR * took_s))
-
     def _fresh(self, entry: _Entry[T], now: float) -> bool:
-        """A successful answer younger than its lifetime. (A failed one is dropped by
+        """A successful answer younger than the TTL. (A failed one is dropped by
         ``_finished``, but that callback may not have run yet.)"""
         task = entry.task
-        return (now - entry.started < entry.lifetime and not task.cancelled()
+        return (now - entry.started < self.ttl_s and not task.cancelled()
                 and task.exception() is None)
 
     def _finished(self, key: Hashable, entry: _Entry[T]) -> None:
-        """Sets the answer's lifetime; drops a failed or cancelled computation (never
-        cached), and every answer when the TTL is 0. The entry may already have been
-        evicted or replaced: leave others."""
+        """Drops a failed or cancelled computation (never cached), and every answer when
+        the TTL is 0. The entry may already have been evicted or replaced: leave others."""
         task = entry.task
-        entry.lifetime = self.lifetime(self._clock() - entry.started)
         failed = task.cancelled() or task.exception() is not None  # also marks it retrieved
         if (failed or self.ttl_s == 0) and self._entries.get(key) is entry:
             del self._entries[key]
 
     def _sweep(self, now: float) -> None:
         """Drops expired answers from the front (the oldest starts), stepping over
-        computations still running, until the first fresh answer (a later start may have
-        expired before it, if it had a shorter lifetime: it goes in a later sweep or when
-        ``max_keys`` needs room)."""
+        computations still running and stopping at the first fresh answer."""
         expired = []
         for key, entry in self._entries.items():
             if not entry.task.done():
                 continue
-            if now - entry.started < entry.lifetime:
+            if now - entry.started < self.ttl_s:
                 break
             expired.append(key)
         for key in expired:
