@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from contracts.event import PageView
 from contracts.mongo import EVENT_INDEXES
 
 DUPLICATE_KEY = 11000
 LOOKUP_CONCURRENCY = 16
+DEADLOCK_RETRIES = 5
 MIN_CHUNK = 250  # documents: smaller inserts cost more round trips than they save
 
 
@@ -52,8 +53,18 @@ class MongoSink:
         self._writers = max(1, writers)
 
     async def ensure_indexes(self) -> None:
+        """Create the indexes. FerretDB on PostgreSQL can report a deadlock when its own
+        index helper works on the same new collection at that moment (SQLSTATE 40P01, seen
+        when a stack starts): that attempt changed nothing, so it is tried again."""
         for name, keys in EVENT_INDEXES:
-            await self._events.create_index(keys, name=name)
+            for attempt in range(DEADLOCK_RETRIES):
+                try:
+                    await self._events.create_index(keys, name=name)
+                    break
+                except OperationFailure as exc:
+                    if "deadlock detected" not in str(exc) or attempt == DEADLOCK_RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))  # back off, then try again
 
     async def write(self, batch: Sequence[Located]) -> list[Located]:
         """Store the batch; return the records that count. Per event identity (site, event

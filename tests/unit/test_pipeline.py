@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 import pytest
+from pymongo.errors import OperationFailure
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from aggregator.counting.aggregate import RedisOps
@@ -331,3 +332,27 @@ async def test_a_crash_between_two_pieces_counts_the_rest_once_on_redelivery() -
     await restarted.process(await source.poll(60, 0))
     assert views(redis) == 60
     assert page_views(redis) == Counter({f"/p{i}": 1 for i in range(60)})
+
+
+class DeadlockingIndexes(FakeEventCollection):
+    """create_index fails with FerretDB's PostgreSQL deadlock ``deadlocks`` times first."""
+
+    def __init__(self, deadlocks: int, message: str = "ERROR: deadlock detected (SQLSTATE 40P01)"
+                 ) -> None:
+        super().__init__()
+        self.deadlocks, self.message, self.created = deadlocks, message, 0
+
+    async def create_index(self, keys: object, name: str) -> str:
+        if self.deadlocks:
+            self.deadlocks -= 1
+            raise OperationFailure(self.message)
+        self.created += 1
+        return name
+
+
+async def test_index_creation_is_tried_again_after_a_deadlock_and_other_errors_raise() -> None:
+    events = DeadlockingIndexes(deadlocks=2)
+    await events.sink().ensure_indexes()
+    assert events.created >= 1
+    with pytest.raises(OperationFailure):
+        await DeadlockingIndexes(deadlocks=1, message="some other failure").sink().ensure_indexes()
