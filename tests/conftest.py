@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -9,12 +10,13 @@ import aiohttp
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from contracts.mongo import DATABASE as MONGO_DATABASE
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis
-from tests.stack import SitePool, Stack, private_stack, wait_until_aggregates_intact
+from tests.stack import SitePool, Stack, drop_database, private_stack, wait_until_aggregates_intact
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,4 +67,14 @@ async def redis(stack: Stack) -> AsyncIterator[Redis]:
 async def mongo_events(stack: Stack) -> AsyncIterator[AsyncCollection[dict[str, Any]]]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
     yield client[MONGO_DATABASE][EVENTS]
+    await client.close()
+
+
+@pytest.fixture
+async def scratch_db(stack: Stack) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
+    """A database of its own on the stack's MongoDB server, dropped afterwards."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
+    db = client[f"scratch_{uuid.uuid4().hex[:12]}"]
+    yield db
+    await drop_database(client, db.name)
     await client.close()

@@ -6,13 +6,10 @@ bare event id as ``_id`` rewrites them to the (site, event id) form exactly once
 from __future__ import annotations
 
 import random
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
@@ -22,7 +19,7 @@ from contracts.event import PageView
 from contracts.mongo import EVENTS, META, event_document, event_key
 from tests.expectations import assert_redis_matches, recount
 from tests.integration.test_replay import counted, make_events, post, replay
-from tests.stack import SitePool, Stack, drop_database
+from tests.stack import SitePool, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +64,6 @@ async def test_verify_finds_no_difference_on_two_sites_that_share_event_ids(
         status, summary, err = await replay(stack, "--verify", *args)
         assert (status, summary["differences"]) == (0, 0), (args, err)
 
-
-@pytest.fixture
-async def scratch_db(stack: Stack) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
-    db = client[f"mig_{uuid.uuid4().hex[:12]}"]
-    yield db
-    await drop_database(client, db.name)
-    await client.close()
 
 
 async def test_the_upgrade_rewrites_bare_ids_to_the_site_pair_once_and_keeps_every_field(

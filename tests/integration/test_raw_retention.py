@@ -4,31 +4,19 @@ TTL index where the server has them (MongoDB), a bounded sweep where it does not
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from aggregator.raw_retention import RawRetention
 from contracts.event import PageView
 from contracts.mongo import EVENTS, event_document
 from contracts.timebuckets import DAY_MS
-from tests.stack import Stack, drop_database
 
 pytestmark = pytest.mark.integration
 NOW = 1_796_000_000_000
 
-
-@pytest.fixture
-async def scratch_db(stack: Stack) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
-    db = client[f"ret_{uuid.uuid4().hex[:12]}"]
-    yield db
-    await drop_database(client, db.name)
-    await client.close()
 
 
 def events(n: int, age_days: float, tag: str) -> list[dict[str, Any]]:
