@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -29,7 +30,14 @@ from contracts.keys import SiteKeys, intact_key
 from contracts.redis_client import RedisClient
 from query_api.model import RangeTooCostly, Totals
 from query_api.ranges import TimeRange
-from query_api.redis_reads import ENTRIES_PER_SLICE, Batch, Packer, ReadScript
+from query_api.redis_reads import (
+    ENTRIES_PER_SLICE,
+    MAX_HLL_WORK,
+    SCRATCH_TTL_MS,
+    Batch,
+    Packer,
+    ReadScript,
+)
 from query_api.tiling import tile
 from query_api.versioned_cache import MergedRanking, VersionedCache
 
@@ -37,12 +45,36 @@ INTACT_CHECK_S = 1.0
 MAX_MERGED_ENTRIES = 2_000_000  # (bucket, page) entries of merged rankings a process keeps
 MAX_CACHED_COUNTS = 100_000  # cached PFCOUNTs of unions
 TORN_RETRIES = 3
+MAX_BASES = 2_000  # unions of settled buckets kept in Redis by one process (at most ~12 KB each)
+BASE_REUSE_S = SCRATCH_TTL_MS / 1000 * 2 / 3  # used again only well before it expires
 Query = tuple[list[Scope], str | None]  # scopes to add up, and a page (None: the site)
 
 
 def scopes_of_range(rng: TimeRange) -> list[Scope]:
     """All time, or the fewest buckets that tile a bounded range."""
     return tile(*rng.bounds()) if rng.bounded else [ALL_TIME]
+
+
+@dataclass(slots=True)
+class Recount:
+    """A union to count again: its scopes and page, its cache identity, and the views of
+    its scopes now (its version)."""
+
+    scopes: list[Scope]
+    page: str | None
+    ident: Hashable
+    version: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Base:
+    """The union of a count's first ``settled`` scopes, kept in Redis under ``name``, and
+    the views of those scopes it was made with."""
+
+    name: str
+    settled: int
+    version: tuple[int, ...]
+    used: float  # time.monotonic() of its last use
 
 
 class TornRead(RedisError):
@@ -62,6 +94,8 @@ class RedisReader:
         self._intact_checked = float("-inf")
         self._merged: OrderedDict[Hashable, MergedRanking] = OrderedDict()
         self._counts: VersionedCache[int] = VersionedCache(MAX_CACHED_COUNTS)
+        self._bases: OrderedDict[Hashable, Base] = OrderedDict()
+        self._unused_bases: list[str] = []
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
@@ -151,27 +185,96 @@ class RedisReader:
             uniques.append(self._counts.get(ident, version))
         stale = [i for i, u in enumerate(uniques) if u is None]
         if stale:  # views changed since these were counted: count them again
-            counted = await self._count(site_id, keys, [queries[i] for i in stale])
-            for i, n in zip(stale, counted, strict=True):
+            recount = [Recount(queries[i][0], queries[i][1], idents[i],
+                               version_of[id(queries[i][0])]) for i in stale]
+            counted = await self._count(site_id, keys, recount)
+            for i, item, n in zip(stale, recount, counted, strict=True):
                 uniques[i] = n
-                self._counts.put(idents[i], version_of[id(queries[i][0])], n)
+                self._counts.put(item.ident, item.version, n)
         return [Totals(v, int(u or 0)) for v, u in zip(views, uniques, strict=True)]
 
-    async def _count(self, site_id: str, keys: SiteKeys, queries: list[Query]) -> list[int]:
-        spots: list[tuple[Batch, int]] = []
+    async def _count(self, site_id: str, keys: SiteKeys, items: list[Recount]) -> list[int]:
+        """Count again unions whose views changed, each from a base when it has one: the
+        union of its settled buckets (those that ended before now), kept in Redis while
+        their views stay as they were, so a 30-day count costs one PFCOUNT of the base and
+        today's bucket instead of merging 30 buckets (measured: /stats of 100 pages over
+        30 days merged about 3,000 HyperLogLogs each time a new event came in). A base is
+        made when a union is counted again (its first count is ``_totals``'s, without one): a
+        one-off question leaves nothing behind."""
+        counts: list[int | None] = [None] * len(items)
+        now_ms = int(time.time() * 1000)
+        todo = list(range(len(items)))
+        while todo:  # again only for those whose base expired, from a new base
+            todo = await self._count_round(site_id, keys, items, todo, counts, now_ms)
+        await self._drop_bases()
+        return [int(n or 0) for n in counts]
+
+    async def _count_round(self, site_id: str, keys: SiteKeys, items: list[Recount],
+                           todo: list[int], counts: list[int | None], now_ms: int
+                           ) -> list[int]:
+        """One round trip counting ``items[i]`` for each i in ``todo`` into ``counts``;
+        returns those to count again."""
+        spots: list[tuple[int, Batch, int, Base | None]] = []
         made: list[Batch] = []
 
         def plan(current: SiteKeys) -> list[Batch]:
             spots.clear()
             packer = Packer()
-            for scopes, page in queries:
-                spots.append(packer.add_union(current, _hlls(current, scopes, page)))
+            for i in todo:
+                spots.append((i, *self._plan_count(packer, current, items[i], now_ms)))
             made[:] = packer.batches
             return packer.batches
 
         _, replies = await self._reads.run(site_id, plan, expect=keys)
         reply_of = {id(b): r for b, r in zip(made, replies, strict=True)}
-        return [int(reply_of[id(batch)][at]) for batch, at in spots]
+        again = []
+        for i, batch, at, base in spots:
+            n = int(reply_of[id(batch)][at])
+            if n < 0:
+                self._bases.pop(items[i].ident, None)
+                again.append(i)
+            else:
+                counts[i] = n
+                if base is not None:
+                    self._keep_base(items[i].ident, base)
+        return again
+
+    def _plan_count(self, packer: Packer, keys: SiteKeys, item: Recount, now_ms: int
+                    ) -> tuple[Batch, int, Base | None]:
+        """Queue the count of one union: from its base when that is still valid, with a new
+        base when the union is long enough to be worth one, else merged and dropped. Returns
+        where the count will be, and the base made (None: none made)."""
+        names = _hlls(keys, item.scopes, item.page)
+        settled = sum(1 for s in item.scopes if s.unit is not None and s.end_ms <= now_ms)
+        if len(names) <= MAX_HLL_WORK or settled < 2 or len(names) - settled >= MAX_HLL_WORK:
+            return (*packer.add_union(keys, names), None)
+        base = self._bases.get(item.ident)
+        if base is not None and base.settled == settled and \
+                base.version == item.version[:settled] and \
+                time.monotonic() - base.used < BASE_REUSE_S:
+            base.used = time.monotonic()
+            return (*packer.add_based(base.name, names[settled:]), None)
+        name, batch, at = packer.add_new_base(keys, names[:settled], names[settled:])
+        return batch, at, Base(name, settled, item.version[:settled], time.monotonic())
+
+    def _keep_base(self, ident: Hashable, base: Base) -> None:
+        old = self._bases.pop(ident, None)
+        if old is not None:
+            self._unused_bases.append(old.name)
+        self._bases[ident] = base
+        while len(self._bases) > MAX_BASES:
+            self._unused_bases.append(self._bases.popitem(last=False)[1].name)
+
+    async def _drop_bases(self) -> None:
+        """Delete the bases this process stopped using (else they live until they expire):
+        what the bases hold in Redis stays bounded by ``MAX_BASES``."""
+        if not self._unused_bases:
+            return
+        names, self._unused_bases = self._unused_bases, []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:  # one key a command: each site's keys are in its own slot
+                pipe.unlink(name)
+            await pipe.execute()
 
     # -- rankings -----------------------------------------------------------------------
 

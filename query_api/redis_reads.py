@@ -44,6 +44,8 @@ ENTRIES_PER_SLICE = 500  # ranking entries one call may return
 #   ["range", k, start, stop]  members and scores, in ranking order
 #   ["merge", dest, k...]  PFMERGE the HyperLogLogs into the scratch key dest
 #   ["take", dest]         the count of scratch key dest, which is then deleted
+#   ["based", base, k...]  the count of the union of scratch key base (kept, its expiry
+#                          renewed) and the HyperLogLogs k; -1 when base is gone (expired)
 # Returns {"moved", pointer} when the pointer names another generation, else {"ok", ...}
 # with one reply per read. Unknown reads fail loudly.
 READ_SCRIPT = """
@@ -76,6 +78,14 @@ for _, r in ipairs(reads) do
   elseif op == 'take' then
     reply = redis.call('PFCOUNT', KEYS[r[2]])
     redis.call('DEL', KEYS[r[2]])
+  elseif op == 'based' then
+    if redis.call('PEXPIRE', KEYS[r[2]], ARGV[3]) == 0 then
+      reply = -1
+    else
+      local names = {}
+      for i = 2, #r do names[#names + 1] = KEYS[r[i]] end
+      reply = redis.call('PFCOUNT', unpack(names))
+    end
   else
     return redis.error_reply('unknown read: ' .. tostring(op))
   end
@@ -141,14 +151,33 @@ class Packer:
         if len(names) <= MAX_HLL_WORK:
             batch = self.batch_for(len(names), hll_work=len(names))
             return batch, batch.add("pfcount", names)
+        scratch = self._merge(keys, names)
+        batch = self.batch_for(1, hll_work=1)
+        return batch, batch.add("take", [scratch])
+
+    def add_new_base(self, keys: SiteKeys, settled: list[str], rest: list[str]
+                     ) -> tuple[str, Batch, int]:
+        """Count the union of ``settled`` and ``rest`` HyperLogLogs, keeping the union of
+        ``settled`` as a scratch key (the *base*) for ``add_based`` to reuse. Returns its
+        name, and the batch and index of the reply with the count."""
+        base = self._merge(keys, settled)
+        return (base, *self.add_based(base, rest))
+
+    def add_based(self, base: str, rest: list[str]) -> tuple[Batch, int]:
+        """Count the union of a base kept by ``add_new_base`` and ``rest``: one PFCOUNT.
+        The reply is -1 when the base expired."""
+        batch = self.batch_for(len(rest) + 1, hll_work=len(rest) + 1)
+        return batch, batch.add("based", [base, *rest])
+
+    def _merge(self, keys: SiteKeys, names: list[str]) -> str:
+        """PFMERGE ``names`` into a new scratch key of the site's slot, a few per call."""
         scratch = keys.named(f"scratch:{uuid.uuid4().hex}")
         per_call = MAX_HLL_WORK // MERGE_COST
         for start in range(0, len(names), per_call):
             chunk = names[start:start + per_call]
             self.batch_for(len(chunk) + 1, hll_work=len(chunk) * MERGE_COST).add(
                 "merge", [scratch, *chunk])
-        batch = self.batch_for(1, hll_work=1)
-        return batch, batch.add("take", [scratch])
+        return scratch
 
 
 Plan = Callable[[SiteKeys], list[Batch]]

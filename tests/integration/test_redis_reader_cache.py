@@ -177,3 +177,78 @@ async def test_a_long_ranking_read_that_every_event_would_tear_is_still_answered
     for e in applied.in_range():  # every event applied, the racing ones included
         views[e.page_id] = views.get(e.page_id, 0) + 1
     assert (size, rows) == (len(views), sorted(views.items(), key=lambda pv: (-pv[1], pv[0])))
+
+
+class Recorder:
+    """The reader's script runner, passing every call through and keeping the reads sent."""
+
+    def __init__(self, reads: object) -> None:
+        self._reads = reads
+        self.ops: list[str] = []
+
+    async def run(self, site_id: str, plan: Any, expect: SiteKeys | None = None
+                  ) -> tuple[SiteKeys, list[list[Any]]]:
+        def recorded(keys: SiteKeys) -> list[Any]:
+            batches = plan(keys)
+            self.ops += [read[0] for batch in batches for read in batch.reads]
+            return batches
+
+        return await self._reads.run(site_id, recorded, expect)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reads, name)
+
+
+async def test_a_30_day_count_while_events_arrive_merges_the_settled_days_once(
+        redis: Redis, site_id: str) -> None:
+    """/stats over 30 days while today's bucket keeps changing: after the union of the 29
+    settled days is kept, a new count is one PFCOUNT of it and today (no merge), and every
+    answer is exact: after events today, after a late event in a settled day, and after the
+    kept union expired."""
+    rng = random.Random(23)
+    reader = RedisReader(redis)
+    reader._reads = spy = Recorder(reader._reads)  # type: ignore[assignment]
+    applied = Applied(redis, site_id)
+    today = NOW // DAY_MS * DAY_MS
+    month = TimeRange(today + DAY_MS - 30 * DAY_MS, today + DAY_MS)
+    await applied.add(make_events(site_id, 3000, rng, month.bounds()[0], NOW))
+    pages = ["/p0", "/p1", "/p2"]
+
+    async def assert_exact() -> None:
+        start, end = month.bounds()
+        chosen = [e for e in applied.events if start <= e.ts < end]
+        totals = await reader.totals(site_id, month, None)
+        assert totals.unique_visitors == await hll_estimate(
+            redis, site_id, {e.user_id for e in chosen})
+        uniques = await reader.page_uniques(site_id, month, pages)
+        for page in pages:
+            users = {e.user_id for e in chosen if e.page_id == page}
+            assert uniques[page] == await hll_estimate(redis, site_id, users), page
+
+    async def today_events() -> None:
+        await applied.add([PageView(str(uuid.uuid4()), site_id, page, f"u-today-{rng.random()}",
+                                    NOW - MINUTE_MS, NOW) for page in pages])
+
+    await assert_exact()  # counted the first time: merged, and nothing is kept
+    await today_events()
+    await assert_exact()  # counted again: the settled days' union is kept
+    assert "merge" in spy.ops
+    for _ in range(3):
+        spy.ops.clear()
+        await today_events()
+        await assert_exact()
+        assert "merge" not in spy.ops and "based" in spy.ops
+
+    # A late event in a settled day changes that day's views: its union is made again.
+    await applied.add([PageView(str(uuid.uuid4()), site_id, "/p1", "u-late", today - 9 * DAY_MS,
+                                NOW)])
+    spy.ops.clear()
+    await assert_exact()
+    assert "merge" in spy.ops
+
+    # The kept unions expire (a quiet minute): the count notices and makes them again.
+    kept = [k async for k in redis.scan_iter(match=f"*{{{site_id}}}*scratch:*")]
+    assert 0 < len(kept) <= len(pages) + 1
+    await redis.delete(*kept)
+    await today_events()
+    await assert_exact()
