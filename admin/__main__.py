@@ -1,6 +1,8 @@
 """``python -m admin``: manage the sites a deployment serves and the stats tokens.
 
-    python -m admin sites add shop [--max-pages N] [--origin https://shop.example ...]
+    python -m admin sites add shop [--max-pages N] [--max-events-per-s N] [--burst N]
+                                   [--origin https://shop.example ...]
+    python -m admin sites set shop [--max-pages N] [--max-events-per-s N] [--burst N]
     python -m admin sites list
     python -m admin sites remove shop
     python -m admin tokens add --sites shop,blog     (or --admin: every site)
@@ -8,7 +10,9 @@
     python -m admin tokens revoke <id>
     python -m admin init [--admin-token-env VAR]
 
-``make sites ARGS="..."`` and ``make tokens ARGS="..."`` run it with the stack's settings
+``add`` replaces every setting of a registered site (the ones not given get their defaults);
+``set`` changes only the ones given. ``make sites ARGS="..."`` and ``make tokens ARGS="..."``
+run it with the stack's settings
 (``.run/stack.env``); elsewhere it reads ``MONGO_URL`` and ``MONGO_DB`` from the
 environment like the services. A new token is printed once and stored only as its SHA-256.
 Running gateways and query APIs see every change within a few seconds
@@ -28,7 +32,13 @@ import orjson
 
 from admin.store import AdminStore, UnknownSites
 from contracts.settings import Backends
-from contracts.tenancy import DEFAULT_MAX_PAGES, ORIGIN, Site, valid_site_id
+from contracts.tenancy import (
+    DEFAULT_MAX_EVENTS_PER_S,
+    DEFAULT_MAX_PAGES,
+    ORIGIN,
+    Site,
+    valid_site_id,
+)
 
 
 def _site_id(value: str) -> str:
@@ -44,6 +54,32 @@ def _origin(value: str) -> str:
     return value
 
 
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return number
+
+
+def _limit_options(command: argparse.ArgumentParser, defaults: bool) -> None:
+    """The per-site limits, shared by ``add`` (with defaults) and ``set`` (only those given)."""
+    def default(value: int | str) -> str:
+        return f" (default {value})" if defaults else ""
+    command.add_argument("--max-pages", type=_at_least_one,
+                         default=DEFAULT_MAX_PAGES if defaults else None,
+                         help="distinct pages the site may count" + default(DEFAULT_MAX_PAGES))
+    command.add_argument("--max-events-per-s", type=_at_least_one,
+                         default=DEFAULT_MAX_EVENTS_PER_S if defaults else None,
+                         help="events/s each gateway process admits for the site, over it "
+                         "429" + default(DEFAULT_MAX_EVENTS_PER_S))
+    command.add_argument("--burst", type=_at_least_one, default=None,
+                         help="events admitted at once after a quiet spell"
+                         + default("one second of --max-events-per-s"))
+
+
 def _site_list(value: str) -> list[str]:
     sites = [s.strip() for s in value.split(",") if s.strip()]
     if not sites:
@@ -56,12 +92,14 @@ def parser() -> argparse.ArgumentParser:
     groups = top.add_subparsers(dest="group", required=True)
     sites = groups.add_parser("sites", help="the site registry").add_subparsers(
         dest="action", required=True)
-    add = sites.add_parser("add", help="register a site (or update its settings)")
+    add = sites.add_parser("add", help="register a site (or replace its settings)")
     add.add_argument("site", type=_site_id)
-    add.add_argument("--max-pages", type=int, default=DEFAULT_MAX_PAGES,
-                     help=f"distinct pages the site may count (default {DEFAULT_MAX_PAGES})")
+    _limit_options(add, defaults=True)
     add.add_argument("--origin", type=_origin, action="append", default=[],
                      help="an origin the site's pages are served from (repeatable)")
+    change = sites.add_parser("set", help="change some settings of a registered site")
+    change.add_argument("site", type=_site_id)
+    _limit_options(change, defaults=False)
     sites.add_parser("list", help="every registered site, one JSON object a line")
     remove = sites.add_parser("remove", help="stop serving a site (its data stays)")
     remove.add_argument("site", type=_site_id)
@@ -91,9 +129,18 @@ def _print(doc: object) -> None:
 async def run(args: argparse.Namespace, store: AdminStore) -> int:
     if args.group == "sites":
         if args.action == "add":
-            if args.max_pages < 1:
-                sys.exit("--max-pages must be at least 1")
-            _print(await store.add_site(Site(args.site, args.max_pages, tuple(args.origin))))
+            _print(await store.add_site(Site(args.site, args.max_pages, tuple(args.origin),
+                                             args.max_events_per_s, args.burst)))
+        elif args.action == "set":
+            changes = {name: value for name, value in (
+                ("max_pages", args.max_pages), ("max_events_per_s", args.max_events_per_s),
+                ("burst_events", args.burst)) if value is not None}
+            if not changes:
+                sys.exit("nothing to set: give --max-pages, --max-events-per-s or --burst")
+            if (found := await store.set_site(args.site, changes)) is None:
+                print(f"no site {args.site!r}", file=sys.stderr)
+                return 1
+            _print(found)
         elif args.action == "list":
             for doc in await store.sites():
                 _print(doc)

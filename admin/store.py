@@ -61,6 +61,14 @@ class AdminStore:
         assert found is not None
         return found
 
+    async def set_site(self, site_id: str, changes: dict[str, int]) -> dict[str, Any] | None:
+        """Change some limits of a registered site (``contracts.tenancy.site_document``'s
+        field names); None when there is no such site."""
+        result = await self._db[SITES].update_one({"_id": site_id}, {"$set": changes})
+        if result.matched_count == 0:
+            return None
+        return await self._db[SITES].find_one({"_id": site_id})
+
     async def sites(self) -> list[dict[str, Any]]:
         return await self._db[SITES].find({}).sort("_id", 1).to_list()
 

@@ -87,7 +87,12 @@ def _post(summary: str, description: str, body: dict[str, Any]) -> dict[str, Any
             "405": {"description": "Any method but POST (and the CORS preflight's OPTIONS); "
                                    "`Allow` names them.", **_ERROR},
             "415": {"description": "Unsupported Content-Type or Content-Encoding.", **_ERROR},
-            "429": {"description": "Too many requests from this client (NGINX).", **_ERROR},
+            "429": {"description": "`rate_limited`: too many requests from this client "
+                                   "(NGINX); or `site_rate_limited`: a site of the request "
+                                   "is over its events/s in this gateway (`details` names "
+                                   "it; set with `make sites ARGS=\"set shop "
+                                   "--max-events-per-s N\"`). `Retry-After` says when to "
+                                   "retry. Nothing was accepted.", **_ERROR},
             "503": {"description": "Kafka did not acknowledge in time, or the gateway could "
                                    "not read the site registry since it started "
                                    "(`Retry-After`); "

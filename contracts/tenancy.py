@@ -4,8 +4,10 @@ Two MongoDB collections in the events database hold the facts, managed with
 ``python -m admin`` (``make sites``, ``make tokens``):
 
 - ``sites``: one document per served site, ``_id`` = the site id, with its page quota
-  (``max_pages``) and the origins its pages are served from (``origins``). Unknown sites are
-  refused by every gateway (403 ``site_not_allowed``).
+  (``max_pages``), its ingestion rate limit (``max_events_per_s`` and ``burst_events``, a
+  token bucket in each gateway process: ``ingest_gateway.site_limits``) and the origins its
+  pages are served from (``origins``). Unknown sites are refused by every gateway (403
+  ``site_not_allowed``).
 - ``tokens``: one document per stats token, ``_id`` = a short random id that names it in
   ``list`` and ``revoke``, ``sha256`` = the hex SHA-256 of the token (the token itself is
   never stored: it is printed once, when created), and either ``admin: true`` (every site)
@@ -32,6 +34,11 @@ from contracts.event import SITE_ID_RE
 SITES = "sites"
 TOKENS = "tokens"
 DEFAULT_MAX_PAGES = 10_000  # distinct page ids a site may count (enforced elsewhere)
+# Events/s one gateway process admits for a site (a token bucket; the burst defaults to one
+# second of it). Several times what the benchmarks send to one site per gateway here
+# (bench-ingest's peak: 13,400 events/s over 3 gateways), so only a runaway or hostile
+# sender meets it; set a site's own with ``python -m admin sites set SITE --max-events-per-s``.
+DEFAULT_MAX_EVENTS_PER_S = 20_000
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 TOKEN_BYTES = 32  # 256 random bits, URL-safe base64: 43 characters
 
@@ -41,6 +48,13 @@ class Site:
     site_id: str
     max_pages: int = DEFAULT_MAX_PAGES
     origins: tuple[str, ...] = ()
+    max_events_per_s: int = DEFAULT_MAX_EVENTS_PER_S
+    burst_events: int | None = None  # None: one second's worth of max_events_per_s
+
+    @property
+    def burst(self) -> int:
+        """Events a gateway admits at once after the site was quiet."""
+        return self.burst_events or self.max_events_per_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +114,17 @@ def valid_site_id(site_id: str) -> bool:
 
 def site_document(site: Site, now: datetime | None = None) -> dict[str, Any]:
     return {"_id": site.site_id, "max_pages": site.max_pages, "origins": list(site.origins),
+            "max_events_per_s": site.max_events_per_s, "burst_events": site.burst_events,
             "created_at": now or datetime.now(UTC)}
+
+
+def _positive(value: Any) -> int | None:
+    """A stored limit, or None when it is missing or not a positive integer (then the
+    default applies: a document written by hand must not switch a limit off or stop a
+    gateway)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    return None
 
 
 def token_document(token_id: str, token: str, sites: Iterable[str] = (), admin: bool = False,
@@ -118,7 +142,10 @@ def site_of(doc: Mapping[str, Any]) -> Site | None:
         return None
     if not isinstance(max_pages, int) or max_pages < 1:
         max_pages = DEFAULT_MAX_PAGES
-    return Site(site_id, max_pages, tuple(o for o in origins if isinstance(o, str)))
+    return Site(site_id, max_pages, tuple(o for o in origins if isinstance(o, str)),
+                max_events_per_s=_positive(doc.get("max_events_per_s"))
+                or DEFAULT_MAX_EVENTS_PER_S,
+                burst_events=_positive(doc.get("burst_events")))
 
 
 def grant_of(doc: Mapping[str, Any]) -> tuple[str, Grant] | None:

@@ -19,6 +19,7 @@ from contracts.settings import GatewaySettings
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import KafkaPublisher, Publisher
 from ingest_gateway.routes import DEPS, GatewayDeps, add_routes
+from ingest_gateway.site_limits import SiteRateLimiter
 
 # aiohttp must not inflate bodies itself: ``body.decode_content`` does, within the limit.
 AUTO_DECOMPRESS = False
@@ -26,9 +27,11 @@ AUTO_DECOMPRESS = False
 
 def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
                clock_ms: Callable[[], int] | None = None,
-               registry: RegistrySource | None = None) -> web.Application:
-    """Build the gateway. Tests may pass their own publisher, clock and site registry;
-    without one, the registry is read from MongoDB and refreshed in the background."""
+               registry: RegistrySource | None = None,
+               monotonic_s: Callable[[], float] = time.monotonic) -> web.Application:
+    """Build the gateway. Tests may pass their own publisher, clocks (wall time for events,
+    monotonic time for the sites' rate limits) and site registry; without one, the registry
+    is read from MongoDB and refreshed in the background."""
     metrics = GatewayMetrics()
     clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
     owned = publisher is None
@@ -37,6 +40,7 @@ def create_app(settings: GatewaySettings, publisher: Publisher | None = None,
     deps = GatewayDeps(settings=settings, publisher=kafka or publisher,  # type: ignore[arg-type]
                        metrics=metrics, clock_ms=clock, new_event_id=event_id_factory(clock),
                        registry=cache or registry,  # type: ignore[arg-type]
+                       limiter=SiteRateLimiter(monotonic_s),
                        pseudonym=user_id_hasher(settings.user_id_hash_key)
                        if settings.user_id_hash_key else None)
     metrics.follow_in_flight(lambda: deps.publisher.in_flight)

@@ -22,6 +22,11 @@ class GatewayMetrics(HttpMetrics):
             "bodies_rejected_total", "Request bodies refused before event validation, by "
             "reason, whether or not their events could be counted", ["reason"],
             registry=self.registry)
+        # Bounded: only registered sites reach the rate limit (unknown ones get a 403 first).
+        self.site_rate_limited = Counter(
+            "site_rate_limited_events_total", "Events refused because their site was over "
+            "its events/s in this gateway process (429 site_rate_limited), by site",
+            ["site"], registry=self.registry)
         self.produce_latency = Histogram(
             "produce_latency_seconds", "Time from handing a request's events to Kafka to its "
             "ack or to giving up, by outcome (ok, timeout, error)", ["outcome"],

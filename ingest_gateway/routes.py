@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,12 @@ from contracts.tenancy import Registry
 from ingest_gateway.body import BodyError, events_of_body, read_body
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import Publisher, PublishUnavailable
+from ingest_gateway.site_limits import (
+    Refusal,
+    SiteRateLimiter,
+    events_by_site,
+    retry_after_header,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +35,7 @@ class GatewayDeps:
     clock_ms: Callable[[], int]
     new_event_id: Callable[[], str]
     registry: RegistrySource  # the sites this deployment serves (contracts.registry)
+    limiter: SiteRateLimiter  # each site's events/s in this process (site_limits)
     # Replaces user_id with its keyed hash before publishing (USER_ID_HASH_KEY); None = off.
     pseudonym: Callable[[str], str] | None = None
 
@@ -71,6 +79,30 @@ class _SiteRefused(Exception):
         self.bad = bad
 
 
+def _rate_limited(events: list[PageView], refusals: list[Refusal], deps: GatewayDeps,
+                  cors: dict[str, str]) -> web.Response:
+    """429 for the whole request: a site is over its events/s in this gateway. Each such
+    site is named once, at the index of its first event."""
+    first: dict[str, int] = {}
+    for i, event in enumerate(events):
+        first.setdefault(event.site_id, i)
+    deps.metrics.rejected.labels("site_rate_limited").inc(len(events))
+    over = {r.site.site_id for r in refusals}
+    for site_id, count in Counter(e.site_id for e in events if e.site_id in over).items():
+        deps.metrics.site_rate_limited.labels(site_id).inc(count)
+    retry_after = retry_after_header(refusals)
+    details = [{"index": first[r.site.site_id], "field": "site_id",
+                "reason": f"site {r.site.site_id!r} is over its rate limit of "
+                          f"{r.site.max_events_per_s} events/s (burst {r.site.burst})"}
+               for r in refusals]
+    headers = {**cors, "Retry-After": retry_after}
+    if cors:  # a page's script may read when to retry
+        headers["Access-Control-Expose-Headers"] = "Retry-After"
+    return error_response(429, "site_rate_limited", "some events are for a site over its "
+                          f"ingestion rate; nothing was accepted; retry after {retry_after} s",
+                          details, headers=headers)
+
+
 async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
     deps = request.app[DEPS]
     s = deps.settings
@@ -91,7 +123,10 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
                                                    "reason": "site_registry_unavailable"}],
                                   headers={**cors, "Retry-After": "2"},
                                   extra={"reason": "site_registry_unavailable"})
-        _check_sites(events, deps.registry.current())
+        registry = deps.registry.current()
+        _check_sites(events, registry)
+        if refusals := deps.limiter.admit(events_by_site(events), registry.sites):
+            return _rate_limited(events, refusals, deps, cors)
         if deps.pseudonym is not None:  # nothing after the gateway sees the raw id
             events = pseudonymise(events, deps.pseudonym)
     except BodyError as exc:

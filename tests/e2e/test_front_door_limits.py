@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import re
 import string
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from contracts.httpkit import KNOWN_METHODS
 from tests.e2e.test_hostile_input import assert_error_shape
 from tests.stack import Stack
 
@@ -159,6 +161,11 @@ async def test_five_hundred_made_up_methods_and_paths_do_not_grow_any_metrics(
     targets = [*services, stack.http_url]
     statuses = await asyncio.gather(*(send(targets[i % len(targets)], i) for i in range(500)))
     assert all(status < 500 for status in statuses), sorted(set(statuses))
+    labels: set[str] = set()
     for base in services:  # a few new (route, method, status) lines at most
         grown = await metrics_size(http, base) - before[base]
         assert grown < 20_000, (base, grown)
+        async with http.get(f"{base}/metrics") as response:
+            labels |= set(re.findall(r'method="([^"]*)"', await response.text()))
+    assert "OTHER" in labels  # every made-up method is counted under the one label
+    assert labels <= KNOWN_METHODS | {"OTHER"}, labels - KNOWN_METHODS

@@ -66,9 +66,11 @@ class NeverLoaded:
 
 async def make_client(aiohttp_client: Callable[..., Awaitable[Client]],
                       publisher: FakePublisher, settings: GatewaySettings,
-                      registry: RegistrySource | None = None) -> Client:
+                      registry: RegistrySource | None = None,
+                      monotonic_s: Callable[[], float] = lambda: 0.0) -> Client:
     app = create_app(settings, publisher=publisher, clock_ms=lambda: NOW,
-                     registry=registry or registered("default", "shop"))
+                     registry=registry or registered("default", "shop"),
+                     monotonic_s=monotonic_s)
     server = TestServer(app)
     # As in __main__: the gateway inflates bodies itself, within its limit.
     await server.start_server(auto_decompress=AUTO_DECOMPRESS)
@@ -298,6 +300,64 @@ async def test_sites_outside_the_registry_get_a_403_naming_the_site(
     assert answer["details"] == [{"index": 1, "field": "site_id",
                                   "reason": "site 'junk' is not served here"}]
     assert publisher.published == []
+
+
+class ChangingRegistry:
+    """A registry replaced while the app runs, as the background refresh does."""
+
+    loaded = True
+
+    def __init__(self, *sites: Site) -> None:
+        self.registry = Registry(sites={s.site_id: s for s in sites}, grants={})
+
+    def current(self) -> Registry:
+        return self.registry
+
+
+def views(site: str, count: int) -> list[dict[str, str]]:
+    return [{"page_id": f"/{i}", "user_id": "u", "site_id": site} for i in range(count)]
+
+
+async def test_a_site_over_its_rate_gets_a_429_for_the_whole_request_with_retry_after(
+        aiohttp_client: Callable[..., Awaitable[Client]], publisher: FakePublisher) -> None:
+    sites = ChangingRegistry(Site("shop", max_events_per_s=2, burst_events=5), Site("blog"))
+    client = await make_client(aiohttp_client, publisher, GatewaySettings(), sites)
+    assert (await post(client, "/events", orjson.dumps(views("shop", 4))))[0] == 202
+    response = await client.post("/events", data=orjson.dumps(
+        views("blog", 2) + views("shop", 3)), headers={"Content-Type": "application/json",
+                                                      "Origin": "https://shop.example"})
+    answer = await response.json()
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "1"  # 2 missing at 2/s
+    assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]
+    assert_error_shape(answer)
+    assert answer["error"] == "site_rate_limited"
+    assert answer["details"] == [{"index": 2, "field": "site_id", "reason": "site 'shop' is "
+                                  "over its rate limit of 2 events/s (burst 5)"}]
+    assert len(publisher.published) == 4  # nothing of the refused request, blog's neither
+    assert (await post(client, "/events", orjson.dumps(views("blog", 2))))[0] == 202
+    assert (await post(client, "/track", orjson.dumps(views("shop", 1)[0])))[0] == 202
+    seen = await metrics(client)
+    assert seen['site_rate_limited_events_total{site="shop"}'] == 3
+    assert 'site_rate_limited_events_total{site="blog"}' not in seen
+    assert seen['events_rejected_total{reason="site_rate_limited"}'] == 5
+
+
+async def test_a_changed_site_limit_applies_without_a_restart(
+        aiohttp_client: Callable[..., Awaitable[Client]], publisher: FakePublisher) -> None:
+    now = [0.0]
+    sites = ChangingRegistry(Site("shop", max_events_per_s=1, burst_events=1))
+    client = await make_client(aiohttp_client, publisher, GatewaySettings(), sites,
+                               monotonic_s=lambda: now[0])
+    assert (await post(client, "/events", orjson.dumps(views("shop", 1))))[0] == 202
+    now[0] += 0.1
+    assert (await post(client, "/events", orjson.dumps(views("shop", 1))))[0] == 429
+    sites.registry = Registry(sites={"shop": Site("shop", max_events_per_s=1000)}, grants={})
+    now[0] += 0.1  # 100 events at the new rate
+    assert (await post(client, "/events", orjson.dumps(views("shop", 50))))[0] == 202
+    sites.registry = Registry(sites={"shop": Site("shop", max_events_per_s=1)}, grants={})
+    assert (await post(client, "/events", orjson.dumps(views("shop", 1))))[0] == 202
+    assert (await post(client, "/events", orjson.dumps(views("shop", 1))))[0] == 429
 
 
 async def test_before_the_registry_was_ever_read_events_get_a_503_and_readyz_says_why(
