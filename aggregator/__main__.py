@@ -10,12 +10,14 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import uvloop
 from aiohttp import web
 from aiokafka.errors import KafkaError
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure
 
 from aggregator.app import create_app
@@ -27,6 +29,7 @@ from aggregator.counting.source import KafkaSource
 from aggregator.health import StoreHealth, ping_stores
 from aggregator.metrics import AggregatorMetrics
 from aggregator.outage import Outage
+from aggregator.page_quota import keep_fresh, quota_of
 from aggregator.raw_retention import RawRetention
 from aggregator.recovery.history import committed_offsets
 from aggregator.recovery.loss_watch import LossWatch
@@ -35,6 +38,7 @@ from aggregator.recovery.topic_reader import TopicReader
 from contracts.logs import configure_logging
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis_client
+from contracts.registry import RegistryCache
 from contracts.settings import AggregatorSettings
 
 log = logging.getLogger("aggregator")
@@ -60,6 +64,16 @@ async def _until_started(name: str, start: Callable[[], Awaitable[object]],
     return False
 
 
+async def _read_registry(registry: RegistryCache, database: AsyncDatabase[dict[str, object]],
+                         metrics: AggregatorMetrics) -> None:
+    """The first read of the site registry: counting waits for it, so that no site is
+    counted with a default quota while its own is unknown."""
+    started = time.time()
+    if not await registry.refresh(database):
+        raise ConnectionFailure("the site registry could not be read")
+    metrics.registry_read_at.set(started)
+
+
 async def lag_reporter(source: KafkaSource, metrics: AggregatorMetrics) -> None:
     while True:
         metrics.show_lag(await source.lag())
@@ -82,8 +96,9 @@ async def serve(settings: AggregatorSettings) -> None:
                                 settings.instance, settings.max_records)
     mongo_sink = MongoSink(mongo[b.mongo_db][EVENTS], settings.mongo_writers)
     dead_letters = KafkaDeadLetters(b.kafka_bootstrap, b.dead_letter_topic, b.topic)
+    registry = RegistryCache()  # each site's page quota
     pipeline = Pipeline(source=source, mongo=mongo_sink, redis=RedisSink(redis),
-                        dead_letters=dead_letters, health=health,
+                        dead_letters=dead_letters, health=health, max_pages=quota_of(registry),
                         metrics=metrics, stopping=stopping, retention=settings.retention,
                         backoff_max_s=settings.backoff_max_s,
                         crash=CrashHook(settings.crash_at, settings.crash_at_batch))
@@ -101,8 +116,12 @@ async def serve(settings: AggregatorSettings) -> None:
         "redis": redis.ping, "mongo": lambda: mongo.admin.command("ping")}, stopping))]
     try:
         if not (await _until_started("mongo", mongo_sink.ensure_indexes, stopping)
+                and await _until_started("registry", lambda: _read_registry(
+                    registry, mongo[b.mongo_db], metrics), stopping)
                 and await _until_started("consumer", source.start, stopping)):
             return
+        background.append(asyncio.create_task(keep_fresh(registry, mongo[b.mongo_db],
+                                                         metrics.registry_read_at)))
         consuming = True
         background.append(asyncio.create_task(lag_reporter(source, metrics)))
         if settings.raw_retention_days:
@@ -119,7 +138,8 @@ async def serve(settings: AggregatorSettings) -> None:
                     b.kafka_bootstrap, settings.group_id, b.topic))
 
             watch = LossWatch(redis, lambda: TopicReader(b.kafka_bootstrap, b.topic),
-                              settings.instance, metrics, settings.retention, history)
+                              settings.instance, metrics, settings.retention, history,
+                              max_pages=quota_of(registry))
             background.append(asyncio.create_task(watch.run(stopping)))
         log.info("aggregator_consuming", extra={"fields": {"topic": b.topic}})
         await pipeline.run(settings.max_records, settings.max_wait_ms)

@@ -14,6 +14,13 @@ class AggregatorMetrics(HttpMetrics):
         self.applied = Counter("records_applied_total", "Events counted in Redis", registry=r)
         self.skipped = Counter("duplicates_skipped_total", "Records not counted again, by why",
                                ["reason"], registry=r)
+        # Labelled by site: only registered sites reach the aggregator, so the label is bounded.
+        self.over_quota = Counter("aggregator_events_over_page_quota_total",
+                                  "Events counted under the page (other) because their site "
+                                  "reached its page quota (--max-pages)", ["site"], registry=r)
+        self.registry_read_at = Gauge("aggregator_registry_read_timestamp_seconds",
+                                      "When the latest successful read of the site registry "
+                                      "(each site's page quota) started", registry=r)
         self.dead_lettered = Counter("dead_lettered_total", "Records sent to the dead-letter topic",
                                      registry=r)
         self.batch_size = Histogram("batch_records", "Records per batch", registry=r,

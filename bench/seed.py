@@ -32,6 +32,7 @@ import aiohttp
 from bench.kafka import GroupLag, produce
 from bench.progress import say
 from bench.settings import ROOT, BenchSettings, BenchSettingsError
+from bench.sites import register_sites
 from contracts.event import PageView
 from contracts.timebuckets import DAY_MS, HOUR_MS, iso_z
 
@@ -220,6 +221,8 @@ async def ensure_seeded(s: BenchSettings, spec: SeedSpec, timeout_s: float,
         if lag == 0:
             produced = []  # nothing in flight: whatever is missing must be sent (again)
         if big < spec.events and "big" not in produced:
+            # Its quota first: the aggregators count its pages by it (bench/sites.py).
+            await register_sites(s, spec.site, max_pages=spec.pages)
             say(SUITE, f"producing {spec.events:,} events of {spec.site} ({spec.pages:,} pages,"
                        f" {spec.visitors:,} visitors, {spec.days} days to {iso_z(anchor_ms)})")
             await _produce(s, spec.site, big_site_events(spec, anchor_ms), spec.events)

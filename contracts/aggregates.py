@@ -54,6 +54,13 @@ class Kind(StrEnum):
 # The operation code the apply script runs for each kind (``aggregator.counting.aggregate``).
 OPCODES: dict[Kind, str] = {Kind.COUNTER: "i", Kind.RANKING: "z", Kind.UNIQUES: "p"}
 
+# The page a site's views are counted under once it has as many named pages (members of its
+# all-time ranking) as its quota (``Site.max_pages``) allows: a page first seen past the quota
+# adds to this one page, in every aggregate, so total views and visitors stay exact and the
+# page keys stay bounded. Never counted against the quota itself. The gateway refuses it as a
+# client's page id (``contracts.event.RESERVED_PAGE_IDS``).
+OVERFLOW_PAGE = "(other)"
+
 
 @dataclass(frozen=True, slots=True, eq=False)  # one object per aggregate: hashed by identity
 class Aggregate:

@@ -23,6 +23,7 @@ from contracts.event import (
     MAX_EVENT_ID,
     MAX_PAGE_ID,
     MAX_USER_ID,
+    RESERVED_PAGE_IDS,
     PageView,
     ValidationPolicy,
     check_ts_value,
@@ -62,6 +63,8 @@ def accept_json(data: bytes, *, batch: bool, max_events: int, policy: Validation
     now = policy.now_ms
     events: list[PageView] = []
     for item in wire:
+        if item.page_id in RESERVED_PAGE_IDS:
+            return None
         if item.ts is msgspec.UNSET:
             ts = now
         else:

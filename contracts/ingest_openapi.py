@@ -25,7 +25,8 @@ EVENT_SCHEMA: dict[str, Any] = {
     "properties": {
         "page_id": {"type": "string", "minLength": 1, "maxLength": MAX_PAGE_ID,
                     "pattern": NO_CONTROL_PATTERN,
-                    "description": "The page (path or name); no control characters."},
+                    "description": "The page (path or name); no control characters; "
+                                   "not `(other)`, the page quota's overflow page."},
         "user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID,
                     "pattern": NO_CONTROL_PATTERN,
                     "description": "The visitor (pseudonymous id); no control characters."},

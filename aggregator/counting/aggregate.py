@@ -5,21 +5,40 @@ adds to every aggregate in every scope (all time, and its minute, hour and day).
 is applied by ``redis_sink`` in one atomic step together with the Kafka offset it covers.
 Increments are merged per key first, so a batch of thousands of events becomes a few
 hundred operations.
+
+The page quota: ``to_ops`` given a site's ``max_pages`` adds one quota operation that lists
+the pages the batch would name; the script refuses the whole step when some of them would
+take the site past its quota and names them, and the caller counts those pages under
+``OVERFLOW_PAGE`` (``aggregate``'s ``overflow``) and plans again.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from contracts.aggregates import CATALOG, OPCODES, Aggregate, Kind, Scope, expire_at, scopes_of
+from contracts.aggregates import (
+    ALL_TIME,
+    CATALOG,
+    OPCODES,
+    OVERFLOW_PAGE,
+    RANKING,
+    Aggregate,
+    Kind,
+    Scope,
+    expire_at,
+    scopes_of,
+)
 from contracts.event import PageView
 from contracts.keys import SiteKeys
 from contracts.settings import Retention
 from contracts.timebuckets import MINUTE_MS
 
 CHUNK = 500  # members per operation, well inside Lua's argument limits
+# The quota check: ``[QUOTA, all-time ranking key, 0, max_pages, *pages]`` (not an aggregate,
+# so not in the catalog's ``OPCODES``); the script runs it before anything is written.
+QUOTA = "q"
 
 Target = tuple[Aggregate, Scope, str | None]  # an aggregate, its scope, the page if per page
 
@@ -38,14 +57,18 @@ _RANKINGS = [a for a in CATALOG if a.kind is Kind.RANKING]
 _UNIQUES = [a for a in CATALOG if a.kind is Kind.UNIQUES]
 
 
-def aggregate(events: Iterable[PageView]) -> SiteDelta:
+def aggregate(events: Iterable[PageView], overflow: Collection[str] = ()) -> SiteDelta:
     """Pre-count first: views per (page, minute) and visitors per (page, minute), one step
     an event; then spread each of those few groups over its scopes (a minute lies in one
-    hour, one day and all time) and each aggregate, with the set unions done in C."""
+    hour, one day and all time) and each aggregate, with the set unions done in C. Pages
+    in ``overflow`` (refused by the site's quota) count as ``OVERFLOW_PAGE``."""
     views: Counter[tuple[str, int]] = Counter()
     visitors: dict[tuple[str, int], set[str]] = defaultdict(set)
     for e in events:
-        key = (e.page_id, e.ts // MINUTE_MS)
+        page = e.page_id
+        if overflow and page in overflow:
+            page = OVERFLOW_PAGE
+        key = (page, e.ts // MINUTE_MS)
         views[key] += 1
         visitors[key].add(e.user_id)
 
@@ -80,7 +103,8 @@ class RedisOps:
     site's generation pointer; ``generation`` is the one the keys belong to). Every
     operation is ``[opcode, key, expire_at, *arguments]`` (expire_at 0: never), the opcode
     being the kind's (``contracts.aggregates.OPCODES``): ``i`` INCRBY n, ``z`` ZINCRBY of
-    each (page, -views) pair (rankings hold negated views), ``p`` PFADD members.
+    each (page, -views) pair (rankings hold negated views), ``p`` PFADD members; or the
+    quota check (``QUOTA``), which writes nothing.
     """
 
     keys: list[str]
@@ -95,10 +119,19 @@ class RedisOps:
         return self._index[name]
 
 
-def to_ops(site: SiteKeys, delta: SiteDelta, retention: Retention) -> RedisOps:
+def to_ops(site: SiteKeys, delta: SiteDelta, retention: Retention,
+           max_pages: int | None = None) -> RedisOps:
+    """The operations of ``delta``; with ``max_pages``, first the quota check of the pages
+    it names (all but ``OVERFLOW_PAGE``, which is always admitted)."""
     out = RedisOps(keys=[], ops=[], generation=site.generation)
     out.key(site.applied_offsets())
     out.key(site.generation_pointer())
+    if max_pages is not None:
+        named: Counter[str] = delta.rankings.get((RANKING, ALL_TIME, None), Counter())
+        candidates = sorted(p for p in named if p != OVERFLOW_PAGE)
+        if candidates:
+            out.ops.append([QUOTA, out.key(site.key(RANKING, ALL_TIME)), 0, max_pages,
+                            *candidates])
     heads: dict[tuple[Aggregate, Scope], tuple[str, str, int]] = {}  # a few per batch
 
     def head(target: Target) -> list[object]:

@@ -15,6 +15,11 @@ Effectively-once, step by step (a crash between any two steps is safe):
    applied (another aggregator after a rebalance), re-filter and apply only the rest.
 5. Commit the Kafka offsets. Nothing is committed before both stores hold the batch.
 
+The page quota (``redis_sink``): when the script refuses pages of a piece, those pages count
+as ``OVERFLOW_PAGE`` in Redis for the rest of the batch (MongoDB keeps the raw event), and
+the piece and every later one are planned again. Nothing of a refused piece was applied, so
+the pieces and their offsets stay exact through a crash at any point.
+
 The stages overlap (``run``): steps 1-3 of batch N+1 run while batch N goes through steps 4-5.
 What keeps it exact: MongoDB writes stay in batch order, so MongoDB has decided which copies
 of batch N count before batch N+1 is written; batch N+1 goes to Redis only after batch N is
@@ -36,7 +41,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -52,6 +57,7 @@ from aggregator.counting.mongo_sink import Located
 from aggregator.counting.redis_sink import (
     MAX_SCRIPT_COST,
     GenerationMoved,
+    PagesDenied,
     Ranges,
     script_cost,
 )
@@ -69,6 +75,7 @@ from contracts.failpoints import (
 from contracts.keys import SiteKeys
 from contracts.mongo import event_document
 from contracts.settings import Retention
+from contracts.tenancy import DEFAULT_MAX_PAGES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,6 +119,14 @@ class AggregateStore(Protocol):
                            live: bool = True) -> dict[int, int] | None: ...
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None: ...
+
+
+MaxPages = Callable[[str], int | None]  # site -> its page quota (None: no quota)
+
+
+def default_max_pages(site_id: str) -> int:
+    """The quota of a site the registry does not name (``DEFAULT_MAX_PAGES``)."""
+    return DEFAULT_MAX_PAGES
 
 
 class Stopping(Exception):
@@ -166,6 +181,7 @@ class Pipeline:
     max_script_cost: int = MAX_SCRIPT_COST
     crash: CrashHook = field(default_factory=CrashHook)
     health: StoreHealth = field(default_factory=StoreHealth)
+    max_pages: MaxPages = default_max_pages  # read once per site and batch
     batches: int = 0
     known_sites: set[str] = field(default_factory=set)  # already in ``sites_key()``
     in_flight: int = 0  # batches polled and not yet committed
@@ -280,21 +296,27 @@ class Pipeline:
         """Apply one site's records of every partition, in pieces (``pieces``) so that no
         script holds Redis for long. Each piece is one atomic step with the offsets it
         covers: after a crash between two pieces the redelivery finds the first one's
-        offsets and counts only the rest."""
+        offsets and counts only the rest. ``overflow`` gathers the pages the quota refused;
+        the later pieces are planned with it."""
+        overflow: set[str] = set()
+        limit = self.max_pages(site_id)
         for piece, ops in pieces(sites[site_id], groups, counted, self.retention,
-                                 self.max_script_cost):
-            await self._apply_piece(sites, site_id, piece, counted, ops)
+                                 self.max_script_cost, overflow, limit):
+            await self._apply_piece(sites, site_id, piece, counted, ops, overflow, limit)
 
     async def _apply_piece(self, sites: dict[str, SiteKeys], site_id: str,
                            groups: dict[int, list[Located]], counted: set[tuple[int, int]],
-                           ops: RedisOps | None) -> None:
+                           ops: RedisOps | None, overflow: set[str], limit: int | None
+                           ) -> None:
         """Apply records to the site's current generation; when a rebuild switched
         generations meanwhile, re-read the pointer and apply what the new generation does
-        not hold yet (its stored offsets say)."""
+        not hold yet (its stored offsets say); when the quota refused pages, count them as
+        the overflow page and apply again."""
         while groups:
             events = [r.event for group in groups.values() for r in group
                       if (r.partition, r.offset) in counted]
-            piece_ops = ops or to_ops(sites[site_id], aggregate(events), self.retention)
+            piece_ops = ops or to_ops(sites[site_id], aggregate(events, overflow),
+                                      self.retention, limit)
             ranges = {p: (group[0].offset, group[-1].offset) for p, group in groups.items()}
             try:
                 stored = await self._retry(
@@ -304,10 +326,19 @@ class Pipeline:
                 sites.update(await self._retry("redis", lambda: self.redis.current([site_id])))
                 log.info("generation_switched", extra={"fields": {
                     "site": site_id, "generation": sites[site_id].generation}})
+                overflow.clear()  # refusals were the old generation's
+                ops = None
+                continue
+            except PagesDenied as denied:
+                overflow |= denied.pages
                 ops = None
                 continue
             if stored is None:
                 self.metrics.applied.inc(len(events))
+                if overflow:
+                    folded = sum(1 for e in events if e.page_id in overflow)
+                    if folded:
+                        self.metrics.over_quota.labels(site_id).inc(folded)
                 return
             for partition, offset in stored.items():
                 group = groups[partition]
@@ -367,14 +398,16 @@ def decode_all(records: list[Record]) -> tuple[list[Located], list[Poison]]:
 
 
 def pieces(site: SiteKeys, groups: dict[int, list[Located]], counted: set[tuple[int, int]],
-           retention: Retention, max_cost: int = MAX_SCRIPT_COST
+           retention: Retention, max_cost: int = MAX_SCRIPT_COST,
+           overflow: Collection[str] = (), max_pages: int | None = None
            ) -> Iterator[tuple[dict[int, list[Located]], RedisOps]]:
     """One site's records (partition -> records in offset order) and their operations, in
     pieces of consecutive offsets (``by_cost``): every piece covers one range of each
-    partition it holds."""
+    partition it holds. Each piece is planned as it is taken, with the pages in
+    ``overflow`` at that moment (the caller adds the quota's refusals to it)."""
     def ops_of(records: Sequence[Located]) -> RedisOps:
         events = [r.event for r in records if (r.partition, r.offset) in counted]
-        return to_ops(site, aggregate(events), retention)
+        return to_ops(site, aggregate(events, overflow), retention, max_pages)
 
     flat = [r for group in groups.values() for r in group]
     for chunk, ops in by_cost(flat, ops_of, max_cost):

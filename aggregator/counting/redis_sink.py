@@ -14,6 +14,15 @@ A bucket's expiry is set once, when the script creates the key: an INCRBY whose 
 own increment, a PFADD that reports a change (a new key always does) or a ZINCRBY, followed
 by ``EXPIREAT ... NX`` (Redis 7), which leaves an expiry already set alone. The expiry is
 absolute (``contracts.aggregates.expire_at``), so whoever creates the key sets the same one.
+
+The page quota is decided here, in the same atomic step, because one site's events arrive on
+every partition and several aggregators apply them concurrently: a page is named when it is
+a member of the all-time ranking being written; the quota operation admits a page that is
+named already, or while fewer than ``max_pages`` pages are named (``OVERFLOW_PAGE`` aside),
+and otherwise refuses the whole step, naming the pages refused (``PagesDenied``). The named
+set only grows within a generation, so a refusal is final there and the caller's retry,
+with those pages counted as ``OVERFLOW_PAGE``, converges. When every page of the step fits
+(the usual case), no membership is looked up at all.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from collections.abc import Iterable, Mapping
 import orjson
 
 from aggregator.counting.aggregate import RedisOps
+from contracts.aggregates import OVERFLOW_PAGE
 from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys, sites_key
 from contracts.redis_client import RedisClient
@@ -33,9 +43,10 @@ from contracts.redis_client import RedisClient
 # one-partition layout of earlier versions, which ``bench/limits.py`` still sends). Each op
 # is [opcode, key index, expire_at, arguments...] (``aggregate.RedisOps``). Every opcode is
 # checked before anything is written: an unknown one fails the call loudly and changes
-# nothing (a script is not rolled back halfway). Returns -2 (applied), -3 (generation moved)
-# or, when nothing was applied because some range is already (partly) applied, a flat list
-# of (partition, stored offset) for those partitions.
+# nothing (a script is not rolled back halfway). Returns -2 (applied), -3 (generation moved),
+# when nothing was applied because some range is already (partly) applied, a flat list of
+# (partition, stored offset) for those partitions, or, when the quota operation refused
+# pages, ``"quota"`` followed by those pages (nothing applied either).
 APPLY_SCRIPT = """
 if ARGV[6] == 'live' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then
   return -3
@@ -58,13 +69,37 @@ if #overlap > 0 then
 end
 local ops = cjson.decode(ARGV[4])
 for _, op in ipairs(ops) do
-  if op[1] ~= 'i' and op[1] ~= 'z' and op[1] ~= 'p' then
+  if op[1] ~= 'i' and op[1] ~= 'z' and op[1] ~= 'p' and op[1] ~= 'q' then
     return redis.error_reply('unknown aggregate operation: ' .. tostring(op[1]))
   end
 end
+local denied = {'quota'}
+for _, op in ipairs(ops) do
+  if op[1] == 'q' then
+    local key = KEYS[op[2]]
+    local named = redis.call('ZCARD', key)
+    if redis.call('ZSCORE', key, OVERFLOW) then named = named - 1 end
+    local room = tonumber(op[4]) - named
+    if #op - 4 > room then
+      for i = 5, #op, 500 do
+        local last = math.min(i + 499, #op)
+        local scores = redis.call('ZMSCORE', key, unpack(op, i, last))
+        for j = i, last do
+          if not scores[j - i + 1] then
+            if room > 0 then room = room - 1 else denied[#denied + 1] = op[j] end
+          end
+        end
+      end
+    end
+  end
+end
+if #denied > 1 then
+  return denied
+end
 for _, op in ipairs(ops) do
   local kind, key, at = op[1], KEYS[op[2]], op[3]
-  if kind == 'i' then
+  if kind == 'q' then
+  elseif kind == 'i' then
     if redis.call('INCRBY', key, op[4]) == op[4] and at > 0 then
       redis.call('EXPIREAT', key, at)
     end
@@ -82,7 +117,7 @@ for _, range in ipairs(ranges) do
 end
 redis.call('HSET', KEYS[1], unpack(marks))
 return -2
-"""
+""".replace("OVERFLOW", "'" + OVERFLOW_PAGE + "'")
 APPLIED = -2
 GENERATION_MOVED = -3
 
@@ -102,6 +137,15 @@ def script_cost(ops: RedisOps) -> int:
 
 class GenerationMoved(Exception):
     """The site's pointer names another generation now; nothing was applied."""
+
+
+class PagesDenied(Exception):
+    """The site's page quota refused ``pages`` (not named, and no room left); nothing was
+    applied. Final for this generation: count them as ``OVERFLOW_PAGE`` and apply again."""
+
+    def __init__(self, pages: frozenset[str]) -> None:
+        super().__init__(f"{len(pages)} pages over the site's quota")
+        self.pages = pages
 
 
 class RedisSink:
@@ -141,13 +185,16 @@ class RedisSink:
         """Apply atomically. Returns None when applied, or partition -> stored offset for the
         partitions of which some of ``first..last`` was already applied (nothing was changed
         then). Live counting raises ``GenerationMoved`` when the site's current generation is
-        no longer ``ops``'s."""
+        no longer ``ops``'s; ``PagesDenied`` when the quota refused pages."""
         (partition, (first, last)), *more = ranges.items()
         args: list[bytes | str | int] = [partition, first, last, orjson.dumps(ops.ops),
                                          ops.generation, "live" if live else "build"]
         for partition, (first, last) in more:
             args += (partition, first, last)
         result = await self._apply(keys=ops.keys, args=args)
+        if isinstance(result, list) and result and result[0] in (b"quota", "quota"):
+            raise PagesDenied(frozenset(p.decode() if isinstance(p, bytes) else str(p)
+                                        for p in result[1:]))
         if isinstance(result, list):
             return {int(p): int(o) for p, o in zip(result[::2], result[1::2], strict=True)}
         if int(result) == GENERATION_MOVED:

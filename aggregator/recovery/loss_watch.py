@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
+from aggregator.counting.pipeline import MaxPages, default_max_pages
 from aggregator.metrics import AggregatorMetrics
 from aggregator.outage import Outage
 from aggregator.recovery.rebuild import MongoHistory, Rebuild, RebuildLost
@@ -54,8 +55,9 @@ class LossWatch:
     def __init__(self, redis: RedisClient, reader: Callable[[], TopicReader], instance: str,
                  metrics: AggregatorMetrics, retention: Retention,
                  history: Callable[[], Awaitable[MongoHistory]] | None = None,
-                 interval_s: float = 1.0) -> None:
+                 interval_s: float = 1.0, max_pages: MaxPages = default_max_pages) -> None:
         self._redis = redis
+        self._max_pages = max_pages
         self._history = history
         self._retention = retention
         self._metrics = metrics
@@ -99,7 +101,8 @@ class LossWatch:
         try:
             history = None if self._history is None else await self._history()
             outcome = await Rebuild(self._redis, self._reader(), retention=self._retention,
-                                    progress=_log_progress()).run(history=history)
+                                    progress=_log_progress(),
+                                    max_pages=self._max_pages).run(history=history)
         except RebuildLost:
             log.warning("rebuild_lost_midway", extra={"fields": {}})
             return

@@ -17,6 +17,12 @@ Why it is exact while live counting goes on:
   new rebuild starts over in a fresh generation. A marker key per run detects a Redis that
   lost the half-built generation (flushed or restarted) before anything switches to it;
   the run then deletes what it wrote after the loss, which no pointer would ever name.
+
+The page quota applies as in live counting (the same script, each site's ``max_pages``).
+Which pages end up named may differ from the live generation's (it depends on how the
+partitions interleaved), so ``--verify`` compares what must hold whatever the interleaving
+(``diff``): every aggregate that is not per page exactly, a page named on both sides
+exactly, and each ranking's total.
 """
 
 from __future__ import annotations
@@ -25,20 +31,27 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from aggregator.counting.aggregate import aggregate, to_ops
-from aggregator.counting.pipeline import by_cost, decode_all, group_by_site, pieces
-from aggregator.counting.redis_sink import RedisSink
+from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
+from aggregator.counting.pipeline import (
+    MaxPages,
+    by_cost,
+    decode_all,
+    default_max_pages,
+    group_by_site,
+    pieces,
+)
+from aggregator.counting.redis_sink import PagesDenied, Ranges, RedisSink
 from aggregator.counting.source import Record
 from aggregator.recovery.generations import Generations
 from aggregator.recovery.history import stored_events
 from aggregator.recovery.topic_reader import TopicReader
-from contracts.aggregates import Kind, parse_suffix
+from contracts.aggregates import ALL_TIME, OVERFLOW_PAGE, RANKING, Kind, parse_suffix, suffix
 from contracts.event import PageView
 from contracts.keys import SiteKeys, build_marker_key, sites_key
 from contracts.redis_client import RedisClient
@@ -91,9 +104,10 @@ class Builder:
     """Applies records to the new generation of every site they belong to."""
 
     def __init__(self, sink: RedisSink, generation: str, site: str | None,
-                 retention: Retention) -> None:
+                 retention: Retention, max_pages: MaxPages = default_max_pages) -> None:
         self._sink = sink
         self._retention = retention
+        self._max_pages = max_pages
         self.generation = generation
         self._only_site = site
         self._seen: set[tuple[str, str]] = set()  # (site, event id) already counted
@@ -114,11 +128,17 @@ class Builder:
         for site_id, group in by_site.items():
             site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
             self.counted += len(group)
-            for _, ops in by_cost(group, lambda chunk: to_ops(
-                    site, aggregate(chunk), self._retention)):  # noqa: B023
+            overflow: set[str] = set()
+            limit = self._max_pages(site_id)
+
+            def plan(chunk: Sequence[PageView]) -> RedisOps:
+                return to_ops(site, aggregate(chunk, overflow), self._retention,  # noqa: B023
+                              limit)  # noqa: B023
+            for chunk, ops in by_cost(group, plan):
                 self._stored_batches += 1
-                await self._sink.apply(ops, STORED_PARTITION, self._stored_batches,
-                                       self._stored_batches, live=False)
+                n = self._stored_batches
+                await self._apply(ops, lambda: plan(chunk),  # noqa: B023
+                                  {STORED_PARTITION: (n, n)}, overflow)
 
     async def add(self, records: list[Record]) -> None:
         located, _undecodable = decode_all(records)  # live counting dead-lettered those
@@ -137,10 +157,29 @@ class Builder:
                         counted.add((r.partition, r.offset))
                 self.last_seen[site_id][partition] = group[-1].offset
             self.counted += len(counted)
-            for piece, ops in pieces(site, groups, counted, self._retention):
-                await self._sink.apply_ranges(
-                    ops, {p: (group[0].offset, group[-1].offset) for p, group in piece.items()},
-                    live=False)
+            overflow: set[str] = set()
+            limit = self._max_pages(site_id)
+            for piece, ops in pieces(site, groups, counted, self._retention,
+                                     overflow=overflow, max_pages=limit):
+                def plan() -> RedisOps:
+                    events = [r.event for group in piece.values() for r in group  # noqa: B023
+                              if (r.partition, r.offset) in counted]  # noqa: B023
+                    return to_ops(site, aggregate(events, overflow),  # noqa: B023
+                                  self._retention, limit)  # noqa: B023
+                await self._apply(ops, plan, {p: (group[0].offset, group[-1].offset)
+                                              for p, group in piece.items()}, overflow)
+
+    async def _apply(self, ops: RedisOps, plan: Callable[[], RedisOps], ranges: Ranges,
+                     overflow: set[str]) -> None:
+        """Apply one piece to the new generation; pages the quota refuses join ``overflow``
+        and the piece is planned again (``plan`` reads it)."""
+        while True:
+            try:
+                await self._sink.apply_ranges(ops, ranges, live=False)
+                return
+            except PagesDenied as denied:
+                overflow |= denied.pages
+                ops = plan()
 
 
 class Rebuild:
@@ -148,14 +187,15 @@ class Rebuild:
 
     def __init__(self, redis: RedisClient, reader: TopicReader, *, retention: Retention,
                  site: str | None = None, verify: bool = False,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 max_pages: MaxPages = default_max_pages) -> None:
         self._redis = redis
         self._reader = reader
         self._gens = Generations(redis)
         self._verify = verify
         self._site = site
         generation = f"{'v' if verify else 'r'}{int(time.time() * 1000)}"
-        self._builder = Builder(RedisSink(redis), generation, site, retention)
+        self._builder = Builder(RedisSink(redis), generation, site, retention, max_pages)
         self._progress = progress or (lambda done, total: None)
         self.outcome = Outcome(generation)
 
@@ -276,14 +316,36 @@ def _in_catalog(name: str) -> bool:
 
 def diff(site_id: str, live: dict[str, Any], rebuilt: dict[str, Any], suffixes: list[str]
          ) -> list[Difference]:
+    """Every difference between the live and the rebuilt aggregates of one site. When the
+    page quota named other pages on each side (``named_pages``), a page named on one side
+    only, and the overflow page, have no counterpart: for those only each ranking's total
+    is compared (``(other)`` is then the rest on both sides)."""
+    live_named, rebuilt_named = named_pages(live), named_pages(rebuilt)
+    comparable = None if live_named == rebuilt_named else live_named & rebuilt_named
     out: list[Difference] = []
-    for suffix in suffixes:
-        a, b = live[suffix], rebuilt[suffix]
-        if parse_suffix(suffix).aggregate.kind is Kind.RANKING:
-            for name in sorted(set(a) | set(b)):
-                if a.get(name, 0) != b.get(name, 0):
-                    out.append(Difference(site_id, suffix, name, a.get(name, 0),
-                                          b.get(name, 0)))
+    for name in suffixes:
+        a, b = live[name], rebuilt[name]
+        parsed = parse_suffix(name)
+        if comparable is not None and parsed.page is not None \
+                and parsed.page not in comparable:
+            continue
+        if parsed.aggregate.kind is Kind.RANKING:
+            pages = sorted(set(a) | set(b))
+            if comparable is not None:
+                pages = [p for p in pages if p in comparable]
+                total_a, total_b = sum(a.values()), sum(b.values())
+                if total_a != total_b:
+                    out.append(Difference(site_id, name, "(total)", total_a, total_b))
+            for page in pages:
+                if a.get(page, 0) != b.get(page, 0):
+                    out.append(Difference(site_id, name, page, a.get(page, 0),
+                                          b.get(page, 0)))
         elif a != b:
-            out.append(Difference(site_id, suffix, "", a, b))
+            out.append(Difference(site_id, name, "", a, b))
     return out
+
+
+def named_pages(snapshot: dict[str, Any]) -> set[str]:
+    """The pages one generation names: its all-time ranking's members, the overflow page
+    aside."""
+    return set(snapshot.get(suffix(RANKING, ALL_TIME), {})) - {OVERFLOW_PAGE}

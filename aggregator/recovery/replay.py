@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -22,12 +23,14 @@ from typing import Any, TextIO
 import orjson
 from pymongo import AsyncMongoClient
 
+from aggregator.page_quota import quota_of
 from aggregator.recovery.history import committed_offsets
 from aggregator.recovery.rebuild import MongoHistory, Outcome, Rebuild, RebuildLost
 from aggregator.recovery.topic_reader import TopicReader
 from contracts.event import SITE_ID_RE
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis_client
+from contracts.registry import RegistryCache
 from contracts.settings import AggregatorSettings
 
 EXIT_DIFFERENT, EXIT_UNSETTLED, EXIT_LOST = 1, 3, 4
@@ -116,7 +119,13 @@ async def replay(args: argparse.Namespace, settings: AggregatorSettings) -> tupl
     redis = connect_redis_client(backends.redis_url, timeout_s=10.0)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(backends.mongo_url)
     bar = ProgressBar()
+    registry = RegistryCache()  # each site's page quota, applied to the rebuilt generation
+    refreshing: asyncio.Task[None] | None = None
     try:
+        if not await registry.refresh(mongo[backends.mongo_db]):
+            raise SystemExit("cannot read the site registry (each site's page quota) from "
+                             "MongoDB; is it up?")
+        refreshing = asyncio.create_task(registry.run(mongo[backends.mongo_db]))
         history = None
         if args.source == "mongo":
             history = MongoHistory(
@@ -125,7 +134,7 @@ async def replay(args: argparse.Namespace, settings: AggregatorSettings) -> tupl
                                         backends.topic))
         run = Rebuild(redis, TopicReader(backends.kafka_bootstrap, backends.topic),
                       retention=settings.retention, site=args.site, verify=args.verify,
-                      progress=bar)
+                      progress=bar, max_pages=quota_of(registry))
         try:
             outcome = await run.run(args.since, history)
         except RebuildLost:
@@ -135,6 +144,10 @@ async def replay(args: argparse.Namespace, settings: AggregatorSettings) -> tupl
             return EXIT_LOST, run.outcome
         bar.finish()
     finally:
+        if refreshing is not None:
+            refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refreshing
         await redis.aclose()
         await mongo.close()
     for d in outcome.differences:

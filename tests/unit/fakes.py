@@ -18,10 +18,10 @@ from pymongo.errors import AutoReconnect, BulkWriteError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from aggregator.counting.aggregate import RedisOps
+from aggregator.counting.aggregate import QUOTA, RedisOps
 from aggregator.counting.mongo_sink import DUPLICATE_KEY, MongoSink
-from aggregator.counting.redis_sink import GenerationMoved
-from contracts.aggregates import OPCODES, Kind
+from aggregator.counting.redis_sink import GenerationMoved, PagesDenied
+from contracts.aggregates import OPCODES, OVERFLOW_PAGE, Kind
 from contracts.keys import DEFAULT_GENERATION, SiteKeys
 
 
@@ -111,9 +111,14 @@ class FakeAggregateStore:
         if overlap:
             return overlap
         kinds = {code: kind for kind, code in OPCODES.items()}
-        if any(op[0] not in kinds for op in ops.ops):
+        if any(op[0] not in kinds and op[0] != QUOTA for op in ops.ops):
             raise ResponseError(f"unknown aggregate operation in {ops.ops}")
+        denied = self._denied(ops)
+        if denied:
+            raise PagesDenied(frozenset(denied))
         for op in ops.ops:
+            if op[0] == QUOTA:
+                continue
             kind, key, args = kinds[str(op[0])], ops.keys[int(str(op[1])) - 1], op[3:]
             if kind is Kind.COUNTER:
                 self.counters[key] += int(str(args[0]))
@@ -126,6 +131,22 @@ class FakeAggregateStore:
             marker[p] = last
         self.applies += 1
         return None
+
+    def _denied(self, ops: RedisOps) -> list[str]:
+        """The quota operation: pages neither named nor within the room left."""
+        denied: list[str] = []
+        for op in ops.ops:
+            if op[0] != QUOTA:
+                continue
+            ranking = self.sorted_sets[ops.keys[int(str(op[1])) - 1]]
+            room = int(str(op[3])) - len(set(ranking) - {OVERFLOW_PAGE})
+            for page in map(str, op[4:]):
+                if page not in ranking:
+                    if room > 0:
+                        room -= 1
+                    else:
+                        denied.append(page)
+        return denied
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None:
         self._maybe_fail()
