@@ -81,7 +81,10 @@ def _post(summary: str, description: str, body: dict[str, Any]) -> dict[str, Any
                                    "by index and field. Nothing was accepted.", **_ERROR},
             "403": {"description": "`site_not_allowed`: an event is for a site this "
                                    "deployment does not serve (sites are registered with "
-                                   "`make sites ARGS=\"add shop\"`). Nothing was accepted.",
+                                   "`make sites ARGS=\"add shop\"`), or "
+                                   "`origin_not_allowed`: a browser request (with `Origin`) "
+                                   "for a site whose registered "
+                                   "origins do not include it. Nothing was accepted.",
                     **_ERROR},
             "413": {"description": "Body over 1 MiB (after decompression) or too many events.",
                     **_ERROR},

@@ -66,17 +66,29 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-def _check_sites(events: list[PageView], registry: Registry) -> None:
-    """Only registered sites are served: an unknown site could otherwise grow Redis."""
+def _check_sites(events: list[PageView], registry: Registry, origin: str | None) -> None:
+    """Only registered sites are served: an unknown site could otherwise grow Redis. A
+    browser's request (it sends ``Origin``) for a site that lists its origins must come
+    from one of them, so another web page cannot make its visitors' browsers post to that
+    site. (A server-side sender can forge ``Origin``: this is not a secret, only a fence for
+    browsers.)"""
     bad = [(i, e.site_id) for i, e in enumerate(events) if not registry.serves(e.site_id)]
     if bad:
         raise _SiteRefused(bad)
+    if origin is None:
+        return
+    foreign = [(i, e.site_id) for i, e in enumerate(events)
+               if (site := registry.sites.get(e.site_id)) is not None and site.origins
+               and origin not in site.origins]
+    if foreign:
+        raise _SiteRefused(foreign, origin)
 
 
 class _SiteRefused(Exception):
-    def __init__(self, bad: list[tuple[int, str]]) -> None:
+    def __init__(self, bad: list[tuple[int, str]], origin: str | None = None) -> None:
         super().__init__("site not allowed")
         self.bad = bad
+        self.origin = origin  # set: the sites are served, but not from this origin
 
 
 def _rate_limited(events: list[PageView], refusals: list[Refusal], deps: GatewayDeps,
@@ -124,7 +136,7 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
                                   headers={**cors, "Retry-After": "2"},
                                   extra={"reason": "site_registry_unavailable"})
         registry = deps.registry.current()
-        _check_sites(events, registry)
+        _check_sites(events, registry, request.headers.get("Origin"))
         if refusals := deps.limiter.admit(events_by_site(events), registry.sites):
             return _rate_limited(events, refusals, deps, cors)
         if deps.pseudonym is not None:  # nothing after the gateway sees the raw id
@@ -140,6 +152,14 @@ async def _ingest(request: web.Request, *, batch: bool) -> web.Response:
         return error_response(400, "validation_failed", "some events are invalid; "
                               "nothing was accepted", details, headers=cors)
     except _SiteRefused as exc:
+        if exc.origin is not None:
+            deps.metrics.rejected.labels("origin_not_allowed").inc(len(exc.bad))
+            details = [{"index": i, "field": "site_id",
+                        "reason": f"site {site!r} does not list origin {exc.origin!r}"}
+                       for i, site in exc.bad]
+            return error_response(403, "origin_not_allowed", "some events are for a site "
+                                  "whose pages are not served from this origin; nothing was "
+                                  "accepted", details, headers=cors)
         deps.metrics.rejected.labels("site_not_allowed").inc(len(exc.bad))
         details = [{"index": i, "field": "site_id", "reason": f"site {site!r} is not served here"}
                    for i, site in exc.bad]

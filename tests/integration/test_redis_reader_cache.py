@@ -28,7 +28,7 @@ from contracts.settings import Retention
 from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS
 from query_api.ranges import TimeRange
 from query_api.redis_reader import RedisReader
-from query_api.redis_reads import READ_SCRIPT
+from query_api.redis_reads import READ_SCRIPT, Batch, Plan, ReadScript
 from tests.expectations import hll_estimate
 
 pytestmark = pytest.mark.integration
@@ -182,18 +182,18 @@ async def test_a_long_ranking_read_that_every_event_would_tear_is_still_answered
 class Recorder:
     """The reader's script runner, passing every call through and keeping the reads sent."""
 
-    def __init__(self, reads: object) -> None:
+    def __init__(self, reads: ReadScript) -> None:
         self._reads = reads
         self.ops: list[str] = []
 
-    async def run(self, site_id: str, plan: Any, expect: SiteKeys | None = None
+    async def run(self, site_id: str, plan: Plan, expect: SiteKeys | None = None
                   ) -> tuple[SiteKeys, list[list[Any]]]:
-        def recorded(keys: SiteKeys) -> list[Any]:
+        def recorded(keys: SiteKeys) -> list[Batch]:
             batches = plan(keys)
-            self.ops += [read[0] for batch in batches for read in batch.reads]
+            self.ops += [str(read[0]) for batch in batches for read in batch.reads]
             return batches
 
-        return await self._reads.run(site_id, recorded, expect)  # type: ignore[attr-defined]
+        return await self._reads.run(site_id, recorded, expect)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reads, name)

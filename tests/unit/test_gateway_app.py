@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from contracts.event import KNOWN_FIELDS, PageView
@@ -527,3 +527,29 @@ async def test_user_id_refuses_control_characters(client: Client, user_id: str) 
     status, answer = await post(client, "/track", body)
     assert status == 400
     assert answer["details"][0]["field"] == "user_id"
+
+
+async def test_a_browser_request_from_an_origin_the_site_does_not_list_is_refused(
+        aiohttp_client: Callable[..., Awaitable[Client]], publisher: FakePublisher) -> None:
+    sites = ChangingRegistry(Site("shop", origins=("https://shop.example",)), Site("blog"))
+    client = await make_client(aiohttp_client, publisher, GatewaySettings(), sites)
+
+    async def post_from(origin: str | None, events: list[dict[str, str]]) -> ClientResponse:
+        headers = {"Content-Type": "application/json"}
+        if origin is not None:
+            headers["Origin"] = origin
+        return await client.post("/events", data=orjson.dumps(events), headers=headers)
+
+    refused = await post_from("https://evil.example", views("blog", 1) + views("shop", 2))
+    answer = await refused.json()
+    assert refused.status == 403
+    assert_error_shape(answer)
+    assert answer["error"] == "origin_not_allowed"
+    assert [d["index"] for d in answer["details"]] == [1, 2]
+    assert publisher.published == []
+    assert (await post_from("https://shop.example", views("shop", 2))).status == 202
+    assert (await post_from(None, views("shop", 1))).status == 202  # a server-side sender
+    assert (await post_from("https://evil.example", views("blog", 1))).status == 202
+    assert len(publisher.published) == 4
+    seen = await metrics(client)
+    assert seen['events_rejected_total{reason="origin_not_allowed"}'] == 2
