@@ -37,9 +37,11 @@ def new_site() -> str:
     return f"t-{uuid.uuid4().hex[:16]}"
 
 
-async def track(http: aiohttp.ClientSession, stack: Stack, site: str) -> tuple[int, Any]:
+async def track(http: aiohttp.ClientSession, stack: Stack, site: str,
+                origin: str | None = None) -> tuple[int, Any]:
     event = {"page_id": "/", "user_id": "u1", "site_id": site}
-    async with http.post(f"{stack.http_url}/track", json=event) as response:
+    headers = {} if origin is None else {"Origin": origin}
+    async with http.post(f"{stack.http_url}/track", json=event, headers=headers) as response:
         return response.status, await response.json()
 
 
@@ -75,6 +77,10 @@ async def test_a_site_added_with_the_cli_is_accepted_within_seconds_and_removed_
         return (await track(http, stack, site))[0] == 202
     await eventually(accepted, timeout_s=CHANGE_S, interval_s=0.2,
                      message="the new site accepted without a restart")
+    # A browser on another web page may not post for it; one on its own origin may.
+    status, body = await track(http, stack, site, origin="https://evil.example")
+    assert (status, body["error"]) == (403, "origin_not_allowed")
+    assert (await track(http, stack, site, origin="https://shop.example"))[0] == 202
 
     removed = admin(stack, "sites", "remove", site)
     assert removed.returncode == 0, removed.stderr
