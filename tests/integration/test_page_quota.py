@@ -84,6 +84,17 @@ def decode(record: Record) -> PageView:
     return decode_event(record.value)
 
 
+
+async def refused_then_folded(sink: RedisSink, site: SiteKeys, events: list[PageView],
+                              max_pages: int, first: int, last: int) -> frozenset[str]:
+    """Apply events of partition 0 with the quota: the pages it refuses (nothing applied),
+    then the same events with those counted as the overflow page (applied)."""
+    with pytest.raises(PagesDenied) as refused:
+        await sink.apply(to_ops(site, aggregate(events), RETENTION, max_pages), 0, first, last)
+    folded = to_ops(site, aggregate(events, refused.value.pages), RETENTION, max_pages)
+    assert await sink.apply(folded, 0, first, last) is None
+    return refused.value.pages
+
 async def test_the_script_refuses_pages_past_the_quota_and_applies_nothing(
         redis: Redis) -> None:
     site = SiteKeys(new_site())
@@ -99,17 +110,11 @@ async def test_the_script_refuses_pages_past_the_quota_and_applies_nothing(
     assert await named_pages(redis, site) == {"/a": 2, "/b": 1, "/c": 1, OVERFLOW_PAGE: 2}
     # Full now: a named page and (other) pass, a new page does not.
     more = [decode(r) for r in views_of(site.site_id, ["/a", "/z"], 1)]
-    with pytest.raises(PagesDenied) as again:
-        await sink.apply(to_ops(site, aggregate(more), RETENTION, 3), 0, 6, 7)
-    assert again.value.pages == {"/z"}
-    assert await sink.apply(to_ops(site, aggregate(more, {"/z"}), RETENTION, 3), 0, 6, 7) is None
+    assert await refused_then_folded(sink, site, more, 3, 6, 7) == {"/z"}
     assert await named_pages(redis, site) == {"/a": 3, "/b": 1, "/c": 1, OVERFLOW_PAGE: 3}
     # (other) takes no place in the quota: raised by one, it names exactly one more page.
     newer = [decode(r) for r in views_of(site.site_id, ["/y", "/w"], 1)]
-    with pytest.raises(PagesDenied) as third:
-        await sink.apply(to_ops(site, aggregate(newer), RETENTION, 4), 0, 8, 9)
-    assert third.value.pages == {"/y"}
-    assert await sink.apply(to_ops(site, aggregate(newer, {"/y"}), RETENTION, 4), 0, 8, 9) is None
+    assert await refused_then_folded(sink, site, newer, 4, 8, 9) == {"/y"}
     assert set(await named_pages(redis, site)) == {"/a", "/b", "/c", "/w", OVERFLOW_PAGE}
 
 
