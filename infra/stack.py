@@ -6,8 +6,9 @@
     python infra/stack.py stop NAME   stop one part (e.g. kafka, redis, gateway-1) for failure tests
     python infra/stack.py provision   only install and build (apt, Kafka jars, FerretDB)
 
-Kafka 4.x runs from its Maven Central jars in single-node KRaft mode, FerretDB 1.24 (the
-MongoDB wire protocol) is built from the Go module proxy and runs on PostgreSQL
+Kafka 4.x runs from its Maven Central jars in single-node KRaft mode (``KAFKA_BROKERS=3``:
+a cluster of three, parts ``kafka-1`` … ``kafka-3``, see ``infra/kafka/kafka_cluster.py``),
+FerretDB 1.24 (the MongoDB wire protocol) is built from the Go module proxy and runs on PostgreSQL
 (``MONGO_BACKEND=sqlite``: on SQLite files, and no PostgreSQL is started); PostgreSQL, Redis
 and NGINX come from Debian packages. Downloads and builds are cached under
 ``$PAGEVIEWS_CACHE`` (default ``~/.cache/pageviews``) keyed by the hash of what produced them,
@@ -36,11 +37,21 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
+# Stdlib-only helpers of this checkout (no venv needed): the Kafka cluster's shape, and
+# contracts.topics for the replication every copy of the topics gets.
+sys.path[:0] = [p for p in (str(ROOT), str(INFRA / "kafka")) if p not in sys.path]
+
+import kafka_cluster  # noqa: E402
+from kafka_cluster import KafkaNode  # noqa: E402
+
+from contracts.topics import Replication  # noqa: E402
+
 RUN = Path(os.environ.get("STACK_DIR") or ROOT / ".run").resolve()
 PIDS, LOGS, DATA = RUN / "pids", RUN / "logs", RUN / "data"
 CACHE = Path(os.environ.get("PAGEVIEWS_CACHE", Path.home() / ".cache" / "pageviews"))
@@ -74,13 +85,25 @@ class Ports:
     gateway_base: int = 8101
     query_base: int = 8201
     aggregator_base: int = 8301
+    # Kafka nodes 2 and 3 (KAFKA_BROKERS=2 or 3); node 1 has the ports above.
+    kafka_2: int = 19094
+    kafka_controller_2: int = 19095
+    kafka_3: int = 19096
+    kafka_controller_3: int = 19097
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
-        """Every port in ``base .. base + 59``: a block that one ``PORT_BASE`` reserves."""
+        """Every port in ``base .. base + 39``: a block that one ``PORT_BASE`` reserves (the
+        test session keeps ``base + 40`` and up for processes its tests start)."""
         return cls(http=base, kafka=base + 1, kafka_controller=base + 2, mongo=base + 3,
                    redis=base + 4, postgres=base + 5, gateway_base=base + 10, query_base=base + 20,
-                   aggregator_base=base + 30)
+                   aggregator_base=base + 30, kafka_2=base + 6, kafka_controller_2=base + 7,
+                   kafka_3=base + 8, kafka_controller_3=base + 9)
+
+    def kafka_nodes(self) -> list[tuple[int, int]]:
+        """(broker, controller) port of Kafka node 1, 2 and 3."""
+        return [(self.kafka, self.kafka_controller), (self.kafka_2, self.kafka_controller_2),
+                (self.kafka_3, self.kafka_controller_3)]
 
     @classmethod
     def load(cls) -> Ports:
@@ -123,6 +146,19 @@ EXTERNAL_VARIABLES = {"kafka": "EXTERNAL_KAFKA_BOOTSTRAP", "ferretdb": "EXTERNAL
                       "redis": "EXTERNAL_REDIS_URL"}
 EXTERNAL = {part: os.environ[variable] for part, variable in EXTERNAL_VARIABLES.items()
             if os.environ.get(variable)}
+BROKERS_VARIABLE = "KAFKA_BROKERS"  # also in stack.env when above 1
+
+
+def kafka_brokers() -> int:
+    """How many Kafka nodes this stack runs: ``KAFKA_BROKERS``, else what the stack was
+    started with (stack.env; a later ``up`` without the variable restarts the same
+    cluster, as ports are kept), else one."""
+    value = os.environ.get(BROKERS_VARIABLE) or read_env().get(BROKERS_VARIABLE) or "1"
+    try:
+        return kafka_cluster.check_count(int(value))
+    except ValueError as exc:
+        sys.exit(f"{exc}" if value.isdigit() else f"{BROKERS_VARIABLE}={value!r}: a number, 1 to "
+                 f"{kafka_cluster.MAX_BROKERS}")
 
 
 def say(part: str, message: str) -> None:
@@ -342,6 +378,15 @@ def stop(name: str, timeout_s: float = 20.0) -> bool:
     return True
 
 
+def stop_together(names: list[str], timeout_s: float = 20.0) -> list[str]:
+    """Stop several parts at once; returns those that were running. A Kafka cluster's nodes
+    go together: stopped one by one, the last would wait for a controller quorum that is
+    already gone before its SIGKILL."""
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        stopped = list(pool.map(lambda name: stop(name, timeout_s), names))
+    return [name for name, was_running in zip(names, stopped, strict=True) if was_running]
+
+
 # --------------------------------------------------------------------------- probes
 
 def port_open(port: int) -> bool:
@@ -392,8 +437,8 @@ def _bson(doc: dict[str, object]) -> bytes:
 
 
 def kafka_ok(port: int) -> bool:
-    """ApiVersions and Metadata answered, with at least one broker (infra/kafka/kafka_ready.py)."""
-    sys.path.insert(0, str(INFRA / "kafka"))
+    """ApiVersions and Metadata answered, with at least one broker (infra/kafka/kafka_ready.py):
+    a cluster's node answers only once it has caught up with the quorum's metadata."""
     from kafka_ready import probe
     try:
         return bool(probe("127.0.0.1", port, timeout=1.0) >= 1)
@@ -411,39 +456,81 @@ def render(template: Path, target: Path, values: dict[str, str]) -> None:
     target.write_text(text)
 
 
-def kafka_part(tools: Tools, ports: Ports) -> Part:
-    data = DATA / "kafka"
-    props = RUN / "kafka" / "server.properties"
+def kafka_nodes(ports: Ports, brokers: int) -> list[KafkaNode]:
+    return kafka_cluster.cluster_nodes(brokers, ports.kafka_nodes(), DATA)
+
+
+def kafka_parts(tools: Tools, ports: Ports, brokers: int = 1) -> list[Part]:
+    """One part per Kafka node, started together in one wave: a cluster's nodes wait for
+    each other's votes, so none is ready alone. The last one creates the topics, once every
+    node answers (``start_wave`` runs ``after_ready`` in order)."""
+    nodes = kafka_nodes(ports, brokers)
+    replication = Replication.for_brokers(brokers)
     log4j = f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'log4j2.properties'}"
     classpath = f"{tools.kafka_libs}/*"
+    check_layout(nodes)
 
-    def format_storage() -> None:
-        render(INFRA / "kafka" / "server.properties.in", props, {
-            "KAFKA_PORT": str(ports.kafka), "CONTROLLER_PORT": str(ports.kafka_controller),
-            "DATA_DIR": str(data)})
-        if (data / "meta.properties").exists():
+    def props(node: KafkaNode) -> Path:
+        return RUN / node.name / "server.properties"
+
+    def format_storage(node: KafkaNode) -> None:
+        """Render the node's config; format its storage on its first start, with the
+        cluster id of a node formatted before it (one after the other: three JVMs at once
+        took 21 s here, in turn 13 s)."""
+        values = kafka_cluster.template_values(node, nodes, replication.replicas,
+                                               replication.min_insync)
+        render(INFRA / "kafka" / "server.properties.in", props(node), values)
+        if (node.data / "meta.properties").exists():
             return
-        say("kafka", "formatting KRaft storage (first start)")
-        cluster_id = subprocess.run(
-            ["java", "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
-            check=True, capture_output=True, text=True).stdout.strip()
+        say(node.name, "formatting KRaft storage (first start)")
         run(["java", "-Dkafka.log.level=WARN", log4j, "-cp", classpath,
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-             "--standalone"], stdout=subprocess.DEVNULL)
+             "kafka.tools.StorageTool", "format", "-t", cluster_id(nodes), "-c", str(props(node)),
+             *kafka_cluster.format_flags(nodes)], stdout=subprocess.DEVNULL)
 
-    return Part(
-        name="kafka",
-        argv=["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-              "-Djava.awt.headless=true", log4j, "-cp", classpath, "kafka.Kafka", str(props)],
-        ready=lambda: kafka_ok(ports.kafka), before_start=format_storage,
-        after_ready=lambda: create_topics(f"127.0.0.1:{ports.kafka}"), timeout_s=120,
-        port=ports.kafka)
+    return [Part(
+        name=node.name,
+        argv=["java", *kafka_cluster.heap_flags(nodes), "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+              "-Djava.awt.headless=true", log4j, "-cp", classpath, "kafka.Kafka",
+              str(props(node))],
+        ready=lambda port=node.port: kafka_ok(port),
+        before_start=lambda node=node: format_storage(node),
+        after_ready=(lambda: create_topics(kafka_cluster.bootstrap(nodes), brokers))
+        if node is nodes[-1] else None,
+        timeout_s=120 if len(nodes) == 1 else 240, port=node.port) for node in nodes]
 
 
-def create_topics(bootstrap: str) -> None:
-    """Idempotent: creates the page-view and dead-letter topics when missing."""
+def cluster_id(nodes: list[KafkaNode]) -> str:
+    """The id every node of one cluster is formatted with: a formatted node's, else new."""
+    for node in nodes:
+        meta = node.data / "meta.properties"
+        if meta.exists():
+            for line in meta.read_text().splitlines():
+                if line.startswith("cluster.id="):
+                    return line.split("=", 1)[1].strip()
+    return kafka_cluster.new_cluster_id()
+
+
+def check_layout(nodes: list[KafkaNode]) -> None:
+    """Refuse to mix a one-node stack and a cluster: they are different clusters (a cluster
+    started over a one-node stack's data would show none of its topics)."""
+    wanted = {node.name for node in nodes}
+    other = sorted(path.name for path in [*DATA.glob("kafka"), *DATA.glob("kafka-[0-9]*")]
+                   if path.name not in wanted)
+    other += sorted(name for name in names() if name.startswith("kafka") and name not in wanted
+                    and running_pid(name) is not None)
+    if other:
+        sys.exit(f"{BROKERS_VARIABLE}={len(nodes)}, but this stack ({RUN}) has Kafka "
+                 f"{', '.join(sorted(set(other)))} from another count: run `make up` with the "
+                 f"count it was started with, or `make down` and remove {DATA}/kafka* "
+                 "(its topics' data) to change it")
+
+
+def create_topics(bootstrap: str, brokers: int = 1) -> None:
+    """Idempotent: creates the page-view and dead-letter topics when missing, replicated
+    over ``brokers`` (``contracts.topics.Replication``)."""
     run([str(ROOT / ".venv" / "bin" / "python"), str(INFRA / "topics.py"),
-         bootstrap, TOPIC, str(PARTITIONS), str(RETENTION_MS), str(RETENTION_BYTES)])
+         bootstrap, TOPIC, str(PARTITIONS), str(RETENTION_MS), str(RETENTION_BYTES),
+         str(brokers)])
 
 
 def redis_part(tools: Tools, ports: Ports) -> Part:
@@ -604,10 +691,14 @@ def nginx_part(tools: Tools, ports: Ports) -> Part:
                 before_start=write_conf, port=ports.http)
 
 
-def stack_env(ports: Ports) -> dict[str, str]:
+def stack_env(ports: Ports, brokers: int = 1) -> dict[str, str]:
+    """What services, tools and tests read (``stack.env``). ``KAFKA_BROKERS`` only when a
+    cluster runs: a one-node stack's file is as it always was."""
     return {
         "HTTP_URL": f"http://127.0.0.1:{ports.http}",
-        "KAFKA_BOOTSTRAP": EXTERNAL.get("kafka", f"127.0.0.1:{ports.kafka}"),
+        "KAFKA_BOOTSTRAP": EXTERNAL.get("kafka", kafka_cluster.bootstrap(kafka_nodes(ports,
+                                                                                   brokers))),
+        **({BROKERS_VARIABLE: str(brokers)} if brokers > 1 and "kafka" not in EXTERNAL else {}),
         "KAFKA_TOPIC": TOPIC,
         "KAFKA_DEAD_LETTER_TOPIC": f"{TOPIC}-dead-letters",
         "AGGREGATOR_GROUP": GROUP,
@@ -702,8 +793,9 @@ def read_env() -> dict[str, str]:
 def up() -> None:
     started = time.monotonic()
     ports = Ports.load()
+    brokers = kafka_brokers()
     tools = provision()
-    env_values = stack_env(ports)
+    env_values = stack_env(ports, brokers)
     RUN.mkdir(exist_ok=True)
     previous = read_env()
     if previous.get(TOKEN_VARIABLE):  # the admin token `up` created once stays recorded
@@ -712,14 +804,16 @@ def up() -> None:
     base_env = {**os.environ, **env_values, "PYTHONUNBUFFERED": "1",
                 "USER_ID_HASH_KEY": user_id_hash_key()}
     python = str(ROOT / ".venv" / "bin" / "python")
-    # Servers one by one (each needs the previous), then all services at once, then NGINX.
-    servers = [redis_part(tools, ports),
-               *([postgres_part(tools, ports)] if uses_postgres() else []),
-               ferretdb_part(tools, ports), kafka_part(tools, ports)]
-    waves = [[server] for server in servers if server.name not in EXTERNAL]
+    # Servers one by one (each needs the previous; a Kafka cluster's nodes together), then
+    # all services at once, then NGINX.
+    waves = [[redis_part(tools, ports)],
+             *([[postgres_part(tools, ports)]] if uses_postgres() else []),
+             [ferretdb_part(tools, ports)],
+             [] if "kafka" in EXTERNAL else kafka_parts(tools, ports, brokers)]
+    waves = [wave for wave in waves if wave and wave[0].name not in EXTERNAL]
     waves += [service_parts(ports, python), [nginx_part(tools, ports)]]
     if "kafka" in EXTERNAL:
-        create_topics(EXTERNAL["kafka"])
+        create_topics(EXTERNAL["kafka"], brokers)
     services = waves[-2:]
     for wave in waves[:-2]:
         start_wave(wave, base_env)
@@ -752,9 +846,11 @@ def down() -> None:
     # Front door first, then services, then the servers they depend on.
     order = ["nginx", "gateway", "query", "aggregator", "kafka", "ferretdb", "postgres", "redis"]
     for prefix in order:
-        for name in names():
-            if name.startswith(prefix) and stop(name):
-                say(name, "stopped")
+        group = [name for name in names() if name.startswith(prefix)]
+        # A Kafka cluster's nodes at once (stop_together); everything else one by one.
+        stopped = stop_together(group) if prefix == "kafka" else [n for n in group if stop(n)]
+        for name in stopped:
+            say(name, "stopped")
     for name in names():  # anything left from an older layout
         if stop(name):
             say(name, "stopped")

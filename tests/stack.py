@@ -79,6 +79,9 @@ class Stack:
     directory: Path
     port_base: int
     stats_token: str  # the admin token `infra/stack.py up` created for this stack
+    # Kafka nodes (KAFKA_BROKERS): 1 is the part `kafka`; a cluster's are `kafka-1` … `kafka-N`,
+    # and kafka_bootstrap lists every one of them.
+    kafka_brokers: int = 1
 
     @classmethod
     def from_directory(cls, directory: Path, port_base: int) -> Stack:
@@ -92,7 +95,14 @@ class Stack:
                    mongo_url=env["MONGO_URL"], redis_url=env["REDIS_URL"],
                    gateway_urls=urls("GATEWAY_URLS"), query_urls=urls("QUERY_URLS"),
                    aggregator_urls=urls("AGGREGATOR_URLS"), directory=directory,
-                   port_base=port_base, stats_token=env["STATS_TOKEN"])
+                   port_base=port_base, stats_token=env["STATS_TOKEN"],
+                   kafka_brokers=int(env.get("KAFKA_BROKERS", "1")))
+
+    def kafka_parts(self) -> list[str]:
+        """The part names of this stack's Kafka nodes (for ``stop_part``/``signal_part``)."""
+        if self.kafka_brokers == 1:
+            return ["kafka"]
+        return [f"kafka-{i}" for i in range(1, self.kafka_brokers + 1)]
 
     def auth(self) -> dict[str, str]:
         """The header that lets a test read every site's stats."""
@@ -221,11 +231,14 @@ def port_taken(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def reserve_block() -> tuple[int, int]:
+def reserve_block(take_kept: bool = True) -> tuple[int, int]:
     """A port block and the lock that holds it for this session: a stack kept by an earlier
-    session first, else the first block that no other session holds and whose ports are all
-    free. The lock lives in the system's temporary folder, so two checkouts never share one."""
-    kept = sorted(int(d.name) for d in TEST_STACKS.glob("[0-9]*") if (d / "kept").exists())
+    session first (unless ``take_kept`` is false: a test that starts servers of its own on a
+    whole block, such as tests/integration/test_kafka_cluster.py), else the first block that
+    no other session holds and whose ports are all free. The lock lives in the system's
+    temporary folder, so two checkouts never share one."""
+    kept = sorted(int(d.name) for d in TEST_STACKS.glob("[0-9]*")
+                  if (d / "kept").exists()) if take_kept else []
     for base in [*kept, *(b for b in PORT_BLOCKS if b not in kept)]:
         lock = os.open(Path(tempfile.gettempdir()) / f"pageviews-test-{base}.lock",
                        os.O_CREAT | os.O_RDWR, 0o644)

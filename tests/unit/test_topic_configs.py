@@ -46,3 +46,15 @@ def test_the_topic_script_creates_both_topics_with_the_given_bounds() -> None:
     assert [(s.name, s.partitions) for s in specs] == [("views", 3), ("views-dead-letters", 1)]
     assert specs[0].configs() == {"retention.ms": "60000", "retention.bytes": "1000000"}
     assert all(int(s.configs()["retention.bytes"]) > 0 for s in specs)
+
+
+def test_on_three_brokers_both_topics_keep_three_copies_and_acks_need_two() -> None:
+    specs = load_topics_script().topic_specs("views", 6, brokers=3)
+    assert [s.replication.replicas for s in specs] == [3, 3]
+    assert [s.configs()["min.insync.replicas"] for s in specs] == ["2", "2"]
+
+
+def test_on_one_broker_the_topics_set_no_in_sync_minimum() -> None:
+    specs = load_topics_script().topic_specs("views", 6)
+    assert [s.replication.replicas for s in specs] == [1, 1]
+    assert not any("min.insync.replicas" in s.configs() for s in specs)
