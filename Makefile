@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 
-.PHONY: help venv up down status sites tokens test test-unit test-integration lint typecheck replay \
+.PHONY: help venv up down status sites tokens test test-unit test-integration lint typecheck replay chaos \
         bench bench-ingest bench-query bench-e2e bench-aggregator bench-replay bench-fallback bench-report
 
 help:
@@ -44,6 +44,9 @@ test-unit: venv ## Unit tests only (no servers)
 lint: venv ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy contracts ingest_gateway aggregator query_api admin tests bench
+
+chaos: venv ## Faults under load on a private stack (.chaos-stack/), then the exact check; exit 1 on any loss or double count (CHAOS_SECONDS=N per phase, ARGS="--faults gateway_kill,redis_flush" or "--list", CHAOS_BROKERS=3 for the cluster fault, CHAOS_KEEP=1); JSON in bench/results
+	$(PY) -m bench.chaos $(ARGS)
 
 # Benchmarks (not part of `make test`): BENCH_SECONDS=N shortens every measurement.
 BENCH := $(PY) -m bench

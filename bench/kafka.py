@@ -105,3 +105,16 @@ class GroupLag:
     async def lag(self) -> int:
         done, end = await self.positions()
         return max(0, end - done)
+
+    async def lag_if_known(self) -> int | None:
+        """The lag, or None while the group's committed offsets are not all readable (a
+        coordinator still loading after a Kafka restart answers without them, which
+        ``lag`` would count as the whole topic)."""
+        ends = await self._consumer.end_offsets(self._partitions)
+        committed = await self._admin.list_consumer_group_offsets(self._group,
+                                                                  partitions=self._partitions)
+        offsets = [committed.get(tp) for tp in self._partitions]
+        if any(meta is None or meta.offset < 0 for meta in offsets):
+            return None
+        done = sum(int(meta.offset) for meta in offsets if meta is not None)
+        return max(0, int(sum(ends.values())) - done)
