@@ -66,27 +66,41 @@ class MongoSink:
                         raise
                     await asyncio.sleep(0.2 * (attempt + 1))  # back off, then try again
 
-    async def write(self, batch: Sequence[Located]) -> list[Located]:
-        """Store the batch; return the records that count. Per event identity (site, event
-        id) exactly one copy counts: the one stored now, or the one whose (partition, offset)
-        the stored document already names (a redo after a crash). Every other copy is a
-        client retry. The same event id under two sites is two events."""
+    async def write(self, fresh: Sequence[Located], settled: Sequence[Located] = ()
+                    ) -> list[Located]:
+        """Store the batch; return the records of ``fresh`` that count. Per event identity
+        (site, event id) exactly one copy counts: the one stored now, or the one whose
+        (partition, offset) the stored document already names (a redo after a crash). Every
+        other copy is a client retry. The same event id under two sites is two events.
+
+        ``settled`` are records at or below an offset Redis already applied: a redo after a
+        crash, or records a rebuild or replay read before live counting did (it switched the
+        site to a generation whose offsets are ahead). They are stored too, since only live
+        counting writes raw events, and take their place as first copies, but never count
+        again and need no lookup."""
         copies: dict[str, list[Located]] = defaultdict(list)
-        for r in sorted(batch, key=lambda r: (r.partition, r.offset)):
+        for r in sorted([*fresh, *settled], key=lambda r: (r.partition, r.offset)):
             copies[r.document["_id"]].append(r)
         # One insert per id (unordered inserts of the same id twice may land either one).
         firsts = [group[0] for group in copies.values()]
         if not firsts:
             return []
         duplicate_at = await self._insert([r.document for r in firsts])
-        if not duplicate_at:
-            return firsts
-        counting = [r for i, r in enumerate(firsts) if i not in duplicate_at]
-        stored = await self._positions({firsts[i].document["_id"] for i in duplicate_at})
-        for key, position in stored.items():
+        done = {(r.partition, r.offset) for r in settled}
+        counting = [r for i, r in enumerate(firsts)
+                    if i not in duplicate_at and (r.partition, r.offset) not in done]
+        # Which copy is stored matters only where a copy may still count.
+        ask = {firsts[i].document["_id"] for i in duplicate_at}
+        if done:
+            ask = {key for key in ask
+                   if any((r.partition, r.offset) not in done for r in copies[key])}
+        if not ask:
+            return counting
+        for key, position in (await self._positions(ask)).items():
             # The stored copy may be any of the batch's copies, not only the first: an
             # earlier attempt that crashed after writing it must still have it counted.
-            counting += [r for r in copies[key] if (r.partition, r.offset) == position]
+            counting += [r for r in copies[key]
+                         if (r.partition, r.offset) == position and position not in done]
         return counting
 
     async def _insert(self, documents: list[dict[str, Any]]) -> set[int]:

@@ -5,11 +5,14 @@ Effectively-once, step by step (a crash between any two steps is safe):
 1. Decode every record and build its MongoDB document; a record that fails either way is
    poison: it goes to the dead-letter topic with the reason (and counts as done), so one
    bad record can never stop its partition or crash every group member in turn.
-2. Read the last offset applied to Redis for each (site, partition) in the batch, and drop
-   records at or below it: they were counted before a crash or a rebalance.
-3. Write the rest to MongoDB (``_id`` = (site, event id)). Duplicates whose stored (partition,
-   offset) is their own are our earlier write: they count. Others are client retries: they
-   don't, but their offsets still advance the marker.
+2. Read the last offset applied to Redis for each (site, partition) in the batch: records at
+   or below it were counted already (before a crash or a rebalance, or by a rebuild that
+   read ahead of live counting and switched the site) and are settled.
+3. Write every record to MongoDB (``_id`` = (site, event id)), settled ones too: live
+   counting is the only writer of raw events, so a record a rebuild counted first must
+   still be stored here. Of the rest, duplicates whose stored (partition, offset) is their
+   own are our earlier write: they count. Others are client retries: they don't, but their
+   offsets still advance the marker.
 4. For each site, one atomic Redis script adds the counts and stores the last offset it
    covers in each of the batch's partitions. If a stored offset shows that part was already
    applied (another aggregator after a rebalance), re-filter and apply only the rest.
@@ -105,7 +108,8 @@ def is_transient(store: str, error: BaseException) -> bool:
 class EventStore(Protocol):
     """Raw events, written once (``mongo_sink.MongoSink``)."""
 
-    async def write(self, batch: Sequence[Located]) -> list[Located]: ...
+    async def write(self, fresh: Sequence[Located], settled: Sequence[Located] = ()
+                    ) -> list[Located]: ...
 
 
 class AggregateStore(Protocol):
@@ -257,11 +261,14 @@ class Pipeline:
         site_ids = {r.event.site_id for r in located}
         sites = await self._retry("redis", lambda: self.redis.current(site_ids))
         applied = await self._retry("redis", lambda: self.redis.applied_offsets(sites.values()))
-        fresh = [r for r in located
-                 if r.offset > applied.get((r.event.site_id, r.partition), -1)]
-        self.metrics.skipped.labels("already_applied").inc(len(located) - len(fresh))
+        fresh: list[Located] = []
+        settled: list[Located] = []
+        for one in located:
+            applied_at = applied.get((one.event.site_id, one.partition), -1)
+            (fresh if one.offset > applied_at else settled).append(one)
+        self.metrics.skipped.labels("already_applied").inc(len(settled))
 
-        counting = await self._retry("mongo", lambda: self.mongo.write(fresh))
+        counting = await self._retry("mongo", lambda: self.mongo.write(fresh, settled))
         self.metrics.skipped.labels("client_retry").inc(len(fresh) - len(counting))
         self.crash.maybe_crash(AFTER_MONGO, number)
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from aggregator.recovery.history import committed_offsets
 from contracts.aggregates import HOUR, RANKING, VIEWS, Scope
 from contracts.event import PageView
 from contracts.keys import intact_key, rebuild_lock_key
-from contracts.mongo import event_document
+from contracts.mongo import event_document, event_id_of
 from contracts.settings import Retention
 from contracts.timebuckets import HOUR_MS
 from tests.aggregator_harness import produce_events
@@ -290,6 +290,44 @@ async def test_replay_while_events_keep_arriving_counts_every_event_exactly_once
     await assert_redis_matches(redis, site_id, expected)
     leftovers = [k async for k in redis.scan_iter(match=before.generation_match(), count=1000)]
     assert leftovers == []  # the old generation is deleted
+
+
+@contextlib.contextmanager
+def aggregators_frozen(stack: Stack) -> Iterator[None]:
+    """Every aggregator of the stack stopped (SIGSTOP) for the block, then continued."""
+    names = [f"aggregator-{i + 1}" for i in range(len(stack.aggregator_urls))]
+    for name in names:
+        stack.signal_part(name, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for name in names:
+            stack.signal_part(name, signal.SIGCONT)
+
+
+async def test_a_replay_that_read_ahead_of_live_counting_loses_no_raw_event(
+        stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
+        mongo_events: AsyncCollection[dict[str, Any]], rng: random.Random) -> None:
+    """The replay counts events live counting has not read yet and switches the site to a
+    generation whose applied offsets are ahead; live counting then skips them in Redis, but
+    must still store every one of them in MongoDB (it is the raw events' only writer)."""
+    sent = await post_counted(stack, http, redis, make_events(site_id, 300, rng))
+    with aggregators_frozen(stack):
+        ahead = make_events(site_id, 700, rng)
+        await post(http, stack, ahead + ahead[:20])  # and client retries of some of them
+        status, summary, err = await replay(stack, "--site", site_id)
+    assert status == 0, err
+    assert summary["counted"] == 1000
+    sent += ahead
+
+    async def all_stored() -> bool:
+        return await mongo_events.count_documents({"site_id": site_id}) == len(sent)
+    await eventually(all_stored, timeout_s=120, interval_s=0.5,
+                     message=f"all {len(sent)} raw events of {site_id} in MongoDB")
+    stored = {event_id_of(doc["_id"]) async for doc in mongo_events.find(
+        {"site_id": site_id}, {"_id": 1})}
+    assert stored == {e.event_id for e in sent}
+    await assert_redis_matches(redis, site_id, recount(sent))
 
 
 async def test_a_replay_killed_midway_changes_nothing_and_can_run_again(

@@ -208,8 +208,9 @@ async def test_counts_do_not_depend_on_batch_size(batch: int) -> None:
 
 async def test_a_generation_switch_mid_stream_moves_counting_to_the_new_generation() -> None:
     """A rebuild filled generation "r1" up to offset 5 and switched: the next batch goes there,
-    and what "r1" already holds is not added again."""
-    pipeline, source, _, redis, _ = make([record(i, f"e{i}") for i in range(10)])
+    and what "r1" already holds is not added again, but still stored raw in MongoDB (live
+    counting is its only writer)."""
+    pipeline, source, mongo, redis, _ = make([record(i, f"e{i}") for i in range(10)])
     await pipeline.process(await source.poll(3, 0))  # offsets 0..2 into generation 0
     rebuilt = SiteKeys("s", "r1")
     redis.counters[rebuilt.key(VIEWS, ALL_TIME)] = 6
@@ -218,6 +219,18 @@ async def test_a_generation_switch_mid_stream_moves_counting_to_the_new_generati
     await drain(pipeline, source)
     assert redis.counters[rebuilt.key(VIEWS, ALL_TIME)] == 10
     assert views(redis) == 3  # the old generation stopped at the switch
+    assert sorted(doc["offset"] for doc in mongo.docs.values()) == list(range(10))
+
+
+async def test_a_settled_copy_is_stored_first_and_a_later_retry_of_it_does_not_count() -> None:
+    """A rebuild counted p0:3 (settled); live counting then meets it with its client retry
+    p0:7 in one batch: p0:3 is the stored copy, and nothing counts (p0:3 already did)."""
+    settled, retry = decode_all([record(3, "same")])[0], decode_all([record(7, "same")])[0]
+    collection = FakeEventCollection()
+    assert await collection.sink().write(retry, settled) == []
+    assert collection.positions() == {event_key("s", "same"): (0, 3)}
+    # Redone after a crash, the same batch finds p0:3 stored: still nothing counts.
+    assert await collection.sink().write(retry, settled) == []
 
 
 async def test_a_switch_between_reading_the_pointer_and_applying_is_caught() -> None:
