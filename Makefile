@@ -45,7 +45,7 @@ lint: venv ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy contracts ingest_gateway aggregator query_api admin tests bench
 
-chaos: venv ## Faults under load on a private stack (.chaos-stack/), then the exact check; exit 1 on any loss or double count (CHAOS_SECONDS=N per phase, ARGS="--faults gateway_kill,redis_flush" or "--list", CHAOS_BROKERS=3 for the cluster fault, CHAOS_KEEP=1); JSON in bench/results
+chaos: venv ## Faults under load on a private stack (.chaos-stack/), then the exact check; exit 1 on any loss or double count (CHAOS_SECONDS=N per phase, ARGS="--faults gateway_kill,redis_flush" or "--list", CHAOS_BROKERS=1 for a single broker (default 3, every fault), CHAOS_KEEP=1); JSON in bench/results
 	$(PY) -m bench.chaos $(ARGS)
 
 # Benchmarks (not part of `make test`): BENCH_SECONDS=N shortens every measurement.

@@ -25,6 +25,11 @@ class Outcome(Enum):
 
 
 NO_ANSWER = ("connection_error", "timeout")  # labels of attempts that got no status
+# A request sent on a kept-alive connection the server closed meanwhile (an NGINX worker
+# retiring at a reload closes its idle connections): no byte of an answer came back, so an
+# HTTP client sends it again at once on a new connection (RFC 9112, 9.3.1; safe here since
+# the body carries its event ids). Tallied, not counted as a retry.
+STALE_CONNECTION = "stale_connection"
 
 
 def classify(label: str) -> Outcome:
@@ -128,6 +133,11 @@ class Ledger:
             phase = record.phase
         if phase is not None:
             self.tallies[phase].requests += 1
+
+    def reconnected(self, records: list[EventRecord], phase: str | None = None) -> None:
+        """A send lost on a stale kept-alive connection (``STALE_CONNECTION``), about to be
+        sent again at once on a new one."""
+        self.tallies[phase or records[0].phase].answers[STALE_CONNECTION] += 1
 
     def answered(self, records: list[EventRecord], label: str, attempt: int,
                  phase: str | None = None) -> Outcome:

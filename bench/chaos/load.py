@@ -10,10 +10,12 @@ first sent in (``page_of``), so each phase can be counted on its own.
 
 The client retries what the README says to retry: on 429, 503, a connection error or a
 timeout it sends the same body again (same event ids) after ``Retry-After`` (capped) or an
-exponential backoff; another 5xx is retried too but recorded as an error; any other 4xx is
-final (the load is valid, so the run fails). Every attempt goes to the ``Ledger``. At the end
-(``drain``) nothing new is sent and what is pending is retried until acknowledged or a
-deadline; whatever is still unanswered then stays ambiguous in the ledger, never dropped.
+exponential backoff; a send lost on a kept-alive connection the server had closed goes
+again at once on a new connection, as HTTP clients do (``ledger.STALE_CONNECTION``);
+another 5xx is retried too but recorded as an error; any other 4xx is final (the load is
+valid, so the run fails). Every attempt goes to the ``Ledger``. At the end (``drain``)
+nothing new is sent and what is pending is retried until acknowledged or a deadline;
+whatever is still unanswered then stays ambiguous in the ledger, never dropped.
 """
 
 from __future__ import annotations
@@ -23,11 +25,25 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import aiohttp
 import orjson
 
 from bench.chaos.ledger import NO_ANSWER, EventRecord, Ledger, Outcome, backoff_s
+
+
+class _Reuse:
+    """Per send: whether aiohttp took a pooled connection for it (``trace_request_ctx``)."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_reuse(session: object, context: SimpleNamespace, params: object) -> None:
+    context.trace_request_ctx.reused = True
 
 PAGES_PER_PHASE = 4
 VISITORS_PER_SITE = 40
@@ -82,9 +98,16 @@ class ChaosLoad:
     async def start(self) -> None:
         if not self._phase:
             raise RuntimeError("set_phase before start")
-        connector = aiohttp.TCPConnector(limit=CONNECTIONS)
-        self._http = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
+        self.open()
         self._scheduler = asyncio.create_task(self._schedule())
+
+    def open(self) -> None:
+        """The client's connection pool; ``start`` opens it (and ``drain`` closes it)."""
+        connector = aiohttp.TCPConnector(limit=CONNECTIONS)
+        reuse = aiohttp.TraceConfig()
+        reuse.on_connection_reuseconn.append(_on_reuse)
+        self._http = aiohttp.ClientSession(timeout=self._timeout, connector=connector,
+                                           trace_configs=[reuse])
 
     async def drain(self, timeout_s: float) -> None:
         """Stop creating events; retry the pending ones until each is answered for good or
@@ -117,7 +140,7 @@ class ChaosLoad:
             records, path = self._next_request()
             created += len(records)
             self._ledger.add(records)
-            task = asyncio.create_task(self._send(records, path))
+            task = asyncio.create_task(self.send(records, path))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
@@ -141,22 +164,29 @@ class ChaosLoad:
                    "user_id": r.user, "ts": r.ts} for r in records]
         return orjson.dumps(events[0] if path == "/track" else events)
 
-    async def _send(self, records: list[EventRecord], path: str) -> None:
+    async def send(self, records: list[EventRecord], path: str) -> None:
+        """One request, sent until answered for good (or given up at the end of a drain)."""
         assert self._http is not None
         body = self._body(records, path)
         headers = {"Content-Type": "application/json"}
         attempt = 0
         while True:
             retry_after = None
+            sent_on = _Reuse()
+            status: int | None = None
             try:
-                async with self._http.post(self._url + path, data=body,
-                                           headers=headers) as response:
+                async with self._http.post(self._url + path, data=body, headers=headers,
+                                           trace_request_ctx=sent_on) as response:
+                    status = response.status
                     await response.read()
-                    label = str(response.status)
+                    label = str(status)
                     retry_after = response.headers.get("Retry-After")
             except TimeoutError:  # aiohttp's read timeout is one too
                 label = NO_ANSWER[1]
             except (aiohttp.ClientError, OSError):
+                if sent_on.reused and status is None and not self._give_up.is_set():
+                    self._ledger.reconnected(records, self._phase)
+                    continue
                 label = NO_ANSWER[0]
             outcome = self._ledger.answered(records, label, attempt, self._phase)
             if outcome in (Outcome.ACKED, Outcome.REFUSED) or self._give_up.is_set():

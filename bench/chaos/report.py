@@ -17,7 +17,8 @@ from bench.chaos.runner import ChaosRun, verdicts
 
 HEADERS = ("phase", "sent", "acked", "counted", "lost", "double", "ambiguous", "retries",
            "answers other than 202", "errors", "recover s", "lag steady/peak", "lag back s")
-ANSWER_NAMES = {"connection_error": "conn", "timeout": "timeout"}
+ANSWER_NAMES = {"connection_error": "conn", "timeout": "timeout",
+                "stale_connection": "resent on a new connection"}
 
 
 def as_json(run: ChaosRun, machine: Mapping[str, Any], versions: Mapping[str, str]

@@ -3,12 +3,14 @@ arithmetic, the lag figures, and the table."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
 
 from bench.chaos.exact import HllTruth, RedisSite, check, to_count
 from bench.chaos.ledger import EventRecord, Ledger, Outcome, backoff_s, classify
+from bench.chaos.load import ChaosLoad
 from bench.chaos.report import rows
 from bench.chaos.settings import ChaosSettingsError, parse_faults
 from bench.chaos.timeline import lag_figures
@@ -203,3 +205,65 @@ def test_an_answer_is_tallied_in_the_phase_it_arrived_in() -> None:
     base, fault = ledger.summary()
     assert (base.sent, base.acked, base.answers) == (1, 1, {})
     assert (fault.sent, fault.retries, fault.answers) == (0, 1, {"202": 1, "503": 1})
+
+
+# ------------------------------------------------------------------ stale keep-alive
+
+class ClosingServer:
+    """A raw HTTP/1.1 server on loopback: answers 202 and keeps the connection alive, but
+    closes a kept-alive connection when its second request arrives, before answering (what an
+    NGINX worker retiring at a reload does to a request racing its close)."""
+
+    def __init__(self, close_fresh_too: bool = False) -> None:
+        self.requests = 0
+        self._close_fresh = close_fresh_too
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            await reader.readexactly(length)
+            self.requests += 1
+            if served == 1 or self._close_fresh:
+                self._close_fresh = False
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            served += 1
+
+
+async def send_twice(server: ClosingServer) -> Ledger:
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    ledger = Ledger()
+    load = ChaosLoad(f"http://127.0.0.1:{port}", ["s"], ledger, rate=1.0, seed=1)
+    load.set_phase("reload")
+    load.open()
+    try:
+        for n in (1, 2):
+            records = [event(n, "reload", None)]
+            ledger.add(records)
+            await load.send(records, "/track")
+    finally:
+        await load.drain(0)
+        listener.close()
+    return ledger
+
+
+async def test_a_send_lost_on_a_stale_kept_alive_connection_goes_again_at_once() -> None:
+    server = ClosingServer()
+    ledger = await send_twice(server)
+    [phase] = ledger.summary()
+    assert server.requests == 3  # the second send was resent on a new connection
+    assert (phase.acked, phase.retries, phase.answers) == (2, 0, {
+        "202": 2, "stale_connection": 1})
+
+
+async def test_a_fresh_connection_closed_without_an_answer_is_a_retried_connection_error() -> None:
+    ledger = await send_twice(ClosingServer(close_fresh_too=True))
+    [phase] = ledger.summary()
+    assert phase.acked == 2 and phase.retries >= 1
+    assert phase.answers["connection_error"] == 1
