@@ -118,7 +118,11 @@ async def aiohttp_trivial(s: BenchSettings, run: Run) -> None:
 
 def kafka_libs(s: BenchSettings) -> Path | None:
     """The newest cached Kafka distribution's libs (the one ``make up`` runs)."""
-    jars = sorted(s.cache_dir.glob("kafka-*/libs/kafka-tools-*.jar"),
+    return newest_kafka_libs(s.cache_dir)
+
+
+def newest_kafka_libs(cache_dir: Path) -> Path | None:
+    jars = sorted(cache_dir.glob("kafka-*/libs/kafka-tools-*.jar"),
                   key=lambda p: p.stat().st_mtime)
     return jars[-1].parent if jars else None
 

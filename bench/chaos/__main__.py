@@ -14,13 +14,18 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 from bench.chaos import private_stack, report
 from bench.chaos.faults import CATALOGUE
 from bench.chaos.runner import Runner, verdicts
 from bench.chaos.settings import ChaosSettings, ChaosSettingsError
+from bench.limits import newest_kafka_libs
 from bench.machine import machine, versions
 from bench.progress import say
+
+# Where infra/stack.py keeps the Kafka distribution the stack runs (its version goes in the JSON).
+KAFKA_CACHE = Path(os.environ.get("PAGEVIEWS_CACHE", Path.home() / ".cache" / "pageviews"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         private_stack.stop(settings)
-    data = report.as_json(run, before, versions(None))
+    data = report.as_json(run, before, versions(newest_kafka_libs(KAFKA_CACHE)))
     path = report.save(data, settings.results_dir)
     print(f"\nChaos run {data['started_at']} ({path}), CHAOS_SECONDS={settings.seconds:g}, "
           f"{settings.rate:g} events/s, {before['cores']} cores, load average before "
