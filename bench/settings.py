@@ -39,7 +39,8 @@ def _ints(raw: str, name: str) -> tuple[int, ...]:
     return values
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def positive_number(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number from ``env[name]`` (``default`` when unset); shared with the chaos run."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -126,7 +127,7 @@ class BenchSettings:
 
         events = env.get("BENCH_AGGREGATOR_EVENTS", "").strip()
         return cls(
-            seconds=_number(env, "BENCH_SECONDS", cls.seconds),
+            seconds=positive_number(env, "BENCH_SECONDS", cls.seconds),
             http_url=env["HTTP_URL"].rstrip("/"),
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
             topic=env.get("KAFKA_TOPIC", cls.topic),
@@ -142,19 +143,19 @@ class BenchSettings:
                                      "BENCH_EVENTS_CONNECTIONS"),
             limit_connections=_ints(env.get("BENCH_LIMIT_CONNECTIONS", "64,256"),
                                     "BENCH_LIMIT_CONNECTIONS"),
-            wrk_threads=int(_number(env, "BENCH_WRK_THREADS", cls.wrk_threads)),
-            e2e_start_rate=int(_number(env, "BENCH_E2E_START_RATE", cls.e2e_start_rate)),
-            e2e_max_rate=int(_number(env, "BENCH_E2E_MAX_RATE", cls.e2e_max_rate)),
+            wrk_threads=int(positive_number(env, "BENCH_WRK_THREADS", cls.wrk_threads)),
+            e2e_start_rate=int(positive_number(env, "BENCH_E2E_START_RATE", cls.e2e_start_rate)),
+            e2e_max_rate=int(positive_number(env, "BENCH_E2E_MAX_RATE", cls.e2e_max_rate)),
             e2e_bisect_steps=_count(env, "BENCH_E2E_BISECT_STEPS", cls.e2e_bisect_steps),
-            e2e_budget_s=_number(env, "BENCH_E2E_BUDGET_S", 0.0) if env.get(
+            e2e_budget_s=positive_number(env, "BENCH_E2E_BUDGET_S", 0.0) if env.get(
                 "BENCH_E2E_BUDGET_S", "").strip() else 0.0,
-            freshness_slo_s=_number(env, "BENCH_FRESHNESS_SLO_S", cls.freshness_slo_s),
+            freshness_slo_s=positive_number(env, "BENCH_FRESHNESS_SLO_S", cls.freshness_slo_s),
             mongo_db=env.get("MONGO_DB", cls.mongo_db),
             mongo_writers=mongo_writers(env),
             aggregator_events=int(_ints(events, "BENCH_AGGREGATOR_EVENTS")[0]) if events else 0,
             bench_mongo_db=env.get("BENCH_MONGO_DB", cls.bench_mongo_db),
-            drain_timeout_s=_number(env, "BENCH_DRAIN_TIMEOUT_S", cls.drain_timeout_s),
-            exact_timeout_s=_number(env, "BENCH_EXACT_TIMEOUT_S", cls.exact_timeout_s),
+            drain_timeout_s=positive_number(env, "BENCH_DRAIN_TIMEOUT_S", cls.drain_timeout_s),
+            exact_timeout_s=positive_number(env, "BENCH_EXACT_TIMEOUT_S", cls.exact_timeout_s),
             cache_dir=Path(env.get("PAGEVIEWS_CACHE", str(cls.cache_dir))),
         )
 

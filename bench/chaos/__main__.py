@@ -19,10 +19,11 @@ from pathlib import Path
 from bench.chaos import private_stack, report
 from bench.chaos.faults import CATALOGUE
 from bench.chaos.runner import Runner, verdicts
-from bench.chaos.settings import ChaosSettings, ChaosSettingsError
+from bench.chaos.settings import ChaosSettings
 from bench.limits import newest_kafka_libs
 from bench.machine import machine, versions
 from bench.progress import say
+from bench.settings import BenchSettingsError
 
 # Where infra/stack.py keeps the Kafka distribution the stack runs (its version goes in the JSON).
 KAFKA_CACHE = Path(os.environ.get("PAGEVIEWS_CACHE", Path.home() / ".cache" / "pageviews"))
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = ChaosSettings.from_env(os.environ, args.faults)
-    except ChaosSettingsError as exc:
+    except BenchSettingsError as exc:  # ChaosSettingsError is one too
         print(exc, file=sys.stderr)
         return 2
     unrunnable = [f.name for f in CATALOGUE

@@ -20,23 +20,11 @@ from typing import Any
 
 from bench.chaos.faults import BY_NAME, CATALOGUE
 from bench.chaos.target import ROOT
+from bench.settings import BenchSettingsError, positive_number
 
 
-class ChaosSettingsError(ValueError):
+class ChaosSettingsError(BenchSettingsError):
     """A chaos variable or option is malformed."""
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ChaosSettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ChaosSettingsError(f"{name} must be positive, got {raw!r}")
-    return value
 
 
 def parse_faults(raw: str, brokers: int) -> tuple[str, ...]:
@@ -72,11 +60,11 @@ class ChaosSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, faults: str | None = None
                  ) -> ChaosSettings:
-        brokers = int(_number(env, "CHAOS_BROKERS", cls.brokers))
+        brokers = int(positive_number(env, "CHAOS_BROKERS", cls.brokers))
         seed = env.get("CHAOS_SEED", "").strip()
-        return cls(seconds=_number(env, "CHAOS_SECONDS", cls.seconds),
-                   rate=_number(env, "CHAOS_RATE", cls.rate),
-                   port_base=int(_number(env, "CHAOS_PORT_BASE", cls.port_base)),
+        return cls(seconds=positive_number(env, "CHAOS_SECONDS", cls.seconds),
+                   rate=positive_number(env, "CHAOS_RATE", cls.rate),
+                   port_base=int(positive_number(env, "CHAOS_PORT_BASE", cls.port_base)),
                    brokers=brokers,
                    keep=env.get("CHAOS_KEEP", "") in ("1", "true", "yes"),
                    faults=parse_faults(faults if faults is not None
