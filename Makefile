@@ -28,7 +28,7 @@ status: ## Which parts of the stack run
 replay: venv ## Rebuild the Redis aggregates from Kafka with no downtime (ARGS="--verify", "--site S", "--help")
 	@set -a && . .run/stack.env && set +a && $(PY) -m aggregator.recovery.replay $(ARGS)
 
-sites: venv ## The sites this stack serves (ARGS="add shop [--max-pages N] [--max-events-per-s N] [--burst N] [--origin URL]", "set shop --max-events-per-s N", "list", "remove shop")
+sites: venv ## The sites this stack serves (ARGS="add shop [--max-pages N] [--max-events-per-s N] [--burst N] [--origin URL] [--umami-website UUID]", "set shop --max-events-per-s N", "list", "remove shop")
 	@set -a && . .run/stack.env && set +a && $(PY) -m admin sites $(ARGS)
 
 tokens: venv ## Stats tokens (ARGS="add --sites shop,blog", "add --admin", "list", "revoke ID")

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from admin.store import AdminStore, UnknownSites
+from admin.store import AdminStore, UnknownSites, WebsiteTaken
 from contracts.settings import Backends
 from contracts.tenancy import (
     DEFAULT_MAX_EVENTS_PER_S,
@@ -38,6 +38,7 @@ from contracts.tenancy import (
     ORIGIN,
     Site,
     valid_site_id,
+    valid_umami_website,
 )
 
 
@@ -52,6 +53,13 @@ def _origin(value: str) -> str:
         raise argparse.ArgumentTypeError("an origin is scheme://host[:port], e.g. "
                                          "https://shop.example")
     return value
+
+
+def _umami_website(value: str) -> str:
+    if not valid_umami_website(value.lower()):
+        raise argparse.ArgumentTypeError("an Umami website id is a UUID, e.g. "
+                                         "50429a93-8479-4073-be80-d5d29c09c2ec")
+    return value.lower()
 
 
 def _at_least_one(value: str) -> int:
@@ -78,6 +86,9 @@ def _limit_options(command: argparse.ArgumentParser, defaults: bool) -> None:
     command.add_argument("--burst", type=_at_least_one, default=None,
                          help="events admitted at once after a quiet spell"
                          + default("one second of --max-events-per-s"))
+    command.add_argument("--umami-website", type=_umami_website, default=None,
+                         help="the Umami website id (UUID) whose /api/send events are this "
+                         "site's")
 
 
 def _site_list(value: str) -> list[str]:
@@ -129,15 +140,25 @@ def _print(doc: object) -> None:
 async def run(args: argparse.Namespace, store: AdminStore) -> int:
     if args.group == "sites":
         if args.action == "add":
-            _print(await store.add_site(Site(args.site, args.max_pages, tuple(args.origin),
-                                             args.max_events_per_s, args.burst)))
+            try:
+                _print(await store.add_site(Site(args.site, args.max_pages, tuple(args.origin),
+                                                 args.max_events_per_s, args.burst,
+                                                 args.umami_website)))
+            except WebsiteTaken as exc:
+                sys.exit(str(exc))
         elif args.action == "set":
-            changes = {name: value for name, value in (
+            changes: dict[str, int | str] = {name: value for name, value in (
                 ("max_pages", args.max_pages), ("max_events_per_s", args.max_events_per_s),
-                ("burst_events", args.burst)) if value is not None}
+                ("burst_events", args.burst), ("umami_website", args.umami_website))
+                if value is not None}
             if not changes:
-                sys.exit("nothing to set: give --max-pages, --max-events-per-s or --burst")
-            if (found := await store.set_site(args.site, changes)) is None:
+                sys.exit("nothing to set: give --max-pages, --max-events-per-s, --burst or "
+                         "--umami-website")
+            try:
+                found = await store.set_site(args.site, changes)
+            except WebsiteTaken as exc:
+                sys.exit(str(exc))
+            if found is None:
                 print(f"no site {args.site!r}", file=sys.stderr)
                 return 1
             _print(found)

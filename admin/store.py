@@ -7,7 +7,7 @@ and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -34,6 +34,11 @@ class UnknownSites(ValueError):
         self.sites = sites
 
 
+class WebsiteTaken(ValueError):
+    def __init__(self, website: str, site_id: str) -> None:
+        super().__init__(f"Umami website {website} is already mapped to site {site_id!r}")
+
+
 class AdminStore:
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str) -> None:
         self._client = client
@@ -48,9 +53,19 @@ class AdminStore:
     async def close(self) -> None:
         await self._client.close()
 
+    async def _check_website_free(self, site_id: str, website: object) -> None:
+        """An Umami website id names one site: WebsiteTaken when another site has it."""
+        if website is None:
+            return
+        other = await self._db[SITES].find_one({"umami_website": website,
+                                                "_id": {"$ne": site_id}})
+        if other is not None:
+            raise WebsiteTaken(str(website), str(other["_id"]))
+
     async def add_site(self, site: Site) -> dict[str, Any]:
         """Register a site, or replace the settings of a registered one (its creation time
         stays)."""
+        await self._check_website_free(site.site_id, site.umami_website)
         doc = site_document(site)
         created = doc.pop("created_at")
         await self._db[SITES].update_one({"_id": site.site_id},
@@ -61,9 +76,11 @@ class AdminStore:
         assert found is not None
         return found
 
-    async def set_site(self, site_id: str, changes: dict[str, int]) -> dict[str, Any] | None:
-        """Change some limits of a registered site (``contracts.tenancy.site_document``'s
+    async def set_site(self, site_id: str, changes: Mapping[str, int | str]
+                       ) -> dict[str, Any] | None:
+        """Change some settings of a registered site (``contracts.tenancy.site_document``'s
         field names); None when there is no such site."""
+        await self._check_website_free(site_id, changes.get("umami_website"))
         result = await self._db[SITES].update_one({"_id": site_id}, {"$set": changes})
         if result.matched_count == 0:
             return None

@@ -22,6 +22,7 @@ from pymongo.errors import ConnectionFailure
 
 from aggregator.app import create_app
 from aggregator.counting.dead_letters import KafkaDeadLetters
+from aggregator.counting.dimensions import list_versions
 from aggregator.counting.mongo_sink import MongoSink
 from aggregator.counting.pipeline import CrashHook, Pipeline
 from aggregator.counting.redis_sink import RedisSink
@@ -88,6 +89,7 @@ async def serve(settings: AggregatorSettings) -> None:
         loop.add_signal_handler(sig, stopping.set)
 
     metrics = AggregatorMetrics()
+    metrics.lists.labels(**list_versions()).set(1)  # which lists a count (a replay) used
     health = StoreHealth(metrics.store_up)
     redis = connect_redis_client(b.redis_url, timeout_s=5.0)
     mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(

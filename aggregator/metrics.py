@@ -18,6 +18,16 @@ class AggregatorMetrics(HttpMetrics):
         self.over_quota = Counter("aggregator_events_over_page_quota_total",
                                   "Events counted under the page (other) because their site "
                                   "reached its page quota (--max-pages)", ["site"], registry=r)
+        self.filtered = Counter("aggregator_events_filtered_total",
+                                "Requests acknowledged but not counted, by why (bot: the "
+                                "User-Agent is a bot, crawler or headless browser)",
+                                ["site", "reason"], registry=r)
+        self.lists = Gauge("aggregator_breakdown_lists_info", "The bot, browser and referrer "
+                           "lists the breakdowns are counted with (value 1)",
+                           ["crawlerdetect", "ua_parser_builtins", "referrers_sha256"],
+                           registry=r)
+        self.ua_cache = Gauge("aggregator_ua_cache_total", "User-Agent classifications since "
+                              "start, by whether the cache answered", ["outcome"], registry=r)
         self.registry_read_at = Gauge("aggregator_registry_read_timestamp_seconds",
                                       "When the latest successful read of the site registry "
                                       "(each site's page quota) started", registry=r)

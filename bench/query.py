@@ -83,6 +83,9 @@ def endpoints(site: str, page: str, now_ms: int) -> dict[str, str]:
         "/stats/pages/{id} 30d": f"/stats/pages/{quote(page, safe='')}?{q(period='30d')}",
         "/stats/realtime": f"/stats/realtime?{q()}",
         "/stats/compare 7d": f"/stats/compare?{q(period='7d')}",
+        "/stats/breakdown source 7d": f"/stats/breakdown?{q(dimension='source', period='7d')}",
+        "/stats/breakdown browser 30d":
+            f"/stats/breakdown?{q(dimension='browser', period='30d')}",
     }
 
 

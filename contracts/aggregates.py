@@ -7,7 +7,9 @@ added (or its resolution changed) here and nowhere else.
 Every aggregate exists for all time and for every time bucket (``Scope``) of every unit.
 A key is ``<site's generation>:<aggregate>:<scope>[:<page>]``, for example
 ``pv:{shop}:g0:views:h490000`` or ``pv:{shop}:g0:uvp:d20424:/pricing``: the page id comes
-last, so any page id (``:`` included) parses back unambiguously.
+last, so any page id (``:`` included) parses back unambiguously. The breakdown dimensions
+(``Dimension``: source, UTM, device, browser, OS, event) follow the same grammar with a
+value in the page's place (``pv:{shop}:g0:usrc:d20424:Google``).
 
 Rankings are sorted sets whose score is the *negated* view count: ``ZRANGE key 0 n-1``
 then lists pages by views descending and page id ascending (Redis orders equal scores by
@@ -62,20 +64,67 @@ OPCODES: dict[Kind, str] = {Kind.COUNTER: "i", Kind.RANKING: "z", Kind.UNIQUES: 
 OVERFLOW_PAGE = "(other)"
 
 
+@dataclass(frozen=True, slots=True, eq=False)  # one object per dimension: hashed by identity
+class Dimension:
+    """A breakdown other than pages: what its members are, and how many one site may name.
+
+    Its values come from the raw event at aggregation time (``aggregator.counting.
+    dimensions``); some are client-controlled (UTM values, event names), so each dimension
+    has a quota like pages: past ``max_values`` named members, a new value counts as
+    ``OVERFLOW_PAGE`` (``(other)``), which keeps Redis bounded."""
+
+    code: str  # in key names (``rsrc:d20424``, ``usrc:d20424:Google``)
+    api_name: str  # ``/stats/breakdown?dimension=``
+    max_values: int
+    meaning: str
+
+
+SOURCE = Dimension("src", "source", 1000, "referrer source")
+UTM_SOURCE = Dimension("uts", "utm_source", 1000, "utm_source as sent")
+UTM_MEDIUM = Dimension("utm", "utm_medium", 1000, "utm_medium as sent")
+UTM_CAMPAIGN = Dimension("utc", "utm_campaign", 1000, "utm_campaign as sent")
+DEVICE = Dimension("dev", "device", 200, "device type")
+BROWSER = Dimension("brw", "browser", 200, "browser")
+OS = Dimension("os", "os", 200, "operating system")
+EVENT = Dimension("evt", "event", 200, "named events (not page views), counted per name")
+DIMENSIONS: tuple[Dimension, ...] = (SOURCE, UTM_SOURCE, UTM_MEDIUM, UTM_CAMPAIGN, DEVICE,
+                                     BROWSER, OS, EVENT)
+DIMENSION_BY_API_NAME = {d.api_name: d for d in DIMENSIONS}
+
+
 @dataclass(frozen=True, slots=True, eq=False)  # one object per aggregate: hashed by identity
 class Aggregate:
     name: str  # in key names; unique
     kind: Kind
-    per_page: bool  # one key per page (a ranking holds pages as members instead)
+    per_page: bool  # one key per member (a ranking holds members instead): pages or values
     meaning: str
+    dimension: Dimension | None = None  # None: pages (or the site as a whole)
 
 
 VIEWS = Aggregate("views", Kind.COUNTER, False, "page views of the site")
 RANKING = Aggregate("rank", Kind.RANKING, False, "views of each page, ranked")
 VISITORS = Aggregate("uv", Kind.UNIQUES, False, "unique visitors of the site")
 PAGE_VISITORS = Aggregate("uvp", Kind.UNIQUES, True, "unique visitors of one page")
-CATALOG: tuple[Aggregate, ...] = (VIEWS, RANKING, VISITORS, PAGE_VISITORS)
+# Requests a list recognised as a bot: acknowledged upstream, counted here only as this.
+FILTERED = Aggregate("bots", Kind.COUNTER, False, "bot requests acknowledged, not counted")
+# One ranking (views per value; for ``EVENT``, events per name) and one visitors HLL per
+# value, for every dimension.
+DIMENSION_RANKINGS = {d: Aggregate("r" + d.code, Kind.RANKING, False,
+                                   f"views of each {d.meaning}, ranked", d) for d in DIMENSIONS}
+DIMENSION_VISITORS = {d: Aggregate("u" + d.code, Kind.UNIQUES, True,
+                                   f"unique visitors of one {d.meaning}", d) for d in DIMENSIONS}
+PAGE_CATALOG: tuple[Aggregate, ...] = (VIEWS, RANKING, VISITORS, PAGE_VISITORS)
+CATALOG: tuple[Aggregate, ...] = (
+    *PAGE_CATALOG, FILTERED,
+    *(a for d in DIMENSIONS for a in (DIMENSION_RANKINGS[d], DIMENSION_VISITORS[d])))
 BY_NAME = {a.name: a for a in CATALOG}
+
+
+def overflow_token(dimension: Dimension, value: str) -> str:
+    """How a dimension's value refused by its quota is named among refused pages (the apply
+    script's answer, the callers' ``overflow`` set): the code, a unit separator, the value.
+    No page id holds a control character, so the two never collide."""
+    return f"{dimension.code}\x1f{value}"
 
 
 class Scope(NamedTuple):

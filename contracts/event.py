@@ -1,8 +1,14 @@
-"""The page-view event, version 1: its validation and its wire codec.
+"""The page-view event, version 2: its validation and its wire codec.
 
 The gateway validates what clients send and encodes the result for Kafka; the aggregator
 and the replay decode it again. Validation is pure: the clock and the id factory are
 passed in, so tests control them.
+
+Version 2 adds optional fields that only the tracker formats (Plausible's Events API,
+Umami's ``/api/send``) fill: the event name, the User-Agent, the referrer, the page host, the
+UTM tags of the page URL, custom properties, and which format the event came in. Each is
+omitted from the record when None, so an event of our own ``/track`` encodes as in version 1
+except for ``v``; records of either version decode.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import orjson
 
 from contracts.aggregates import OVERFLOW_PAGE
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Record versions ``decode_event`` reads: version 1 records stay on the topic for replays.
+DECODABLE_VERSIONS = frozenset({1, 2})
 DEFAULT_SITE = "default"
 MAX_PAGE_ID = 512
 MAX_USER_ID = 128
@@ -45,10 +53,36 @@ KNOWN_FIELDS = frozenset({"page_id", "user_id", "site_id", "event_id", "ts"})
 # decodes and counts under that page, which is where the quota would put it too.
 RESERVED_PAGE_IDS = frozenset({OVERFLOW_PAGE})
 
+# Version 2's optional fields. Texts a tracker cannot help (its User-Agent, the referrer, the
+# URL's UTM tags) are cut to these lengths at the gateway (``clip_text``); the rest are refused
+# when too long. A record over any limit is undecodable.
+MAX_NAME = 120  # Plausible's own limit for event names
+MAX_USER_AGENT = 512
+MAX_REFERRER = 2000  # Plausible slices referrers to 2000 characters
+MAX_HOST = 253  # the longest DNS name
+MAX_UTM = 200
+MAX_PROPS = 30
+MAX_PROP_KEY = 300
+MAX_PROP_VALUE = 2000
+PAGEVIEW_NAME = "pageview"  # the trackers' name for a page view; stored as ``name`` None
+VIA_FORMATS = frozenset({"plausible", "umami"})
+# Text fields of version 2 with their limits, in record order.
+EXTRA_TEXT_FIELDS: tuple[tuple[str, int], ...] = (
+    ("name", MAX_NAME), ("user_agent", MAX_USER_AGENT), ("referrer", MAX_REFERRER),
+    ("host", MAX_HOST), ("utm_source", MAX_UTM), ("utm_medium", MAX_UTM),
+    ("utm_campaign", MAX_UTM))
+Props = tuple[tuple[str, str], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class PageView:
-    """A validated event; ``ts`` and ``received_at`` are epoch milliseconds (UTC)."""
+    """A validated event; ``ts`` and ``received_at`` are epoch milliseconds (UTC).
+
+    The fields after ``received_at`` (version 2) are optional and None for events of our own
+    ``/track`` and ``/events``. ``name`` None is a page view; any other name is an event that
+    is not one (Plausible's ``engagement``, custom events). ``props`` is a tuple of
+    (key, value) pairs in the order sent, so the event stays immutable and hashable.
+    """
 
     event_id: str
     site_id: str
@@ -56,6 +90,19 @@ class PageView:
     user_id: str
     ts: int
     received_at: int
+    name: str | None = None
+    user_agent: str | None = None
+    referrer: str | None = None
+    host: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    props: Props | None = None
+    via: str | None = None
+
+    @property
+    def is_pageview(self) -> bool:
+        return self.name is None
 
     @property
     def kafka_key(self) -> bytes:
@@ -218,17 +265,107 @@ def validate_batch(raws: list[object], policy: ValidationPolicy,
     return events
 
 
+def clip_text(value: object, max_len: int) -> str | None:
+    """A text a client cannot help sending long or dirty (User-Agent, referrer, UTM tags),
+    made storable: control characters removed, surrounding space trimmed, cut to ``max_len``;
+    None when nothing is left or it is not a string."""
+    if not isinstance(value, str):
+        return None
+    cleaned = CONTROL_CHARS_RE.sub("", value).strip()[:max_len]
+    return cleaned or None
+
+
+def page_host(host: object) -> str | None:
+    """A page's host as stored: lowercased, a leading ``www.`` and a port removed; None when
+    it is empty or longer than a DNS name."""
+    if not isinstance(host, str):
+        return None
+    name = CONTROL_CHARS_RE.sub("", host).strip().lower()
+    if name.startswith("[") and "]" in name:  # an IPv6 literal keeps its colons
+        name = name[:name.index("]") + 1]
+    else:
+        name = name.partition(":")[0]
+    name = name.removeprefix("www.")
+    return name if 1 <= len(name) <= MAX_HOST else None
+
+
+def extra_errors(event: PageView) -> list[FieldError]:
+    """Version 2's rules for the optional fields of a built event (the gateway's parsers build
+    events through these rules; ``decode_event`` applies them to records)."""
+    raw: dict[str, Any] = {f: getattr(event, f) for f, _ in EXTRA_TEXT_FIELDS}
+    raw["props"] = None if event.props is None else dict(event.props)
+    raw["via"] = event.via
+    errors: list[FieldError] = []
+    _check_extras(raw, errors)
+    return errors
+
+
+def _check_extras(raw: Mapping[str, Any], errors: list[FieldError]) -> dict[str, Any]:
+    """The version 2 fields of a record as ``PageView`` keyword arguments; a null field is
+    absent. Each violation is appended to ``errors``."""
+    extras: dict[str, Any] = {}
+    for field, max_len in EXTRA_TEXT_FIELDS:
+        if raw.get(field) is not None:
+            extras[field] = _check_text(raw, field, max_len, required=False, no_control=True,
+                                        errors=errors)
+    if extras.get("name") == PAGEVIEW_NAME:
+        extras["name"] = None
+    host = extras.get("host")
+    if host is not None and page_host(host) != host:
+        errors.append(FieldError("host", "must be a lowercase host without www. or a port"))
+    via = raw.get("via")
+    if via is not None:
+        if via in VIA_FORMATS:
+            extras["via"] = via
+        else:
+            errors.append(FieldError("via", f"must be one of {sorted(VIA_FORMATS)}"))
+    if raw.get("props") is not None:
+        extras["props"] = check_props(raw["props"], errors)
+    return extras
+
+
+def check_props(value: object, errors: list[FieldError]) -> Props | None:
+    """Custom properties: an object of at most 30 string keys (1-300 characters) to string
+    values (at most 2000 characters), no control characters."""
+    if not isinstance(value, dict):
+        errors.append(FieldError("props", "must be an object of strings"))
+        return None
+    if len(value) > MAX_PROPS:
+        errors.append(FieldError("props", f"must have at most {MAX_PROPS} properties"))
+        return None
+    pairs: list[tuple[str, str]] = []
+    for key, item in value.items():
+        if not (isinstance(key, str) and isinstance(item, str)
+                and 1 <= len(key) <= MAX_PROP_KEY and len(item) <= MAX_PROP_VALUE
+                and not CONTROL_CHARS_RE.search(key) and not CONTROL_CHARS_RE.search(item)):
+            errors.append(FieldError(
+                "props", f"keys must be 1 to {MAX_PROP_KEY} characters and values strings of "
+                f"at most {MAX_PROP_VALUE}, without control characters"))
+            return None
+        pairs.append((key, item))
+    return tuple(pairs)
+
+
 def encode_event(event: PageView) -> bytes:
-    """The Kafka record value."""
-    return orjson.dumps({
+    """The Kafka record value; version 2 fields only when set."""
+    record: dict[str, Any] = {
         "v": SCHEMA_VERSION, "event_id": event.event_id, "site_id": event.site_id,
         "page_id": event.page_id, "user_id": event.user_id, "ts": event.ts,
         "received_at": event.received_at,
-    })
+    }
+    for field, _ in EXTRA_TEXT_FIELDS:
+        value = getattr(event, field)
+        if value is not None:
+            record[field] = value
+    if event.props is not None:
+        record["props"] = dict(event.props)
+    if event.via is not None:
+        record["via"] = event.via
+    return orjson.dumps(record)
 
 
 class UndecodableRecord(ValueError):
-    """A Kafka record that is not a v1 event; it belongs in the dead-letter topic."""
+    """A Kafka record that is not a v1 or v2 event; it belongs in the dead-letter topic."""
 
 
 def decode_event(value: bytes | None) -> PageView:
@@ -245,20 +382,24 @@ def decode_event(value: bytes | None) -> PageView:
         raise UndecodableRecord(f"not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise UndecodableRecord("not a JSON object")
-    if raw.get("v") != SCHEMA_VERSION:
-        raise UndecodableRecord(f"unsupported schema version {raw.get('v')!r}")
+    version = raw.get("v")
+    if type(version) is not int or version not in DECODABLE_VERSIONS:
+        raise UndecodableRecord(f"unsupported schema version {version!r}")
     errors: list[FieldError] = []
     page_id, user_id, event_id, site_id = _check_ids(raw, errors, event_id_required=True,
                                                    default_site=None)
     received_at = _stored_ms(raw, "received_at", MAX_TS_MS, errors)
     latest_ts = MAX_TS_MS if received_at is None else min(MAX_TS_MS, received_at + MAX_FUTURE_MS)
     ts = _stored_ms(raw, "ts", latest_ts, errors)
+    # A version 1 record has none of version 2's fields; one that does was not written by
+    # a version 1 gateway and is checked like any other.
+    extras = _check_extras(raw, errors)
     if errors:
         raise UndecodableRecord("; ".join(f"{e.field}: {e.reason}" for e in errors))
     assert event_id and page_id and user_id and isinstance(site_id, str)
     assert ts is not None and received_at is not None
     return PageView(event_id=event_id, site_id=site_id, page_id=page_id, user_id=user_id,
-                    ts=ts, received_at=received_at)
+                    ts=ts, received_at=received_at, **extras)
 
 
 def _stored_ms(raw: Mapping[str, Any], field: str, latest: int,

@@ -107,6 +107,56 @@ ENCODINGS = (" Also accepted: `text/plain` with the same JSON (`navigator.sendBe
              "`Content-Encoding: gzip` or `deflate`. CORS: any origin by default.")
 
 
+def _tracker_post(summary: str, description: str, ok: dict[str, Any],
+                  error: dict[str, Any]) -> dict[str, Any]:
+    """A tracker format's endpoint: its answers copy the tool's own shapes."""
+    shaped = {"description": "Refused; see the description for the status.",
+              "content": {"application/json": {"schema": error}}}
+    return {"post": {
+        "summary": summary, "description": description, "security": [],
+        "operationId": summary.lower().replace(" ", "_").replace("'", ""),
+        "requestBody": {"required": True, "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"type": ["object", "array"]}}}},
+        "responses": {**ok, "400": shaped, "403": shaped, "413": shaped, "415": shaped,
+                      "429": shaped, "503": shaped}}}
+
+
+_PLAUSIBLE_ERROR = {"type": "object", "properties": {"errors": {
+    "type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}}}
+_UMAMI_ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+    "message": {"type": "string"}, "code": {"type": "string"}, "status": {"type": "integer"}}}}}
+_UMAMI_OK = {"200": {"description": "Kafka acknowledged every event.", "content": {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "accepted": {"type": "integer"},
+        "event_ids": {"type": "array", "items": {"type": "string"}}}}}}}}
+TRACKERS = (" The visitor is derived without cookies (a keyed hash of site, client address and "
+            "User-Agent under a salt that rotates daily) unless the tracker sends its own id.")
+
+
+def tracker_paths() -> dict[str, Any]:
+    """Plausible's Events API and Umami's collection endpoints, for their official trackers."""
+    return {
+        "/api/event": _tracker_post(
+            "Plausible event", "Plausible's Events API (`@plausible-analytics/tracker` with "
+            "`endpoint`, `plausible-tracker` with `apiHost`): `domain` names the site (a comma "
+            "list: several), `url` the page; `name` `pageview` is a page view, any other name "
+            "an event counted per name. 202 `ok`; refusals `{\"errors\": {field: [message]}}`."
+            + TRACKERS, {"202": {"description": "Kafka acknowledged the event(s): `ok`."}},
+            _PLAUSIBLE_ERROR),
+        "/api/send": _tracker_post(
+            "Umami send", "Umami's `{type, payload}` (`script.js` with `data-host-url`, "
+            "`@umami/node` with `hostUrl`); the payload's `website` must be registered with "
+            "`make sites ARGS=\"set SITE --umami-website UUID\"` (else 400 `Website not "
+            "found.`). `identify`, `performance` and `engagement` are answered and not stored."
+            + TRACKERS, _UMAMI_OK, _UMAMI_ERROR),
+        "/api/batch": _tracker_post(
+            "Umami batch", "A JSON array of up to 1000 `/api/send` bodies; invalid elements "
+            "are listed in `details` by index, the valid ones are stored." + TRACKERS,
+            _UMAMI_OK, _UMAMI_ERROR),
+    }
+
+
 def ingest_paths() -> dict[str, Any]:
     return {
         "/track": _post("Track", "One page view. Answered after Kafka acknowledged it."
@@ -126,7 +176,7 @@ def ingest_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "pageviews ingest gateway", "version": "1",
                  "description": "Page views in, acknowledged by Kafka before the answer."},
-        "paths": {**ingest_paths(),
+        "paths": {**ingest_paths(), **tracker_paths(),
                   "/healthz": {"get": {"summary": "Liveness", **probe}},
                   "/readyz": {"get": {"summary": "Readiness: the Kafka producer is "
                                                  "connected (503 otherwise)", "security": [],

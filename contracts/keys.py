@@ -18,7 +18,7 @@ PREFIX = "pv"
 # written in another layout is not intact (``intact_key`` names the version): the
 # aggregators rebuild it into this layout, as after a loss, and meanwhile the query API
 # answers from MongoDB. Raise it whenever the catalog changes what a key holds.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3  # 3: breakdown dimensions and the bots counter (issue 17)
 REALTIME_WINDOW_MINUTES = 5  # "visitors right now": the last five minute buckets
 DEFAULT_GENERATION = "0"
 
@@ -43,6 +43,12 @@ def intact_key(layout: int = LAYOUT_VERSION) -> str:
 def build_marker_key(generation: str) -> str:
     """Exists while a rebuild fills ``generation``: gone means Redis lost it midway."""
     return f"{_META}:building:{generation}"
+
+
+def salt_key(day: int) -> str:
+    """The gateways' shared random salt for cookieless visitor ids of one UTC day (days since
+    the epoch); it expires 48 h after its day starts (``ingest_gateway.visitor``)."""
+    return f"{_META}:salt:d{day}"
 
 
 def rebuild_lock_key() -> str:

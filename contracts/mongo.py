@@ -21,7 +21,7 @@ from typing import Any
 from bson import DatetimeMS
 
 from contracts.aggregates import UNITS
-from contracts.event import PageView
+from contracts.event import EXTRA_TEXT_FIELDS, PageView
 
 DATABASE = "pageviews"
 EVENTS = "events"
@@ -56,7 +56,7 @@ def event_document(event: PageView, partition: int, offset: int) -> dict[str, An
     for ms in (event.ts, event.received_at):
         if not _MIN_MS <= ms <= _MAX_MS:
             raise ValueError(f"{ms} ms since the epoch is beyond year 1..9999")
-    return {
+    document: dict[str, Any] = {
         "_id": event_key(event.site_id, event.event_id), "site_id": event.site_id,
         "page_id": event.page_id,
         # BSON dates straight from epoch ms: no datetime object built per field and event
@@ -66,3 +66,13 @@ def event_document(event: PageView, partition: int, offset: int) -> dict[str, An
         **{unit.mongo_field: unit.bucket_of(event.ts) for unit in UNITS},
         "partition": partition, "offset": offset,
     }
+    # Version 2's fields only when set, so an event of our own formats is stored as before.
+    for field, _ in EXTRA_TEXT_FIELDS:
+        value = getattr(event, field)
+        if value is not None:
+            document[field] = value
+    if event.props is not None:
+        document["props"] = dict(event.props)
+    if event.via is not None:
+        document["via"] = event.via
+    return document

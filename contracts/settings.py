@@ -7,6 +7,7 @@ start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -136,6 +137,9 @@ class GatewaySettings:
     # HMAC key for pseudonymising user_id before Kafka (contracts.privacy); "" = off.
     user_id_hash_key: str = field(default="", repr=False)
     log_level: str = "INFO"
+    # Direct peers whose X-Real-IP names the client (NGINX): addresses or CIDR networks.
+    # Anyone else's header is ignored and the peer itself is the client.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -158,7 +162,19 @@ class GatewaySettings:
                 "KAFKA_COMPRESSION", "none", ("none", "gzip", "snappy", "lz4", "zstd"))),
             user_id_hash_key=environ.get("USER_ID_HASH_KEY", "").strip(),
             log_level=env.text("LOG_LEVEL", cls.log_level).upper(),
+            trusted_proxies=_networks(env.items("TRUSTED_PROXIES")) or cls.trusted_proxies,
         )
+
+
+def _networks(items: tuple[str, ...]) -> tuple[str, ...]:
+    """TRUSTED_PROXIES items, each an address or a CIDR network."""
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(f"TRUSTED_PROXIES: {item!r} is not an address or a "
+                                "network") from None
+    return items
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ Two MongoDB collections in the events database hold the facts, managed with
   (``max_pages``), its ingestion rate limit (``max_events_per_s`` and ``burst_events``, a
   token bucket in each gateway process: ``ingest_gateway.site_limits``) and the origins its
   pages are served from (``origins``). Unknown sites are refused by every gateway (403
-  ``site_not_allowed``).
+  ``site_not_allowed``). A site fed by Umami's tracker names its Umami website id
+  (``umami_website``, a lowercase UUID, unique across sites): Umami's ``/api/send`` names
+  the website, not the site.
 - ``tokens``: one document per stats token, ``_id`` = a short random id that names it in
   ``list`` and ``revoke``, ``sha256`` = the hex SHA-256 of the token (the token itself is
   never stored: it is printed once, when created), and either ``admin: true`` (every site)
@@ -25,7 +27,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +43,7 @@ DEFAULT_MAX_PAGES = 10_000  # distinct page ids a site may count (enforced elsew
 DEFAULT_MAX_EVENTS_PER_S = 20_000
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 TOKEN_BYTES = 32  # 256 random bits, URL-safe base64: 43 characters
+UMAMI_WEBSITE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class Site:
     origins: tuple[str, ...] = ()
     max_events_per_s: int = DEFAULT_MAX_EVENTS_PER_S
     burst_events: int | None = None  # None: one second's worth of max_events_per_s
+    umami_website: str | None = None  # Umami's website id (lowercase UUID) for this site
 
     @property
     def burst(self) -> int:
@@ -76,9 +80,24 @@ class Registry:
 
     sites: Mapping[str, Site]
     grants: Mapping[str, Grant]  # by the token's SHA-256 hex digest
+    # Site ids by Umami website id, built once per snapshot (a per-request scan would cost
+    # O(sites)). When two documents claim one website the first site id in order wins.
+    _umami: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        umami: dict[str, str] = {}
+        for site_id in sorted(self.sites):
+            website = self.sites[site_id].umami_website
+            if website is not None:
+                umami.setdefault(website, site_id)
+        object.__setattr__(self, "_umami", umami)
 
     def serves(self, site_id: str) -> bool:
         return site_id in self.sites
+
+    def site_of_umami(self, website: str) -> str | None:
+        """The site an Umami website id is mapped to; the id is matched in lowercase."""
+        return self._umami.get(website.lower()) if isinstance(website, str) else None
 
     def grant_for(self, token: bytes) -> Grant | None:
         """The grant of a presented token, or None. The token is hashed and its digest
@@ -112,10 +131,14 @@ def valid_site_id(site_id: str) -> bool:
     return SITE_ID_RE.fullmatch(site_id) is not None
 
 
+def valid_umami_website(website: str) -> bool:
+    return UMAMI_WEBSITE.fullmatch(website) is not None
+
+
 def site_document(site: Site, now: datetime | None = None) -> dict[str, Any]:
     return {"_id": site.site_id, "max_pages": site.max_pages, "origins": list(site.origins),
             "max_events_per_s": site.max_events_per_s, "burst_events": site.burst_events,
-            "created_at": now or datetime.now(UTC)}
+            "umami_website": site.umami_website, "created_at": now or datetime.now(UTC)}
 
 
 def _positive(value: Any) -> int | None:
@@ -142,10 +165,13 @@ def site_of(doc: Mapping[str, Any]) -> Site | None:
         return None
     if not isinstance(max_pages, int) or max_pages < 1:
         max_pages = DEFAULT_MAX_PAGES
+    website = doc.get("umami_website")
     return Site(site_id, max_pages, tuple(o for o in origins if isinstance(o, str)),
                 max_events_per_s=_positive(doc.get("max_events_per_s"))
                 or DEFAULT_MAX_EVENTS_PER_S,
-                burst_events=_positive(doc.get("burst_events")))
+                burst_events=_positive(doc.get("burst_events")),
+                umami_website=website.lower() if isinstance(website, str)
+                and valid_umami_website(website.lower()) else None)
 
 
 def grant_of(doc: Mapping[str, Any]) -> tuple[str, Grant] | None:

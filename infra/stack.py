@@ -57,7 +57,9 @@ PIDS, LOGS, DATA = RUN / "pids", RUN / "logs", RUN / "data"
 CACHE = Path(os.environ.get("PAGEVIEWS_CACHE", Path.home() / ".cache" / "pageviews"))
 APT_PACKAGES = {"redis-server": "redis-server", "nginx": "nginx-light",
                 "redis-benchmark": "redis-tools", "wrk": "wrk",
-                "chromium": "chromium"}  # the dashboard's browser test (tests/e2e)
+                "chromium": "chromium",  # the browser tests (tests/e2e: dashboard, trackers)
+                # the real tracker clients' test (tests/e2e/test_tracker_clients.py)
+                "node": "nodejs", "npm": "npm"}
 # FerretDB's storage: "postgresql" (default: 2-4x SQLite's insert rate with several writers,
 # and indexes its pushed-down filters use) or "sqlite" (no PostgreSQL process).
 MONGO_BACKEND = os.environ.get("MONGO_BACKEND", "postgresql")

@@ -32,6 +32,13 @@ class GatewayMetrics(HttpMetrics):
             "ack or to giving up, by outcome (ok, timeout, error)", ["outcome"],
             registry=self.registry,
             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 5))
+        self.tracker_events = Counter(
+            "tracker_events_accepted_total", "Events of the tracker formats acknowledged by "
+            "Kafka, by format (plausible, umami)", ["via"], registry=self.registry)
+        self.salt_fetch = Counter(
+            "salt_unavailable_total", "Requests answered 503 because today's salt for "
+            "cookieless visitor ids was neither cached nor readable from Redis",
+            registry=self.registry)
         self.events_in_flight = Gauge(
             "events_in_flight", "Events handed to the Kafka producer and not yet resolved "
             "(read from the publisher at scrape time)", registry=self.registry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from contracts.aggregates import Dimension
 from query_api.ranges import TimeRange
 
 
@@ -65,4 +66,19 @@ class StatsReader(Protocol):
                      page_id: str | None) -> list[Totals]:
         """Views and unique visitors per slot (the interval's buckets, clipped to the range),
         in the order of ``slots``."""
+        ...
+
+    async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                             offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        """``ranked_pages`` for a breakdown dimension's values (for ``event``: events per
+        name)."""
+        ...
+
+    async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                             values: list[str]) -> dict[str, int]:
+        """Unique visitors of each given value of the dimension over the range."""
+        ...
+
+    async def filtered(self, site_id: str, rng: TimeRange) -> int:
+        """Bot requests acknowledged but not counted, over the range."""
         ...

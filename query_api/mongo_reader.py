@@ -20,7 +20,19 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from contracts.aggregates import MINUTE, UNIT_BY_INTERVAL
+from contracts.aggregates import (
+    BROWSER,
+    DEVICE,
+    EVENT,
+    MINUTE,
+    OS,
+    SOURCE,
+    UNIT_BY_INTERVAL,
+    UTM_CAMPAIGN,
+    UTM_MEDIUM,
+    UTM_SOURCE,
+    Dimension,
+)
 from query_api.model import Totals
 from query_api.ranges import TimeRange
 
@@ -51,10 +63,17 @@ def pieces_of(pages: list[str], max_bytes: int = MAX_IN_BYTES) -> list[list[str]
     return out
 
 
+# Page views only: not a named event (``engagement``, custom events), not a bot (the
+# aggregator stores ``dims.bot`` with the raw event; ``aggregator.counting.dimensions``).
+PAGE_VIEWS_ONLY: dict[str, Any] = {"name": {"$exists": False}, "dims.bot": {"$ne": True}}
+
+
 def match_stage(site_id: str, rng: TimeRange, page_id: str | None = None,
-                pages: list[str] | None = None) -> dict[str, Any]:
-    """The ``$match`` of every query: the site, the range as whole epoch minutes, a page."""
-    query: dict[str, Any] = {"site_id": site_id}
+                pages: list[str] | None = None, only: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """The ``$match`` of every query: the site, the range as whole epoch minutes, a page;
+    page views only unless ``only`` says which events instead."""
+    query: dict[str, Any] = {"site_id": site_id, **(PAGE_VIEWS_ONLY if only is None else only)}
     if rng.bounded:
         start, end = rng.bounds()
         query["minute"] = {"$gte": start // MINUTE_MS, "$lt": end // MINUTE_MS}
@@ -134,3 +153,52 @@ class MongoReader:
                                               self._grouped([match, *distinct_users_by(field)]))
         numbers = [unit.bucket_of(slot.bounds()[0]) for slot in slots]
         return [Totals(views.get(n, 0), uniques.get(n, 0)) for n in numbers]
+
+    # -- breakdowns (``query_api.redis_breakdowns`` answers the same from Redis) ---------
+
+    async def _by_member(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                         distinct: bool) -> dict[str, int]:
+        field, only, missing = _BREAKDOWN_FIELDS[dimension]
+        grouped = await self._grouped([match_stage(site_id, rng, only=only),
+                                       *(distinct_users_by(field) if distinct
+                                         else count_by(field))])
+        out: dict[str, int] = {}
+        for value, n in grouped.items():
+            name = missing if value is None else str(value)
+            if name is not None and name != SELF_REFERRAL:
+                out[name] = out.get(name, 0) + n
+        return out
+
+    async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                             offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        views = await self._by_member(site_id, rng, dimension, distinct=False)
+        ranked = sorted(((v, n) for v, n in views.items() if n > 0),
+                        key=lambda vn: (-vn[1], vn[0]))
+        return len(ranked), ranked[offset:offset + limit]
+
+    async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                             values: list[str]) -> dict[str, int]:
+        uniques = await self._by_member(site_id, rng, dimension, distinct=True)
+        return {v: uniques.get(v, 0) for v in values}
+
+    async def filtered(self, site_id: str, rng: TimeRange) -> int:
+        grouped = await self._grouped([match_stage(site_id, rng, only={"dims.bot": True}),
+                                       *count_by("")])
+        return sum(grouped.values())
+
+
+SELF_REFERRAL = "(self)"  # ``aggregator.counting.dimensions.SELF_REFERRAL``: not counted
+_NAMED = {"name": {"$exists": True}, "dims.bot": {"$ne": True}}
+# Per dimension: the field grouped on, which events count (None: page views), and the value
+# of an event without the field (None: not counted). An event stored without ``dims`` had no
+# User-Agent and no referrer: (direct), (unknown).
+_BREAKDOWN_FIELDS: dict[Dimension, tuple[str, dict[str, Any] | None, str | None]] = {
+    SOURCE: ("dims.src", None, "(direct)"),
+    UTM_SOURCE: ("utm_source", None, None),
+    UTM_MEDIUM: ("utm_medium", None, None),
+    UTM_CAMPAIGN: ("utm_campaign", None, None),
+    DEVICE: ("dims.dev", None, "(unknown)"),
+    BROWSER: ("dims.brw", None, "(unknown)"),
+    OS: ("dims.os", None, "(unknown)"),
+    EVENT: ("name", _NAMED, None),
+}

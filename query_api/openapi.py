@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from contracts.aggregates import DIMENSION_BY_API_NAME
 from contracts.ingest_openapi import INGEST_SCHEMAS, ingest_paths
 from query_api.auth import UNSCOPED_PATHS
 from query_api.params import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
@@ -65,9 +66,14 @@ PARAMETERS: dict[str, dict[str, Any]] = {
                        "buckets)."),
     "by": _param("by", {"type": "string", "enum": ["views", "unique_visitors"],
                         "default": "views"}, "What ranks the pages."),
+    "dimension": {**_param("dimension", {"type": "string",
+                                         "enum": list(DIMENSION_BY_API_NAME)},
+                           "What to break the range down by: referrer `source`, the UTM tags "
+                           "as sent, `device` type, `browser`, `os`, or named `event`s.",
+                           required=True)},
 }
-PARAM_ORDER = ("site_id", "period", "from", "to", "page_id", "interval", "by", "limit",
-               "offset", "compare", "format")
+PARAM_ORDER = ("site_id", "dimension", "period", "from", "to", "page_id", "interval", "by",
+               "limit", "offset", "compare", "format")
 
 
 def _obj(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -95,7 +101,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Page": PAGE,
     "Change": CHANGE,
     "Stats": _obj({**RANGE, "page_id": {"type": "string"}, "total_views": COUNT,
-                   "unique_visitors": COUNT, "total_pages": COUNT, "limit": COUNT,
+                   "unique_visitors": COUNT, "total_pages": COUNT, "filtered_bots": COUNT,
+                   "limit": COUNT,
                    "offset": COUNT, "pages": {"type": "array",
                                               "items": {"$ref": "#/components/schemas/Page"}},
                    **COMPARISON}, optional=("page_id", "previous", "change")),
@@ -112,6 +119,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                  "pages": {"type": "array", "items": _obj({
                      "rank": {"type": "integer", "minimum": 1}, "page_id": {"type": "string"},
                      "views": COUNT, "unique_visitors": COUNT})}}),
+    "Breakdown": _obj({**RANGE, "dimension": {"type": "string",
+                                              "enum": list(DIMENSION_BY_API_NAME)},
+                       "total_values": COUNT, "limit": COUNT, "offset": COUNT,
+                       "rows": {"type": "array", "items": _obj({
+                           "rank": {"type": "integer", "minimum": 1},
+                           "value": {"type": "string"}, "views": COUNT,
+                           "unique_visitors": COUNT})}}),
     "Realtime": _obj({**RANGE, "window_minutes": COUNT, "visitors_last_5_minutes": COUNT,
                       "views_last_minute": COUNT, "views_last_5_minutes": COUNT}),
     "Sites": _obj({"total_sites": COUNT, "sites": {"type": "array",
@@ -133,6 +147,16 @@ ENDPOINTS: dict[str, tuple[str, str, str]] = {
                           "is refused (give a bounded range). CSV: one row per bucket."),
     "/stats/top": ("Top", "Top pages", "The `limit` pages with the most views or unique "
                    "visitors. CSV: one row per page."),
+    "/stats/breakdown": ("Breakdown", "Sources, UTM, devices, browsers, systems, events",
+                         "The values of one `dimension` ranked by views (ties by value), "
+                         "with their unique visitors, paged with `limit` (default "
+                         f"{DEFAULT_TOP}) and `offset`; `total_values` counts them all. "
+                         "Page views only, bots never (`/stats` shows `filtered_bots`); for "
+                         "`event`, `views` is the number of events of that name. `source` "
+                         "is `(direct)` without a referrer; self-referrals are not counted. "
+                         "`device`, `browser` and `os` are `(unknown)` for events of "
+                         "`/track` and `/events` (they carry no User-Agent). Values past a "
+                         "dimension's quota count as `(other)`. CSV: one row per value."),
     "/stats/realtime": ("Realtime", "Visitors right now",
                         "Unique visitors and views in the current minute and the 4 before, "
                         "and views in the current minute."),

@@ -25,9 +25,18 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from contracts.aggregates import ALL_TIME, PAGE_VISITORS, RANKING, VIEWS, VISITORS, Scope
+from contracts.aggregates import (
+    ALL_TIME,
+    PAGE_VISITORS,
+    RANKING,
+    VIEWS,
+    VISITORS,
+    Dimension,
+    Scope,
+)
 from contracts.keys import SiteKeys, intact_key
 from contracts.redis_client import RedisClient
+from query_api import redis_breakdowns
 from query_api.model import RangeTooCostly, Totals
 from query_api.ranges import TimeRange
 from query_api.redis_reads import (
@@ -275,6 +284,22 @@ class RedisReader:
             for name in names:  # one key a command: each site's keys are in its own slot
                 pipe.unlink(name)
             await pipe.execute()
+
+    # -- breakdowns (``redis_breakdowns``) ------------------------------------------------
+
+    async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                             offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        return await redis_breakdowns.ranked_members(self._reads, site_id,
+                                                     scopes_of_range(rng), dimension,
+                                                     offset, limit)
+
+    async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                             values: list[str]) -> dict[str, int]:
+        return await redis_breakdowns.member_uniques(self._reads, site_id,
+                                                     scopes_of_range(rng), dimension, values)
+
+    async def filtered(self, site_id: str, rng: TimeRange) -> int:
+        return await redis_breakdowns.filtered(self._reads, site_id, scopes_of_range(rng))
 
     # -- rankings -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from contracts.aggregates import DAY, HOUR, MINUTE, UNIT_BY_INTERVAL
+from contracts.aggregates import DAY, DIMENSION_BY_API_NAME, HOUR, MINUTE, UNIT_BY_INTERVAL
 from contracts.httpkit import (
     error_response,
     readiness_response,
@@ -42,6 +42,7 @@ ENDPOINT_PARAMS: dict[str, frozenset[str]] = {
     "/stats/pages/{page_id}": RANGE_PARAMS,
     "/stats/timeseries": RANGE_PARAMS | {"page_id", "interval"},
     "/stats/top": RANGE_PARAMS | {"by", "limit"},
+    "/stats/breakdown": RANGE_PARAMS | {"dimension", "limit", "offset"},
     "/stats/realtime": frozenset({"site_id", "format"}),
     "/stats/sites": frozenset({"format"}),
 }
@@ -210,26 +211,28 @@ async def stats(request: web.Request, service: StatsService) -> Answer:
     if page is None:
         _page_reads(request, limit, rng, "limit")
 
-    async def ask(reader: StatsReader) -> tuple[Totals, int, list[dict[str, Any]]]:
+    async def ask(reader: StatsReader) -> tuple[Totals, int, list[dict[str, Any]], int]:
         if page is not None:
-            totals = await reader.totals(site, rng, page)
+            totals, bots = await asyncio.gather(reader.totals(site, rng, page),
+                                                reader.filtered(site, rng))
             window = [(page, totals.views)] if totals.views and offset == 0 else []
             total_pages = 1 if totals.views else 0
             uniques = {page: totals.unique_visitors}
         else:
-            totals, (total_pages, window) = await asyncio.gather(
-                reader.totals(site, rng, None), reader.ranked_pages(site, rng, offset, limit))
+            totals, (total_pages, window), bots = await asyncio.gather(
+                reader.totals(site, rng, None), reader.ranked_pages(site, rng, offset, limit),
+                reader.filtered(site, rng))
             uniques = await reader.page_uniques(site, rng, [p for p, _ in window])
         pages = [{"page_id": p, "views": v, "unique_visitors": uniques[p]} for p, v in window]
-        return totals, total_pages, pages
+        return totals, total_pages, pages, bots
 
-    (totals, total_pages, pages), source = await service.answer([rng], ask)
+    (totals, total_pages, pages, bots), source = await service.answer([rng], ask)
     sources = [source]
     start, end = rng.iso()
     body: dict[str, Any] = {
         "site_id": site, "from": start, "to": end, "total_views": totals.views,
         "unique_visitors": totals.unique_visitors, "total_pages": total_pages,
-        "limit": limit, "offset": offset, "pages": pages}
+        "filtered_bots": bots, "limit": limit, "offset": offset, "pages": pages}
     if page is not None:
         body["page_id"] = page
     if compare:
@@ -333,6 +336,38 @@ async def top(request: web.Request, service: StatsService) -> Answer:
     return Answer(body, ("rank", *PAGE_COLUMNS), rows, (source,), "top")
 
 
+BREAKDOWN_COLUMNS = ("rank", "value", "views", "unique_visitors")
+
+
+async def breakdown(request: web.Request, service: StatsService) -> Answer:
+    """The values of one dimension (source, UTM, device, browser, OS, event) ranked by
+    views (for ``event``: events per name), with their unique visitors."""
+    query = request.query
+    params.reject_unknown(query, ENDPOINT_PARAMS["/stats/breakdown"])
+    site = params.site_id(query)
+    name = params.choice(query, "dimension", tuple(DIMENSION_BY_API_NAME), None)
+    if name is None:
+        raise params.BadParameter("dimension", "is required: one of "
+                                  + ", ".join(DIMENSION_BY_API_NAME))
+    dimension = DIMENSION_BY_API_NAME[name]
+    limit = params.bounded_int(query, "limit", DEFAULT_TOP, 1, params.MAX_LIMIT)
+    offset = params.bounded_int(query, "offset", 0, 0, params.MAX_OFFSET)
+    rng = _range(request, service)
+    _page_reads(request, limit, rng, "limit")
+
+    async def ask(reader: StatsReader) -> tuple[int, list[dict[str, Cell]]]:
+        total, window = await reader.ranked_members(site, rng, dimension, offset, limit)
+        uniques = await reader.member_uniques(site, rng, dimension, [v for v, _ in window])
+        return total, [{"rank": offset + i + 1, "value": v, "views": n,
+                        "unique_visitors": uniques[v]} for i, (v, n) in enumerate(window)]
+
+    (total, rows), source = await service.answer([rng], ask)
+    start, end = rng.iso()
+    body = {"site_id": site, "from": start, "to": end, "dimension": name,
+            "total_values": total, "limit": limit, "offset": offset, "rows": rows}
+    return Answer(body, BREAKDOWN_COLUMNS, rows, (source,), f"breakdown-{name}")
+
+
 async def realtime(request: web.Request, service: StatsService) -> Answer:
     query = request.query
     params.reject_unknown(query, ENDPOINT_PARAMS["/stats/realtime"])
@@ -386,6 +421,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/stats/pages/{page_id:(?s:.+)}", endpoint(page_stats))  # (?s): "\n" too
     app.router.add_get("/stats/timeseries", endpoint(timeseries))
     app.router.add_get("/stats/top", endpoint(top))
+    app.router.add_get("/stats/breakdown", endpoint(breakdown))
     app.router.add_get("/stats/realtime", endpoint(realtime))
     app.router.add_get("/stats/sites", endpoint(sites))
     app.router.add_get("/readyz", readyz)

@@ -9,7 +9,9 @@ hundred operations.
 The page quota: ``to_ops`` given a site's ``max_pages`` adds one quota operation that lists
 the pages the batch would name; the script refuses the whole step when some of them would
 take the site past its quota and names them, and the caller counts those pages under
-``OVERFLOW_PAGE`` (``aggregate``'s ``overflow``) and plans again.
+``OVERFLOW_PAGE`` (``aggregate``'s ``overflow``) and plans again. Each breakdown dimension
+has a quota operation of its own (``Dimension.max_values``), whose refusals come back as
+``overflow_token``s, so the same retry folds them into ``(other)`` of that dimension.
 """
 
 from __future__ import annotations
@@ -18,16 +20,41 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
+from aggregator.counting.dimensions import (
+    DIRECT,
+    NOT_A_BROWSER,
+    UNKNOWN,
+    SourceNamer,
+    UaClassifier,
+    default_classifier,
+    default_namer,
+    ua_of,
+    utm_value,
+)
 from contracts.aggregates import (
     ALL_TIME,
-    CATALOG,
+    BROWSER,
+    DEVICE,
+    DIMENSION_RANKINGS,
+    DIMENSION_VISITORS,
+    DIMENSIONS,
+    EVENT,
+    FILTERED,
     OPCODES,
+    OS,
     OVERFLOW_PAGE,
+    PAGE_CATALOG,
     RANKING,
+    SOURCE,
+    UTM_CAMPAIGN,
+    UTM_MEDIUM,
+    UTM_SOURCE,
     Aggregate,
+    Dimension,
     Kind,
     Scope,
     expire_at,
+    overflow_token,
     scopes_of,
 )
 from contracts.event import PageView
@@ -36,8 +63,9 @@ from contracts.settings import Retention
 from contracts.timebuckets import MINUTE_MS
 
 CHUNK = 500  # members per operation, well inside Lua's argument limits
-# The quota check: ``[QUOTA, all-time ranking key, 0, max_pages, *pages]`` (not an aggregate,
-# so not in the catalog's ``OPCODES``); the script runs it before anything is written.
+# The quota check: ``[QUOTA, all-time ranking key, 0, max_pages, *pages]``, or for a dimension
+# ``[QUOTA, its all-time ranking key, its tag, max_values, *values]`` (not an aggregate, so not
+# in the catalog's ``OPCODES``); the script runs it before anything is written.
 QUOTA = "q"
 
 Target = tuple[Aggregate, Scope, str | None]  # an aggregate, its scope, the page if per page
@@ -52,25 +80,86 @@ class SiteDelta:
     uniques: dict[Target, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
-_COUNTERS = [a for a in CATALOG if a.kind is Kind.COUNTER]
-_RANKINGS = [a for a in CATALOG if a.kind is Kind.RANKING]
-_UNIQUES = [a for a in CATALOG if a.kind is Kind.UNIQUES]
+_COUNTERS = [a for a in PAGE_CATALOG if a.kind is Kind.COUNTER]
+_RANKINGS = [a for a in PAGE_CATALOG if a.kind is Kind.RANKING]
+_UNIQUES = [a for a in PAGE_CATALOG if a.kind is Kind.UNIQUES]
+# The dimensions a page view counts in, in the order ``aggregate`` reads their values.
+_VIEW_DIMENSIONS = (SOURCE, UTM_SOURCE, UTM_MEDIUM, UTM_CAMPAIGN, DEVICE, BROWSER, OS)
+# Those values for an event of our own formats without referrer or UTM tags (the common case).
+_OWN_FORMAT_VALUES: tuple[str | None, ...] = (DIRECT, None, None, None, UNKNOWN, UNKNOWN,
+                                              UNKNOWN)
 
 
-def aggregate(events: Iterable[PageView], overflow: Collection[str] = ()) -> SiteDelta:
+def aggregate(events: Iterable[PageView], overflow: Collection[str] = (),
+              classifier: UaClassifier | None = None, namer: SourceNamer | None = None
+              ) -> SiteDelta:
     """Pre-count first: views per (page, minute) and visitors per (page, minute), one step
     an event; then spread each of those few groups over its scopes (a minute lies in one
     hour, one day and all time) and each aggregate, with the set unions done in C. Pages
-    in ``overflow`` (refused by the site's quota) count as ``OVERFLOW_PAGE``."""
+    in ``overflow`` (refused by the site's quota) count as ``OVERFLOW_PAGE``, and so do
+    dimension values whose ``overflow_token`` is there.
+
+    The breakdowns come from the raw event here (``dimensions``), so a replay recounts
+    them: a bot adds only to ``FILTERED``; a named event (not a page view) only to the
+    ``EVENT`` dimension; a page view to the page aggregates and every other dimension."""
+    classify = (classifier or default_classifier()).classify
+    source_of = (namer or default_namer()).source_of
     views: Counter[tuple[str, int]] = Counter()
     visitors: dict[tuple[str, int], set[str]] = defaultdict(set)
+    # A page view's values in ``_VIEW_DIMENSIONS`` order, pre-counted per (minute, values)
+    # like pages: a site's events share few combinations (all of /track's are one), and
+    # tuples of strings hash in C.
+    profiles: Counter[tuple[int, tuple[str | None, ...]]] = Counter()
+    profile_visitors: dict[tuple[int, tuple[str | None, ...]], set[str]] = defaultdict(set)
+    named: Counter[tuple[int, str]] = Counter()
+    named_visitors: dict[tuple[int, str], set[str]] = defaultdict(set)
+    bots: Counter[int] = Counter()
     for e in events:
+        minute = e.ts // MINUTE_MS
+        own = e.via is None and e.user_agent is None  # /track, /events: no UA, no lists
+        facts = NOT_A_BROWSER if own else classify(ua_of(e.user_agent, e.via))
+        if facts.bot:
+            bots[minute] += 1
+            continue
+        if e.name is not None:
+            named[(minute, e.name)] += 1
+            named_visitors[(minute, e.name)].add(e.user_id)
+            continue
         page = e.page_id
         if overflow and page in overflow:
             page = OVERFLOW_PAGE
-        key = (page, e.ts // MINUTE_MS)
+        key = (page, minute)
         views[key] += 1
         visitors[key].add(e.user_id)
+        profile: tuple[int, tuple[str | None, ...]]
+        if own and e.referrer is None and e.utm_source is None and e.utm_medium is None \
+                and e.utm_campaign is None:
+            profile = (minute, _OWN_FORMAT_VALUES)
+        else:
+            profile = (minute, (source_of(e.referrer, e.host), utm_value(e.utm_source),
+                                utm_value(e.utm_medium), utm_value(e.utm_campaign),
+                                facts.device, facts.browser, facts.os))
+        profiles[profile] += 1
+        profile_visitors[profile].add(e.user_id)
+
+    def member(dimension: Dimension, value: str) -> str:
+        if overflow and overflow_token(dimension, value) in overflow:
+            return OVERFLOW_PAGE
+        return value
+
+    dim_views: Counter[tuple[Dimension, str, int]] = Counter()
+    dim_visitors: dict[tuple[Dimension, str, int], set[str]] = defaultdict(set)
+    for (minute, values), n in profiles.items():
+        users = profile_visitors[(minute, values)]
+        for dimension, value in zip(_VIEW_DIMENSIONS, values, strict=True):
+            if value is not None:
+                at = (dimension, member(dimension, value), minute)
+                dim_views[at] += n
+                dim_visitors[at] |= users
+    for (minute, name), n in named.items():
+        at = (EVENT, member(EVENT, name), minute)
+        dim_views[at] += n
+        dim_visitors[at] |= named_visitors[(minute, name)]
 
     delta = SiteDelta()
     counters, rankings, uniques = delta.counters, delta.rankings, delta.uniques
@@ -92,7 +181,24 @@ def aggregate(events: Iterable[PageView], overflow: Collection[str] = ()) -> Sit
         for scope in scopes(minute):
             for agg in _UNIQUES:
                 uniques[(agg, scope, page if agg.per_page else None)].update(users)
+    for (dimension, value, minute), n in dim_views.items():
+        ranking = DIMENSION_RANKINGS[dimension]
+        for scope in scopes(minute):
+            rankings[(ranking, scope, None)][value] += n
+    for (dimension, value, minute), users in dim_visitors.items():
+        per_value = DIMENSION_VISITORS[dimension]
+        for scope in scopes(minute):
+            uniques[(per_value, scope, value)].update(users)
+    for minute, n in bots.items():
+        for scope in scopes(minute):
+            counters[(FILTERED, scope, None)] += n
     return delta
+
+
+def count_bots(events: Iterable[PageView], classifier: UaClassifier | None = None) -> int:
+    """How many of ``events`` ``aggregate`` counts only as filtered (for ``/metrics``)."""
+    classify = (classifier or default_classifier()).classify
+    return sum(1 for e in events if classify(ua_of(e.user_agent, e.via)).bot)
 
 
 @dataclass(slots=True)
@@ -132,6 +238,15 @@ def to_ops(site: SiteKeys, delta: SiteDelta, retention: Retention,
         if candidates:
             out.ops.append([QUOTA, out.key(site.key(RANKING, ALL_TIME)), 0, max_pages,
                             *candidates])
+    for dimension in DIMENSIONS:  # each dimension's quota: the script tags what it refuses
+        ranking = DIMENSION_RANKINGS[dimension]
+        values = delta.rankings.get((ranking, ALL_TIME, None))
+        if values:
+            candidates = sorted(v for v in values if v != OVERFLOW_PAGE)
+            if candidates:
+                out.ops.append([QUOTA, out.key(site.key(ranking, ALL_TIME)),
+                                overflow_token(dimension, ""), dimension.max_values,
+                                *candidates])
     heads: dict[tuple[Aggregate, Scope], tuple[str, str, int]] = {}  # a few per batch
 
     def head(target: Target) -> list[object]:

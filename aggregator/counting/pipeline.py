@@ -54,8 +54,9 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
+from aggregator.counting.aggregate import RedisOps, aggregate, count_bots, to_ops
 from aggregator.counting.dead_letters import DeadLetters, Poison
+from aggregator.counting.dimensions import default_classifier, stored_dims, ua_of
 from aggregator.counting.mongo_sink import Located
 from aggregator.counting.redis_sink import (
     MAX_SCRIPT_COST,
@@ -342,6 +343,12 @@ class Pipeline:
                 continue
             if stored is None:
                 self.metrics.applied.inc(len(events))
+                bots = count_bots(events)
+                if bots:
+                    self.metrics.filtered.labels(site_id, "bot").inc(bots)
+                classifier = default_classifier()
+                self.metrics.ua_cache.labels("hit").set(classifier.hits)
+                self.metrics.ua_cache.labels("miss").set(classifier.misses)
                 if overflow:
                     folded = sum(1 for e in events if e.page_id in overflow)
                     if folded:
@@ -395,6 +402,10 @@ def decode_all(records: list[Record]) -> tuple[list[Located], list[Poison]]:
             continue
         try:
             document = event_document(event, record.partition, record.offset)
+            dims = stored_dims(ua_of(event.user_agent, event.via), event.referrer,
+                               event.host)
+            if dims is not None:  # for the MongoDB fallback's breakdowns and bot filter
+                document["dims"] = dims
         except (ValueError, OverflowError) as exc:  # a value no date can hold: the record's
             # fault (decode_event bounds times already; this is the last line). Any other
             # error is a bug of ours and must stop the aggregator, not dead-letter events.

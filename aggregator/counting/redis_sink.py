@@ -46,7 +46,9 @@ from contracts.redis_client import RedisClient
 # nothing (a script is not rolled back halfway). Returns -2 (applied), -3 (generation moved),
 # when nothing was applied because some range is already (partly) applied, a flat list of
 # (partition, stored offset) for those partitions, or, when the quota operation refused
-# pages, ``"quota"`` followed by those pages (nothing applied either).
+# pages, ``"quota"`` followed by those pages (nothing applied either). A quota operation's
+# third element is 0 for pages, or a dimension's tag (``contracts.aggregates.overflow_token``
+# of an empty value) that prefixes each value it refuses.
 APPLY_SCRIPT = """
 if ARGV[6] == 'live' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then
   return -3
@@ -86,7 +88,13 @@ for _, op in ipairs(ops) do
         local scores = redis.call('ZMSCORE', key, unpack(op, i, last))
         for j = i, last do
           if not scores[j - i + 1] then
-            if room > 0 then room = room - 1 else denied[#denied + 1] = op[j] end
+            if room > 0 then
+              room = room - 1
+            elseif op[3] == 0 then
+              denied[#denied + 1] = op[j]
+            else
+              denied[#denied + 1] = op[3] .. op[j]
+            end
           end
         end
       end

@@ -35,14 +35,14 @@ from contracts.settings import Retention
 log = logging.getLogger(__name__)
 LOCK_TTL_MS = 15_000
 
-# KEYS: lock, intact, the previous layout's intact. ARGV: token, now (ms). Marks Redis intact
-# only if this rebuild still holds the lock: a flush during the rebuild took the lock too,
-# and the rebuild starts over. The previous layout's marker goes: an older aggregator must
-# not take this layout's generations for its own.
+# KEYS: lock, intact, then every older layout's intact. ARGV: token, now (ms). Marks Redis
+# intact only if this rebuild still holds the lock: a flush during the rebuild took the lock
+# too, and the rebuild starts over. Every older layout's marker goes (an upgrade may skip a
+# layout: 1 to 3): an older aggregator must not take this layout's generations for its own.
 FINISH_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('DEL', KEYS[1], unpack(KEYS, 3))
 return 1
 """
 RENEW_SCRIPT = """
@@ -110,7 +110,8 @@ class LossWatch:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-        finished = await self._finish(keys=[lock, intact_key(), intact_key(LAYOUT_VERSION - 1)],
+        older = [intact_key(layout) for layout in range(1, LAYOUT_VERSION)]
+        finished = await self._finish(keys=[lock, intact_key(), *older],
                                       args=[token, int(time.time() * 1000)])
         self._metrics.rebuilds.inc()
         log.info("rebuild_finished", extra={"fields": {

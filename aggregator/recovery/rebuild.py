@@ -326,20 +326,21 @@ def diff(site_id: str, live: dict[str, Any], rebuilt: dict[str, Any], suffixes: 
     for name in suffixes:
         a, b = live[name], rebuilt[name]
         parsed = parse_suffix(name)
-        if comparable is not None and parsed.page is not None \
+        pages = parsed.aggregate.dimension is None  # the page quota's named pages apply
+        if comparable is not None and pages and parsed.page is not None \
                 and parsed.page not in comparable:
             continue
         if parsed.aggregate.kind is Kind.RANKING:
-            pages = sorted(set(a) | set(b))
-            if comparable is not None:
-                pages = [p for p in pages if p in comparable]
+            members = sorted(set(a) | set(b))
+            if comparable is not None and parsed.aggregate is RANKING:
+                members = [p for p in members if p in comparable]
                 total_a, total_b = sum(a.values()), sum(b.values())
                 if total_a != total_b:
                     out.append(Difference(site_id, name, "(total)", total_a, total_b))
-            for page in pages:
-                if a.get(page, 0) != b.get(page, 0):
-                    out.append(Difference(site_id, name, page, a.get(page, 0),
-                                          b.get(page, 0)))
+            for member in members:
+                if a.get(member, 0) != b.get(member, 0):
+                    out.append(Difference(site_id, name, member, a.get(member, 0),
+                                          b.get(member, 0)))
         elif a != b:
             out.append(Difference(site_id, name, "", a, b))
     return out

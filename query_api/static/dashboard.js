@@ -28,7 +28,8 @@
   const numbers = new Intl.NumberFormat();
 
   const $ = (id) => document.getElementById(id);
-  const state = { site: null, period: "24h", from: null, to: null, sites: [] };
+  const state = { site: null, period: "24h", from: null, to: null, sites: [], devices: "device" };
+  const DEVICE_HEADS = { device: "Device", browser: "Browser", os: "Operating system" };
   let running = false;
   let lastSeries = null;
   const errors = new Map();
@@ -156,12 +157,18 @@
       api("/stats/compare", { ...site, ...rangeParams() }),
       api("/stats/timeseries", series),
       api("/stats/top", { ...site, ...rangeParams(), limit: "10" }),
+      api("/stats/breakdown", { ...site, ...rangeParams(), dimension: "source", limit: "10" }),
+      api("/stats/breakdown", { ...site, ...rangeParams(), dimension: state.devices, limit: "10" }),
     ]);
     if (key !== viewKey()) return;
-    const [compare, timeseries, top] = answers;
+    const [compare, timeseries, top, sources, devices] = answers;
     if (compare.status === "fulfilled") renderTotals(compare.value);
     if (timeseries.status === "fulfilled") { lastSeries = timeseries.value; drawChart(); }
     if (top.status === "fulfilled") renderTop(top.value);
+    if (sources.status === "fulfilled") renderBreakdown("sources", sources.value, "Sources");
+    if (devices.status === "fulfilled" && devices.value.dimension === state.devices) {
+      renderBreakdown("devices", devices.value, DEVICE_HEADS[state.devices]);
+    }
     const failed = answers.find((a) => a.status === "rejected");
     if (failed) throw failed.reason;
   }
@@ -253,6 +260,41 @@
     }
     tbody.replaceChildren(...made);
     $("top-title").textContent = `Top pages · ${LABELS[state.period]}`;
+  }
+
+  // A breakdown (/stats/breakdown) as rows like the top pages': value, views, visitors.
+  function renderBreakdown(id, body, title) {
+    const most = body.rows.reduce((m, r) => Math.max(m, r.views), 1);
+    const made = body.rows.map((row) => {
+      const tr = document.createElement("tr");
+      tr.dataset.value = row.value;
+      cell(tr, "rank", String(row.rank));
+      const value = cell(tr, "page", row.value);
+      const meter = document.createElement("span");
+      meter.className = "meter";
+      meter.style.width = `${(100 * row.views) / most}%`;
+      value.appendChild(meter);
+      cell(tr, "num", numbers.format(row.views));
+      cell(tr, "num", numbers.format(row.unique_visitors));
+      return tr;
+    });
+    if (!made.length) {
+      const tr = document.createElement("tr");
+      cell(tr, "none", "No page views in this range yet.").colSpan = 4;
+      made.push(tr);
+    }
+    $(id).replaceChildren(...made);
+    $(`${id}-title`).textContent = `${title} · ${LABELS[state.period]}`;
+  }
+
+  function chooseDevices(dimension) {
+    state.devices = dimension;
+    for (const tab of document.querySelectorAll(".tabs button")) {
+      tab.setAttribute("aria-selected", String(tab.dataset.dimension === dimension));
+    }
+    $("devices-head").textContent = DEVICE_HEADS[dimension];
+    $("devices").replaceChildren();
+    if (running) range.start();
   }
 
   function cell(tr, className, text) {
@@ -435,6 +477,8 @@
     lastSeries = null;
     $("chart").replaceChildren();
     $("top").replaceChildren();
+    $("sources").replaceChildren();
+    $("devices").replaceChildren();
     clearNumbers();
     writeUrl();
     renderControls();
@@ -476,6 +520,11 @@
         const from = $("from").value;
         const to = $("to").value;
         if (DATE_RE.test(from) && DATE_RE.test(to)) changeView(() => { state.from = from; state.to = to; });
+      });
+    }
+    for (const tab of document.querySelectorAll(".tabs button")) {
+      tab.addEventListener("click", () => {
+        if (tab.dataset.dimension !== state.devices) chooseDevices(tab.dataset.dimension);
       });
     }
     $("signin-form").addEventListener("submit", signIn);

@@ -26,6 +26,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
 from query_api.routes import MAX_SITES
+from tests.aggregator_harness import produce_events
 from tests.stack import ROOT, SitePool, Stack, add_token, eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -145,6 +146,30 @@ async def test_the_dashboard_shows_posted_views_live_in_numbers_chart_and_table(
     await expect(page.locator("#top tr")).to_have_count(3)
     await expect(page.locator("#top-title")).to_contain_text("last 5 minutes")
     await expect(page.locator("#banner")).to_be_hidden()
+
+
+async def test_sources_and_devices_are_shown_beside_the_top_pages(
+        stack: Stack, site_id: str, page: Page, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tracker events (written straight to Kafka, as the gateway's tracker formats publish
+    them) show in the Sources card and the Devices card, whose tabs switch the dimension."""
+    from tests.integration.test_breakdowns import make_events
+
+    dashboard_served(stack)
+    await produce_events(stack, stack.topic, make_events(site_id))
+    await page.goto(f"{stack.http_url}/dashboard?site={site_id}&period=24h")
+    sources = page.locator("#sources tr")
+    await expect(sources).to_have_count(3, timeout=LIVE_MS)
+    await expect(sources.nth(0)).to_have_attribute("data-value", "Google")
+    await expect(page.locator("#sources-title")).to_contain_text("last 24 hours")
+    devices = page.locator("#devices tr")
+    await expect(devices).to_have_count(3, timeout=LIVE_MS)
+    await expect(devices.nth(0)).to_have_attribute("data-value", "Desktop")
+    await page.get_by_role("tab", name="Browser").click()
+    await expect(page.locator("#devices-head")).to_have_text("Browser")
+    await expect(devices.nth(0)).to_have_attribute("data-value", "Chrome", timeout=LIVE_MS)
+    await expect(page.get_by_role("tab", name="Browser")).to_have_attribute(
+        "aria-selected", "true")
+    await screenshot(page, "breakdowns.png", capsys)
 
 
 async def test_the_site_picker_lists_sites_and_switches_to_the_chosen_one(

@@ -191,8 +191,8 @@ async def test_redis_in_the_old_layout_is_rebuilt_into_the_new_and_never_answers
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random, flush_guard: None) -> None:
     """An upgrade over Redis data in layout 1: the new code notices (no intact marker of
-    its layout), answers from MongoDB meanwhile, rebuilds every site into layout 2 and then
-    answers from Redis, exactly; the old keys and marker are gone."""
+    its layout), answers from MongoDB meanwhile, rebuilds every site into the current
+    layout and then answers from Redis, exactly; the old keys and marker are gone."""
     sent = await post_counted(stack, http, redis, make_events(site_id, 500, rng))
     current = await current_keys(redis, site_id)
     # What the old code would have left: the site's generation in layout 1, marked intact
@@ -228,7 +228,7 @@ async def test_redis_in_the_old_layout_is_rebuilt_into_the_new_and_never_answers
 
     await eventually(lambda: exact("mongo"), timeout_s=60, interval_s=0.2,
                      message="exact answers from MongoDB with the events sent meanwhile")
-    await redis.delete(rebuild_lock_key())  # let the aggregators rebuild into layout 2
+    await redis.delete(rebuild_lock_key())  # let the aggregators rebuild into the current layout
 
     async def rebuilt() -> bool:
         source, body = await stats(limit="5")

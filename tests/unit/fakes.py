@@ -133,19 +133,20 @@ class FakeAggregateStore:
         return None
 
     def _denied(self, ops: RedisOps) -> list[str]:
-        """The quota operation: pages neither named nor within the room left."""
+        """The quota operations: pages (or values) neither named nor within the room left."""
         denied: list[str] = []
         for op in ops.ops:
             if op[0] != QUOTA:
                 continue
             ranking = self.sorted_sets[ops.keys[int(str(op[1])) - 1]]
             room = int(str(op[3])) - len(set(ranking) - {OVERFLOW_PAGE})
+            tag = "" if op[2] == 0 else str(op[2])  # a dimension's values come back tagged
             for page in map(str, op[4:]):
                 if page not in ranking:
                     if room > 0:
                         room -= 1
                     else:
-                        denied.append(page)
+                        denied.append(tag + page)
         return denied
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None:

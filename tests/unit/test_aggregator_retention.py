@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from aggregator.counting.aggregate import aggregate, to_ops
-from contracts.aggregates import ALL_TIME, CATALOG, Scope
+from contracts.aggregates import (
+    ALL_TIME,
+    BROWSER,
+    DEVICE,
+    DIMENSION_RANKINGS,
+    DIMENSION_VISITORS,
+    OS,
+    PAGE_CATALOG,
+    SOURCE,
+    Scope,
+)
 from contracts.event import PageView
 from contracts.keys import SiteKeys
 from contracts.settings import AggregatorSettings, QuerySettings, Retention, SettingsError
@@ -38,10 +48,15 @@ def test_bucket_keys_expire_at_their_end_plus_the_configured_retention() -> None
     minute, hour = NOW // 60_000, NOW // 3_600_000
     expiry = {ops.keys[int(str(op[1])) - 1]: op[2] for op in ops.ops}
     site = SiteKeys("s")
-    for agg in CATALOG:
-        page = "/p" if agg.per_page else None
+    # A page view from /track counts in the page aggregates and in four dimensions
+    # (source, device, browser, os): their keys expire alike.
+    counted = [(agg, "/p" if agg.per_page else None) for agg in PAGE_CATALOG]
+    counted += [(agg, ("(direct)" if d is SOURCE else "(unknown)") if agg.per_page else None)
+                for d in (SOURCE, DEVICE, BROWSER, OS)
+                for agg in (DIMENSION_RANKINGS[d], DIMENSION_VISITORS[d])]
+    for agg, page in counted:
         assert expiry[site.key(agg, Scope("m", minute), page)] == NOW // 1000 + 60 + 7200
         assert expiry[site.key(agg, Scope("h", hour), page)] == NOW // 1000 + 3600 + 86400
         assert expiry[site.key(agg, Scope("d", NOW // 86_400_000), page)] == 0  # never
         assert expiry[site.key(agg, ALL_TIME, page)] == 0
-    assert len(expiry) == 4 * len(CATALOG)
+    assert len(expiry) == 4 * len(counted)

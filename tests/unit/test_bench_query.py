@@ -90,7 +90,7 @@ def test_the_odd_minute_range_mixes_day_hour_and_minute_tiles_all_still_in_redis
 
 def test_every_endpoint_uses_only_parameters_its_route_accepts() -> None:
     paths = endpoints(SeedSpec().site, SeedSpec().page(0), ANCHOR)
-    assert len(paths) == 10
+    assert len(paths) == 12
     for name, path in paths.items():
         parts = urlsplit(path)
         route = "/stats/pages/{page_id}" if parts.path.startswith("/stats/pages/") else parts.path

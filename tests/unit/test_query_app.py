@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from pymongo.errors import ServerSelectionTimeoutError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from contracts.aggregates import Dimension
 from contracts.ingest_openapi import ingest_paths
 from contracts.registry import FixedRegistry
 from contracts.settings import QuerySettings
@@ -38,6 +39,13 @@ SITE = "shop"
 EVENTS = [("home", "u1", HOUR - 50 * MINUTE_MS), ("home", "u2", HOUR - 40 * MINUTE_MS),
           ("/pricing", "u1", HOUR - 30 * MINUTE_MS), ("home", "u1", HOUR + 2 * MINUTE_MS),
           ("docs", "u3", HOUR + 5 * MINUTE_MS), ("=evil", "u4", NOW - MINUTE_MS)]
+# (dimension, value, user, ts) of the breakdowns, and the times of filtered bot requests.
+MEMBERS = [("source", "Google", "u1", HOUR - 50 * MINUTE_MS),
+           ("source", "Google", "u2", HOUR - 40 * MINUTE_MS),
+           ("source", "(direct)", "u1", HOUR - 30 * MINUTE_MS),
+           ("source", "=cmd", "u3", HOUR + 5 * MINUTE_MS),
+           ("event", "signup", "u1", HOUR + 2 * MINUTE_MS)]
+BOTS = [HOUR - 45 * MINUTE_MS, HOUR + 1 * MINUTE_MS, NOW - MINUTE_MS]
 
 
 class MemoryReader:
@@ -84,6 +92,32 @@ class MemoryReader:
     async def series(self, site_id: str, slots: list[TimeRange], interval: str,
                      page_id: str | None) -> list[Totals]:
         return [await self.totals(site_id, s, page_id) for s in slots]
+
+    def _members(self, site_id: str, rng: TimeRange, dimension: Dimension
+                 ) -> list[tuple[str, str]]:
+        self._select(site_id, rng, None)  # counts the call, fails like the store
+        return [(v, u) for d, v, u, ts in MEMBERS if site_id == SITE and d == dimension.api_name
+                and (rng.start_ms is None or ts >= rng.start_ms)
+                and (rng.end_ms is None or ts < rng.end_ms)]
+
+    async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                             offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        out: dict[str, int] = {}
+        for value, _ in self._members(site_id, rng, dimension):
+            out[value] = out.get(value, 0) + 1
+        ranked = sorted(out.items(), key=lambda vn: (-vn[1], vn[0]))
+        return len(ranked), ranked[offset:offset + limit]
+
+    async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                             values: list[str]) -> dict[str, int]:
+        chosen = self._members(site_id, rng, dimension)
+        return {v: len({u for value, u in chosen if value == v}) for v in values}
+
+    async def filtered(self, site_id: str, rng: TimeRange) -> int:
+        self._select(site_id, rng, None)
+        return sum(1 for ts in BOTS if site_id == SITE
+                   and (rng.start_ms is None or ts >= rng.start_ms)
+                   and (rng.end_ms is None or ts < rng.end_ms))
 
 
 Factory = Callable[..., Awaitable[Client]]
@@ -166,6 +200,8 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("/stats/top", "/stats/top", {"by": "unique_visitors"}),
     ("/stats/realtime", "/stats/realtime", {}),
     ("/stats/compare", "/stats/compare", {"period": "24h", "page_id": "home"}),
+    ("/stats/breakdown", "/stats/breakdown", {"dimension": "source"}),
+    ("/stats/breakdown", "/stats/breakdown", {**LAST_2H, "dimension": "event"}),
 ]
 
 
@@ -186,6 +222,48 @@ async def test_stats_pages_are_sorted_and_paged(client: Client) -> None:
     assert (body["total_views"], body["unique_visitors"], body["total_pages"]) == (6, 4, 4)
     assert body["pages"] == [{"page_id": "/pricing", "views": 1, "unique_visitors": 1},
                              {"page_id": "=evil", "views": 1, "unique_visitors": 1}]
+
+
+async def test_a_breakdown_ranks_values_by_views_with_visitors_and_pages(
+        client: Client) -> None:
+    body, source = await get_json(client, "/stats/breakdown", dimension="source")
+    assert source == "redis"
+    assert (body["dimension"], body["total_values"]) == ("source", 3)
+    assert body["rows"] == [
+        {"rank": 1, "value": "Google", "views": 2, "unique_visitors": 2},
+        {"rank": 2, "value": "(direct)", "views": 1, "unique_visitors": 1},
+        {"rank": 3, "value": "=cmd", "views": 1, "unique_visitors": 1}]
+    paged, _ = await get_json(client, "/stats/breakdown", dimension="source", limit="1",
+                              offset="1")
+    assert paged["rows"] == [{"rank": 2, "value": "(direct)", "views": 1,
+                              "unique_visitors": 1}]
+    hour, _ = await get_json(client, "/stats/breakdown", dimension="source",
+                             **{"from": "2026-11-28T10:00:00Z", "to": "2026-11-28T11:00:00Z"})
+    assert [r["value"] for r in hour["rows"]] == ["=cmd"]
+
+
+async def test_a_breakdown_as_csv_defuses_formulas(client: Client) -> None:
+    response = await client.get("/stats/breakdown", params={
+        "site_id": SITE, "dimension": "source", "format": "csv"})
+    rows = list(csv.DictReader(io.StringIO(await response.text())))
+    assert [r["value"] for r in rows] == ["Google", "(direct)", "'=cmd"]
+    assert rows[0] == {"rank": "1", "value": "Google", "views": "2", "unique_visitors": "2"}
+
+
+@pytest.mark.parametrize("query", [{}, {"dimension": "referrer"}, {"dimension": "page"}])
+async def test_a_breakdown_needs_a_known_dimension(client: Client, query: dict[str, str]
+                                                  ) -> None:
+    response = await client.get("/stats/breakdown", params={"site_id": SITE, **query})
+    assert response.status == 400
+    assert (await response.json())["details"][0]["field"] == "dimension"
+
+
+async def test_stats_shows_the_filtered_bots_of_the_range(client: Client) -> None:
+    body, _ = await get_json(client, "/stats")
+    assert body["filtered_bots"] == 3
+    hour, _ = await get_json(client, "/stats",
+                             **{"from": "2026-11-28T10:00:00Z", "to": "2026-11-28T11:00:00Z"})
+    assert hour["filtered_bots"] == 2
 
 
 async def test_page_path_accepts_slashes_and_encoded_slashes(client: Client) -> None:
@@ -416,7 +494,7 @@ async def test_stats_need_a_valid_token_but_docs_do_not(
 
 
 SITE_PATHS = ("/stats", "/stats/compare", "/stats/pages/home", "/stats/timeseries",
-              "/stats/top", "/stats/realtime")
+              "/stats/top", "/stats/realtime", "/stats/breakdown")
 
 
 async def test_a_token_for_one_site_gets_403_for_another_on_every_endpoint_that_takes_one(
@@ -427,6 +505,7 @@ async def test_a_token_for_one_site_gets_403_for_another_on_every_endpoint_that_
     shop = {"Authorization": "Bearer shop-token"}
     for path in SITE_PATHS:
         query = {"interval": "hour", "period": "24h"} if path == "/stats/timeseries" else {}
+        query = {"dimension": "source"} if path == "/stats/breakdown" else query
         own = await client.get(path, params={**query, "site_id": "shop"}, headers=shop)
         assert own.status == 200, (path, await own.text())
         for other in ({"site_id": "blog"}, {},  # no site_id: the default site, not granted

@@ -60,3 +60,11 @@ def test_the_answer_cache_lasts_20_ms_by_default_and_0_turns_it_off() -> None:
     for bad in ("-1", "20ms", "0.5"):
         with pytest.raises(SettingsError, match="QUERY_ANSWER_CACHE_MS"):
             QuerySettings.from_env({**public, "QUERY_ANSWER_CACHE_MS": bad})
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    assert GatewaySettings.from_env({}).trusted_proxies == ("127.0.0.1", "::1")
+    assert GatewaySettings.from_env({"TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1"}
+                                    ).trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+    with pytest.raises(SettingsError, match="TRUSTED_PROXIES"):
+        GatewaySettings.from_env({"TRUSTED_PROXIES": "nginx"})

@@ -111,3 +111,23 @@ def test_malformed_documents_are_skipped_not_fatal() -> None:
     assert registry.sites["q"].max_pages > 0
     grant = registry.grant_for(b"t")
     assert grant is not None and grant.sites == {"ok"} and not grant.admin
+
+
+WEBSITE = "50429a93-8479-4073-be80-d5d29c09c2ec"
+
+
+def test_a_site_maps_its_umami_website_in_lowercase_and_round_trips() -> None:
+    doc = site_document(Site("shop", umami_website=WEBSITE))
+    registry = registry_of([doc, site_document(Site("blog"))], [])
+    assert registry.sites["shop"].umami_website == WEBSITE
+    assert registry.site_of_umami(WEBSITE.upper()) == "shop"
+    assert registry.site_of_umami("11111111-2222-4333-8444-555555555555") is None
+
+
+def test_a_malformed_stored_umami_website_is_ignored_and_a_duplicate_goes_to_the_first_site(
+        ) -> None:
+    registry = registry_of([{"_id": "a", "umami_website": "not-a-uuid"},
+                            {"_id": "c", "umami_website": WEBSITE},
+                            {"_id": "b", "umami_website": WEBSITE.upper()}], [])
+    assert registry.sites["a"].umami_website is None
+    assert registry.site_of_umami(WEBSITE) == "b"
