@@ -22,6 +22,7 @@ from bson import DatetimeMS
 
 from contracts.aggregates import UNITS
 from contracts.event import EXTRA_TEXT_FIELDS, PageView
+from contracts.timebuckets import datetime_to_ms
 
 DATABASE = "pageviews"
 EVENTS = "events"
@@ -76,3 +77,23 @@ def event_document(event: PageView, partition: int, offset: int) -> dict[str, An
     if event.via is not None:
         document["via"] = event.via
     return document
+
+
+# The fields a stored event is read back from (``page_view_of``): the event's own, not the
+# buckets, the classification the aggregator added (``dims``) or where it was in the topic.
+EVENT_FIELDS: dict[str, int] = {
+    "_id": 1, "site_id": 1, "page_id": 1, "user_id": 1, "ts": 1, "received_at": 1,
+    **{field: 1 for field, _ in EXTRA_TEXT_FIELDS}, "props": 1, "via": 1}
+
+
+def page_view_of(document: dict[str, Any]) -> PageView:
+    """The event ``event_document`` stored, whole: a rebuild from MongoDB must see what live
+    counting saw (a named event is not a page view, a bot's User-Agent is filtered)."""
+    ts = datetime_to_ms(document["ts"])
+    received = document.get("received_at")
+    props = document.get("props")
+    return PageView(
+        event_id_of(document["_id"]), document["site_id"], document["page_id"],
+        document["user_id"], ts, ts if received is None else datetime_to_ms(received),
+        *(document.get(field) for field, _ in EXTRA_TEXT_FIELDS),
+        props=None if props is None else tuple(props.items()), via=document.get("via"))

@@ -3,21 +3,24 @@ describes the units themselves)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ms_to_datetime(ts_ms: int) -> datetime:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return _EPOCH + timedelta(milliseconds=ts_ms)
 
 
 def datetime_to_ms(moment: datetime) -> int:
+    """Exact in integers (a float timestamp times 1000 can come out a millisecond short)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    since = moment - _EPOCH
+    return since.days * DAY_MS + since.seconds * 1000 + since.microseconds // 1000
 
 
 def iso_z(ts_ms: int) -> str:

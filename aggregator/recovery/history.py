@@ -17,12 +17,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from contracts.event import PageView
-from contracts.mongo import event_id_of
-from contracts.timebuckets import datetime_to_ms
+from contracts.mongo import EVENT_FIELDS, page_view_of
 
 BATCH = 5000
-FIELDS = {"_id": 1, "site_id": 1, "page_id": 1, "user_id": 1, "ts": 1, "partition": 1,
-          "offset": 1}
+FIELDS = {**EVENT_FIELDS, "partition": 1, "offset": 1}
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
@@ -45,9 +43,7 @@ async def stored_events(events: AsyncCollection[dict[str, Any]], below: dict[int
     async for doc in events.find(query, FIELDS, batch_size=BATCH):
         if doc.get("offset", -1) >= below.get(doc.get("partition", -1), 0):
             continue  # not committed yet: the topic part of the rebuild counts it
-        ts = datetime_to_ms(doc["ts"])
-        batch.append(PageView(event_id_of(doc["_id"]), doc["site_id"], doc["page_id"],
-                              doc["user_id"], ts, ts))
+        batch.append(page_view_of(doc))
         if len(batch) >= BATCH:
             yield batch
             batch = []

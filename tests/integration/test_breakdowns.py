@@ -16,6 +16,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
 from aggregator.counting.source import Record
+from aggregator.recovery.history import stored_events
 from contracts.aggregates import (
     ALL_TIME,
     DIMENSION_RANKINGS,
@@ -156,6 +157,14 @@ async def test_breakdowns_count_exactly_bots_only_as_filtered_and_a_replay_recom
                                              [v for v, _ in ranked])
         assert {v: (n, uniques[v]) for v, n in ranked} == EXPECTED[dimension.api_name], \
             dimension.api_name
+
+    # A rebuild after a Redis loss starts from MongoDB: it must read back the whole events
+    # (a bot or a named event read back without its User-Agent or name is a page view).
+    every_offset = {partition: 2**62 for partition in range(256)}
+    read_back = [e async for batch in stored_events(mongo_events, every_offset, site_id)
+                 for e in batch]
+    assert sorted(read_back, key=lambda e: e.event_id) == sorted(
+        events, key=lambda e: e.event_id)
 
     # A replay recomputes every breakdown from the raw events.
     status, _, err = await replay(stack, "--site", site_id)
