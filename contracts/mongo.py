@@ -95,5 +95,5 @@ def page_view_of(document: dict[str, Any]) -> PageView:
     return PageView(
         event_id_of(document["_id"]), document["site_id"], document["page_id"],
         document["user_id"], ts, ts if received is None else datetime_to_ms(received),
-        *(document.get(field) for field, _ in EXTRA_TEXT_FIELDS),
-        props=None if props is None else tuple(props.items()), via=document.get("via"))
+        props=None if props is None else tuple(props.items()), via=document.get("via"),
+        **{field: document.get(field) for field, _ in EXTRA_TEXT_FIELDS})

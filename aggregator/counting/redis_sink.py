@@ -19,10 +19,13 @@ The page quota is decided here, in the same atomic step, because one site's even
 every partition and several aggregators apply them concurrently: a page is named when it is
 a member of the all-time ranking being written; the quota operation admits a page that is
 named already, or while fewer than ``max_pages`` pages are named (``OVERFLOW_PAGE`` aside),
-and otherwise refuses the whole step, naming the pages refused (``PagesDenied``). The named
-set only grows within a generation, so a refusal is final there and the caller's retry,
-with those pages counted as ``OVERFLOW_PAGE``, converges. When every page of the step fits
-(the usual case), no membership is looked up at all.
+and otherwise refuses the whole step, naming the pages refused (``PagesDenied``). A refused
+step still names the pages it admitted (score 0, the caller's retry counts them): the room
+they take is gone before the script returns, so no other aggregator can name a refused page
+in the meantime. The named set only grows within a generation, so a refusal is final there
+and the caller's retry, with those pages counted as ``OVERFLOW_PAGE``, converges (a page
+named by one aggregator and folded by another would split its views). When every page of
+the step fits (the usual case), no membership is looked up at all.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from contracts.redis_client import RedisClient
 # nothing (a script is not rolled back halfway). Returns -2 (applied), -3 (generation moved),
 # when nothing was applied because some range is already (partly) applied, a flat list of
 # (partition, stored offset) for those partitions, or, when the quota operation refused
-# pages, ``"quota"`` followed by those pages (nothing applied either). A quota operation's
+# pages, ``"quota"`` followed by those pages (nothing applied but the names of the pages the
+# step admitted, score 0). A quota operation's
 # third element is 0 for pages, or a dimension's tag (``contracts.aggregates.overflow_token``
 # of an empty value) that prefixes each value it refuses.
 APPLY_SCRIPT = """
@@ -76,6 +80,7 @@ for _, op in ipairs(ops) do
   end
 end
 local denied = {'quota'}
+local admitted = {}
 for _, op in ipairs(ops) do
   if op[1] == 'q' then
     local key = KEYS[op[2]]
@@ -90,6 +95,7 @@ for _, op in ipairs(ops) do
           if not scores[j - i + 1] then
             if room > 0 then
               room = room - 1
+              admitted[#admitted + 1] = {key, op[j]}
             elseif op[3] == 0 then
               denied[#denied + 1] = op[j]
             else
@@ -102,6 +108,9 @@ for _, op in ipairs(ops) do
   end
 end
 if #denied > 1 then
+  for _, named in ipairs(admitted) do
+    redis.call('ZADD', named[1], 'NX', 0, named[2])
+  end
   return denied
 end
 for _, op in ipairs(ops) do

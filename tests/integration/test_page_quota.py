@@ -103,7 +103,9 @@ async def test_the_script_refuses_pages_past_the_quota_and_applies_nothing(
     with pytest.raises(PagesDenied) as refused:
         await sink.apply(to_ops(site, aggregate(pages), RETENTION, 3), 0, 0, 5)
     assert refused.value.pages == {"/d", "/e"}  # room for three: the first three, sorted
-    assert await redis.exists(site.key(RANKING, ALL_TIME), site.applied_offsets()) == 0
+    # Nothing counted and no offset stored; only the admitted pages' names hold their room.
+    assert await redis.exists(site.applied_offsets()) == 0
+    assert await named_pages(redis, site) == {"/a": 0, "/b": 0, "/c": 0}
 
     ops = to_ops(site, aggregate(pages, refused.value.pages), RETENTION, 3)
     assert await sink.apply(ops, 0, 0, 5) is None
@@ -116,6 +118,31 @@ async def test_the_script_refuses_pages_past_the_quota_and_applies_nothing(
     newer = [decode(r) for r in views_of(site.site_id, ["/y", "/w"], 1)]
     assert await refused_then_folded(sink, site, newer, 4, 8, 9) == {"/y"}
     assert set(await named_pages(redis, site)) == {"/a", "/b", "/c", "/w", OVERFLOW_PAGE}
+
+
+async def test_a_page_refused_to_one_aggregator_is_refused_to_another_before_the_retry(
+        redis: Redis) -> None:
+    """The race the concurrent test below can hit: aggregator 1's step is refused, and
+    before its retry aggregator 2 brings a page aggregator 1 was refused. The room aggregator
+    1's step was refused for is taken by the pages it admitted, so the refusal is final: the
+    page is never named and never split between itself and (other)."""
+    site = SiteKeys(new_site())
+    sink = RedisSink(redis)
+    first = [decode(r) for r in views_of(site.site_id, ["/a", "/b", "/c"], 1)]
+    with pytest.raises(PagesDenied) as refused:
+        await sink.apply(to_ops(site, aggregate(first), RETENTION, 2), 0, 0, 2)
+    assert refused.value.pages == {"/c"}
+
+    other = [decode(r) for r in views_of(site.site_id, ["/c"], 1)]
+    with pytest.raises(PagesDenied) as refused_too:
+        await sink.apply(to_ops(site, aggregate(other), RETENTION, 2), 1, 0, 0)
+    assert refused_too.value.pages == {"/c"}
+    ops = to_ops(site, aggregate(other, refused_too.value.pages), RETENTION, 2)
+    assert await sink.apply(ops, 1, 0, 0) is None
+
+    ops = to_ops(site, aggregate(first, refused.value.pages), RETENTION, 2)
+    assert await sink.apply(ops, 0, 0, 2) is None
+    assert await named_pages(redis, site) == {"/a": 1, "/b": 1, OVERFLOW_PAGE: 2}
 
 
 async def test_two_aggregators_applying_one_sites_partitions_concurrently_stay_in_quota(

@@ -135,6 +135,7 @@ class FakeAggregateStore:
     def _denied(self, ops: RedisOps) -> list[str]:
         """The quota operations: pages (or values) neither named nor within the room left."""
         denied: list[str] = []
+        admitted: list[tuple[Counter[str], str]] = []
         for op in ops.ops:
             if op[0] != QUOTA:
                 continue
@@ -145,8 +146,12 @@ class FakeAggregateStore:
                 if page not in ranking:
                     if room > 0:
                         room -= 1
+                        admitted.append((ranking, page))
                     else:
                         denied.append(tag + page)
+        if denied:  # a refused step names what it admitted, as the script does
+            for ranking, page in admitted:
+                ranking[page] += 0
         return denied
 
     async def remember_sites(self, site_ids: Iterable[str]) -> None:
