@@ -158,15 +158,14 @@ class MongoReader:
 
     async def _by_member(self, site_id: str, rng: TimeRange, dimension: Dimension,
                          distinct: bool) -> dict[str, int]:
-        field, only, missing = _BREAKDOWN_FIELDS[dimension]
+        field, only = _BREAKDOWN_FIELDS[dimension]
         grouped = await self._grouped([match_stage(site_id, rng, only=only),
                                        *(distinct_users_by(field) if distinct
                                          else count_by(field))])
         out: dict[str, int] = {}
         for value, n in grouped.items():
-            name = missing if value is None else str(value)
-            if name is not None and name != SELF_REFERRAL:
-                out[name] = out.get(name, 0) + n
+            if value is not None and str(value) != SELF_REFERRAL:
+                out[str(value)] = out.get(str(value), 0) + n
         return out
 
     async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
@@ -189,16 +188,17 @@ class MongoReader:
 
 SELF_REFERRAL = "(self)"  # ``aggregator.counting.dimensions.SELF_REFERRAL``: not counted
 _NAMED = {"name": {"$exists": True}, "dims.bot": {"$ne": True}}
-# Per dimension: the field grouped on, which events count (None: page views), and the value
-# of an event without the field (None: not counted). An event stored without ``dims`` had no
-# User-Agent and no referrer: (direct), (unknown).
-_BREAKDOWN_FIELDS: dict[Dimension, tuple[str, dict[str, Any] | None, str | None]] = {
-    SOURCE: ("dims.src", None, "(direct)"),
-    UTM_SOURCE: ("utm_source", None, None),
-    UTM_MEDIUM: ("utm_medium", None, None),
-    UTM_CAMPAIGN: ("utm_campaign", None, None),
-    DEVICE: ("dims.dev", None, "(unknown)"),
-    BROWSER: ("dims.brw", None, "(unknown)"),
-    OS: ("dims.os", None, "(unknown)"),
-    EVENT: ("name", _NAMED, None),
+# Per dimension: the field grouped on, and which events count (None: page views). An event
+# without the field is not counted: one stored without ``dims`` came through our own formats
+# with no User-Agent and no referrer and is in no breakdown, as in Redis
+# (``aggregator.counting.aggregate``).
+_BREAKDOWN_FIELDS: dict[Dimension, tuple[str, dict[str, Any] | None]] = {
+    SOURCE: ("dims.src", None),
+    UTM_SOURCE: ("utm_source", None),
+    UTM_MEDIUM: ("utm_medium", None),
+    UTM_CAMPAIGN: ("utm_campaign", None),
+    DEVICE: ("dims.dev", None),
+    BROWSER: ("dims.brw", None),
+    OS: ("dims.os", None),
+    EVENT: ("name", _NAMED),
 }

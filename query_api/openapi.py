@@ -154,8 +154,8 @@ ENDPOINTS: dict[str, tuple[str, str, str]] = {
                          "Page views only, bots never (`/stats` shows `filtered_bots`); for "
                          "`event`, `views` is the number of events of that name. `source` "
                          "is `(direct)` without a referrer; self-referrals are not counted. "
-                         "`device`, `browser` and `os` are `(unknown)` for events of "
-                         "`/track` and `/events` (they carry no User-Agent). Values past a "
+                         "Page views of `/track` and `/events` are in no breakdown (they "
+                         "carry no referrer or User-Agent). Values past a "
                          "dimension's quota count as `(other)`. CSV: one row per value."),
     "/stats/realtime": ("Realtime", "Visitors right now",
                         "Unique visitors and views in the current minute and the 4 before, "

@@ -82,7 +82,8 @@ def recount(events: Iterable[PageView]) -> Expected:
         members: list[tuple[Dimension, str | None]] = [(EVENT, e.name)]
         if e.name is None:  # a page view; a named event counts only per name
             out.total += 1
-            members = [(SOURCE, default_namer().source_of(e.referrer, e.host)),
+            members = [] if nothing_to_break_down(e) else [
+                       (SOURCE, default_namer().source_of(e.referrer, e.host)),
                        (UTM_SOURCE, e.utm_source or None), (UTM_MEDIUM, e.utm_medium or None),
                        (UTM_CAMPAIGN, e.utm_campaign or None), (DEVICE, facts.device),
                        (BROWSER, facts.browser), (OS, facts.os)]
@@ -98,6 +99,13 @@ def recount(events: Iterable[PageView]) -> Expected:
                     out.uniques[suffix(DIMENSION_VISITORS[dimension], scope, value)].add(
                         e.user_id)
     return out
+
+
+def nothing_to_break_down(e: PageView) -> bool:
+    """An event of our own formats (no tracker, no User-Agent) with no referrer and no UTM
+    tag: it is in no breakdown."""
+    return (e.via, e.user_agent, e.referrer, e.utm_source, e.utm_medium,
+            e.utm_campaign) == (None,) * 6
 
 
 async def current_keys(redis: RedisClient, site_id: str) -> SiteKeys:

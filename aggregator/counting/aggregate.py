@@ -21,9 +21,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from aggregator.counting.dimensions import (
-    DIRECT,
     NOT_A_BROWSER,
-    UNKNOWN,
     SourceNamer,
     UaClassifier,
     default_classifier,
@@ -85,9 +83,6 @@ _RANKINGS = [a for a in PAGE_CATALOG if a.kind is Kind.RANKING]
 _UNIQUES = [a for a in PAGE_CATALOG if a.kind is Kind.UNIQUES]
 # The dimensions a page view counts in, in the order ``aggregate`` reads their values.
 _VIEW_DIMENSIONS = (SOURCE, UTM_SOURCE, UTM_MEDIUM, UTM_CAMPAIGN, DEVICE, BROWSER, OS)
-# Those values for an event of our own formats without referrer or UTM tags (the common case).
-_OWN_FORMAT_VALUES: tuple[str | None, ...] = (DIRECT, None, None, None, UNKNOWN, UNKNOWN,
-                                              UNKNOWN)
 
 
 def aggregate(events: Iterable[PageView], overflow: Collection[str] = (),
@@ -101,7 +96,10 @@ def aggregate(events: Iterable[PageView], overflow: Collection[str] = (),
 
     The breakdowns come from the raw event here (``dimensions``), so a replay recounts
     them: a bot adds only to ``FILTERED``; a named event (not a page view) only to the
-    ``EVENT`` dimension; a page view to the page aggregates and every other dimension."""
+    ``EVENT`` dimension; a page view to the page aggregates and every other dimension,
+    unless it came through our own formats with nothing to break down (no User-Agent,
+    referrer or UTM tag: ``(direct)``/``(unknown)`` would copy the site's views and visitors
+    into four more rankings and HyperLogLogs each, for no information)."""
     classify = (classifier or default_classifier()).classify
     source_of = (namer or default_namer()).source_of
     views: Counter[tuple[str, int]] = Counter()
@@ -131,14 +129,12 @@ def aggregate(events: Iterable[PageView], overflow: Collection[str] = (),
         key = (page, minute)
         views[key] += 1
         visitors[key].add(e.user_id)
-        profile: tuple[int, tuple[str | None, ...]]
         if own and e.referrer is None and e.utm_source is None and e.utm_medium is None \
                 and e.utm_campaign is None:
-            profile = (minute, _OWN_FORMAT_VALUES)
-        else:
-            profile = (minute, (source_of(e.referrer, e.host), utm_value(e.utm_source),
-                                utm_value(e.utm_medium), utm_value(e.utm_campaign),
-                                facts.device, facts.browser, facts.os))
+            continue  # nothing to break down (see above)
+        profile = (minute, (source_of(e.referrer, e.host), utm_value(e.utm_source),
+                            utm_value(e.utm_medium), utm_value(e.utm_campaign),
+                            facts.device, facts.browser, facts.os))
         profiles[profile] += 1
         profile_visitors[profile].add(e.user_id)
 

@@ -7,8 +7,8 @@ libraries) with ``ua-parser`` and its native accelerator (browser, OS, device), 
 vendored referrer list in ``data/`` (``data/README.md``).
 
 A User-Agent of ``None`` means the event came through our own ``/track`` or ``/events``,
-which keep none: never a bot, and ``(unknown)`` device, browser and OS. An empty one is a
-bot (no browser sends none).
+which keep none: never a bot (and, without a referrer or UTM tag either, in no breakdown:
+``aggregate``). An empty one is a bot (no browser sends none).
 """
 
 from __future__ import annotations

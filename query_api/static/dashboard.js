@@ -280,7 +280,8 @@
     });
     if (!made.length) {
       const tr = document.createElement("tr");
-      cell(tr, "none", "No page views in this range yet.").colSpan = 4;
+      // Events of /track and /events carry no referrer or User-Agent: in no breakdown.
+      cell(tr, "none", "No page views from a tracker in this range yet.").colSpan = 4;
       made.push(tr);
     }
     $(id).replaceChildren(...made);

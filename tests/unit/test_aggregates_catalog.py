@@ -11,15 +11,9 @@ from aggregator.counting.aggregate import QUOTA, RedisOps, aggregate, to_ops
 from aggregator.counting.redis_sink import APPLY_SCRIPT
 from contracts.aggregates import (
     ALL_TIME,
-    BROWSER,
     CATALOG,
-    DEVICE,
-    DIMENSION_RANKINGS,
-    DIMENSION_VISITORS,
     OPCODES,
-    OS,
     PAGE_CATALOG,
-    SOURCE,
     UNITS,
     Scope,
     parse_suffix,
@@ -54,18 +48,14 @@ def test_names_outside_the_catalog_are_refused(name: str) -> None:
 
 # The members a page view from our own /track (no User-Agent, no referrer) takes in each
 # breakdown it counts in: UTM and event are not among them, and bots only counts bots.
-TRACK_MEMBERS = {SOURCE: "(direct)", DEVICE: "(unknown)", BROWSER: "(unknown)", OS: "(unknown)"}
-
-
 def test_an_event_counts_in_every_aggregate_of_every_scope_and_nowhere_else() -> None:
+    """An event of /track (no tracker, User-Agent, referrer or UTM tag): the page aggregates
+    only, no breakdown."""
     ops = to_ops(SiteKeys("s"), aggregate([PageView("e", "s", "/p", "u", TS, TS)]),
                  Retention())
     written = {SiteKeys("s").suffix_of(ops.keys[int(str(op[1])) - 1]) for op in ops.ops}
     expected = {suffix(a, s, "/p" if a.per_page else None)
                 for a in PAGE_CATALOG for s in scopes_of(TS)}
-    for dimension, member in TRACK_MEMBERS.items():
-        expected |= {suffix(DIMENSION_RANKINGS[dimension], s) for s in scopes_of(TS)}
-        expected |= {suffix(DIMENSION_VISITORS[dimension], s, member) for s in scopes_of(TS)}
     assert written == expected
     assert len(scopes_of(TS)) == 1 + len(UNITS)
     assert {op[0] for op in ops.ops} - {QUOTA} == set(OPCODES.values())

@@ -44,12 +44,14 @@ def test_a_malformed_retention_names_the_variable(env: dict[str, str], named: st
 
 def test_bucket_keys_expire_at_their_end_plus_the_configured_retention() -> None:
     retention = Retention(minute_ttl_s=7200, hour_ttl_s=86400)
-    ops = to_ops(SiteKeys("s"), aggregate([PageView("e", "s", "/p", "u", NOW, NOW)]), retention)
     minute, hour = NOW // 60_000, NOW // 3_600_000
-    expiry = {ops.keys[int(str(op[1])) - 1]: op[2] for op in ops.ops}
     site = SiteKeys("s")
-    # A page view from /track counts in the page aggregates and in four dimensions
-    # (source, device, browser, os): their keys expire alike.
+    # A page view from /track counts in the page aggregates (in no breakdown), a tracker's
+    # also in the dimensions: their keys expire alike.
+    tracked = PageView("t", "s", "/p", "u", NOW, NOW, user_agent="Mozilla/5.0", via="umami")
+    ops = to_ops(site, aggregate([PageView("e", "s", "/p", "u", NOW, NOW), tracked]),
+                 retention)
+    expiry = {ops.keys[int(str(op[1])) - 1]: op[2] for op in ops.ops}
     counted = [(agg, "/p" if agg.per_page else None) for agg in PAGE_CATALOG]
     counted += [(agg, ("(direct)" if d is SOURCE else "(unknown)") if agg.per_page else None)
                 for d in (SOURCE, DEVICE, BROWSER, OS)

@@ -14,6 +14,7 @@ from contracts.aggregates import (
     DEVICE,
     DIMENSION_RANKINGS,
     DIMENSION_VISITORS,
+    DIMENSIONS,
     EVENT,
     FILTERED,
     OS,
@@ -98,11 +99,18 @@ def test_a_tracker_event_without_a_user_agent_header_is_a_bot() -> None:
     assert delta.counters[(VIEWS, ALL_TIME, None)] == 1
 
 
-def test_events_without_a_user_agent_are_never_bots_and_their_device_is_unknown() -> None:
+def test_events_of_our_own_formats_are_never_bots_and_in_no_breakdown() -> None:
     delta = aggregate([view(1, ua=None), view(2, ua=None, user="u2")])
     assert (FILTERED, ALL_TIME, None) not in delta.counters
-    assert ranked(delta, DEVICE) == ranked(delta, OS) == {"(unknown)": 2}
-    assert ranked(delta, SOURCE) == {"(direct)": 2}
+    assert delta.counters[(VIEWS, ALL_TIME, None)] == 2
+    assert all(not ranked(delta, d) for d in DIMENSIONS)
+    assert not [t for t in delta.uniques if t[0] in DIMENSION_VISITORS.values()]
+
+
+def test_an_event_of_our_own_formats_with_a_referrer_is_in_the_breakdowns() -> None:
+    delta = aggregate([view(1, ua=None, referrer="https://news.ycombinator.com/")])
+    assert ranked(delta, SOURCE) == {"Hacker News": 1}
+    assert ranked(delta, DEVICE) == ranked(delta, OS) == {"(unknown)": 1}
 
 
 def test_named_events_count_only_per_name_with_their_visitors() -> None:
