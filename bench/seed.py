@@ -29,6 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.events import as_tracker_view
 from bench.kafka import GroupLag, produce
 from bench.progress import say
 from bench.settings import ROOT, BenchSettings, BenchSettingsError
@@ -77,7 +78,7 @@ class SeedSpec:
     @property
     def site(self) -> str:
         """The large site's id: names its size, so a smaller quick seed is another site."""
-        return f"bench-large-{self.pages}p-{self.visitors}v-{self.days}d-{self.events}e"
+        return f"bench-large-{self.pages}p-{self.visitors}v-{self.days}d-{self.events}e-tr"
 
     def small_site(self, index: int) -> str:
         return f"bench-small-site-{index:04d}"
@@ -94,17 +95,20 @@ def zipf_cumulative(count: int, exponent: float = ZIPF_EXPONENT) -> list[float]:
 
 def big_site_events(spec: SeedSpec, anchor_ms: int, seed: int = 13) -> Iterator[PageView]:
     """The large site's history: ``spec.events`` events over the ``spec.days`` days before
-    ``anchor_ms``, pages by Zipf-like popularity, visitors uniform. Same spec, anchor and
-    seed: the same events, with the same ids."""
+    ``anchor_ms``, pages by Zipf-like popularity, visitors uniform, as a tracker sends them
+    (User-Agents, referrers, UTM tags: the breakdowns have data; ``-tr`` in the site id).
+    Same spec, anchor and seed: the same events, with the same ids."""
     rng = random.Random(seed)
     cumulative = zipf_cumulative(spec.pages)
     total = cumulative[-1]
     span = spec.days * DAY_MS
     for i in range(spec.events):
         rank = min(bisect.bisect(cumulative, rng.random() * total), spec.pages - 1)
-        yield PageView(event_id=f"{spec.site}-{i:09d}", site_id=spec.site, page_id=spec.page(rank),
-                       user_id=f"visitor-{rng.randrange(spec.visitors):06d}",
-                       ts=anchor_ms - 1 - rng.randrange(span), received_at=anchor_ms)
+        event = PageView(event_id=f"{spec.site}-{i:09d}", site_id=spec.site,
+                         page_id=spec.page(rank),
+                         user_id=f"visitor-{rng.randrange(spec.visitors):06d}",
+                         ts=anchor_ms - 1 - rng.randrange(span), received_at=anchor_ms)
+        yield as_tracker_view(event, rng)
 
 
 def small_site_events(spec: SeedSpec, anchor_ms: int, seed: int = 17) -> Iterator[PageView]:

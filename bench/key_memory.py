@@ -1,0 +1,103 @@
+"""Redis memory of sites' aggregates, by aggregate and time unit: ``MEMORY USAGE`` of every
+key of each site's current generation.
+
+Why: memory is what limits how many sites, pages and buckets one Redis holds (README,
+"Sizing Redis"), and estimates from a few sample keys hide which aggregate dominates. Run
+against a stack that has counted the sites, for example the query bench's seed:
+
+    .venv/bin/python -m bench.key_memory bench-large-10000p-200000v-30d-1000000e-tr
+
+It reads only (SCAN and MEMORY USAGE, pipelined), so it is safe on a live stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from bench.progress import say
+from bench.settings import BenchSettings
+from bench.table import markdown, render
+from contracts.aggregates import ALL_TIME, FILTERED, VIEWS, parse_suffix
+from contracts.generations import GenerationStore
+from contracts.keys import SiteKeys
+
+SUITE = "key-memory"
+BATCH = 500
+
+
+@dataclass
+class Usage:
+    """Keys and bytes per (aggregate name, unit) of one or more sites."""
+
+    keys: Counter[tuple[str, str]] = field(default_factory=Counter)
+    bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    events: int = 0
+
+    def rows(self) -> list[list[str]]:
+        total = sum(self.bytes.values()) or 1
+        per_event = self.events or 1
+        out = [[name, unit, f"{self.keys[k]:,}", f"{self.bytes[k]:,}",
+                 f"{self.bytes[k] / self.keys[k]:,.0f}", f"{100 * self.bytes[k] / total:.1f}%",
+                 f"{self.bytes[k] / per_event:,.1f}"]
+               for k in sorted(self.bytes, key=lambda k: -self.bytes[k]) for name, unit in [k]]
+        out.append(["all", "", f"{sum(self.keys.values()):,}", f"{total:,}", "", "100%",
+                    f"{total / per_event:,.1f}"])
+        return out
+
+
+async def measure(redis: Redis, site_id: str, usage: Usage) -> None:
+    """Add ``site_id``'s current generation to ``usage`` (events: views and bots, all time)."""
+    site: SiteKeys = await GenerationStore(redis).current_one(site_id)
+    counted = await redis.mget(site.key(VIEWS, ALL_TIME), site.key(FILTERED, ALL_TIME))
+    usage.events += sum(int(v) for v in counted if v is not None)
+    names: list[str] = []
+    async for key in redis.scan_iter(match=site.generation_match(), count=1000):
+        names.append(key.decode() if isinstance(key, bytes) else key)
+    for start in range(0, len(names), BATCH):
+        chunk = names[start:start + BATCH]
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in chunk:
+                pipe.memory_usage(name, samples=0)
+            sizes = await pipe.execute()
+        for name, size in zip(chunk, sizes, strict=True):
+            try:
+                parsed = parse_suffix(site.suffix_of(name))
+                group = (parsed.aggregate.name, parsed.scope.unit or "all time")
+            except ValueError:
+                group = (site.suffix_of(name).split(":", 1)[0], "(other key)")
+            usage.keys[group] += 1
+            usage.bytes[group] += int(size or 0)
+
+
+async def run(settings: BenchSettings, sites: list[str]) -> Usage:
+    redis = Redis.from_url(settings.redis_url)
+    usage = Usage()
+    try:
+        for site_id in sites:
+            say(SUITE, f"reading {site_id}")
+            await measure(redis, site_id, usage)
+    finally:
+        await redis.aclose()
+    return usage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sites", nargs="+", help="site ids")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = parser.parse_args()
+    usage = asyncio.run(run(BenchSettings.from_env(os.environ), args.sites))
+    headers = ["aggregate", "unit", "keys", "bytes", "bytes/key", "share", "bytes/event"]
+    rows = usage.rows()
+    print((markdown if args.markdown else render)(rows, headers))
+    print(f"events counted (views + filtered bots): {usage.events:,}")
+
+
+if __name__ == "__main__":
+    main()
