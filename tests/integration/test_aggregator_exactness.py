@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
+from bench.events import as_tracker_view
 from contracts.event import PageView, encode_event
 from contracts.failpoints import (
     CRASH_AT_BATCH_VARIABLE,
@@ -48,15 +49,19 @@ CLIENT_RETRIES = 'duplicates_skipped_total{reason="client_retry"}'
 
 
 def make_events(site_id: str, n: int, seed: int = 7, pages: int = 200, users: int = 5000,
-                ) -> list[PageView]:
-    """Events over many pages and users, spread over the last three days (many buckets)."""
+                tracker: bool = False) -> list[PageView]:
+    """Events over many pages and users, spread over the last three days (many buckets);
+    with ``tracker``, every other one as Plausible's tracker sends it (its breakdowns)."""
     rng = random.Random(f"{site_id}-{seed}")  # ids unique to this test's site
     now = int(time.time() * 1000)
-    return [PageView(event_id=str(uuid.UUID(int=rng.getrandbits(128))), site_id=site_id,
-                     page_id=f"/page/{rng.randrange(pages)}",
-                     user_id=f"user-{rng.randrange(users)}",
-                     ts=now - rng.randrange(72 * HOUR_MS), received_at=now)
-            for _ in range(n)]
+    events = [PageView(event_id=str(uuid.UUID(int=rng.getrandbits(128))), site_id=site_id,
+                       page_id=f"/page/{rng.randrange(pages)}",
+                       user_id=f"user-{rng.randrange(users)}",
+                       ts=now - rng.randrange(72 * HOUR_MS), received_at=now)
+              for _ in range(n)]
+    if tracker:
+        events[::2] = [as_tracker_view(e, rng) for e in events[::2]]
+    return events
 
 
 async def wait_for_total(redis: Redis, site_id: str, n: int, timeout_s: float = 180) -> None:
@@ -81,7 +86,7 @@ async def test_fifty_thousand_events_are_counted_exactly(
         stack: Stack, redis: Redis, mongo_events: AsyncCollection[dict[str, Any]], site_id: str,
         http: aiohttp.ClientSession, tmp_path: Path) -> None:
     topic = await create_topic(stack)
-    events = make_events(site_id, 50_000)
+    events = make_events(site_id, 50_000, tracker=True)
     aggregator = Aggregator(stack, topic, tmp_path)
     aggregator.start()
     try:
