@@ -224,6 +224,12 @@ class Outcome:
     kind: str  # "accepted" (202), "refused" (connection refused), or anything else seen
 
 
+# A connection the gateway never accepted: refused once its listener is closed, or reset when
+# the listener closed while the connection still waited in its backlog (it never reached
+# aiohttp either way).
+NOT_ACCEPTED = (errno.ECONNREFUSED, errno.ECONNRESET)
+
+
 async def post_once(session: aiohttp.ClientSession, url: str, site_id: str) -> Outcome:
     event = {"page_id": "/drain", "user_id": f"u{uuid.uuid4().hex[:6]}", "site_id": site_id,
              "event_id": str(uuid.uuid4())}
@@ -233,7 +239,7 @@ async def post_once(session: aiohttp.ClientSession, url: str, site_id: str) -> O
             body = await response.read()
             kind = "accepted" if response.status == 202 else f"{response.status} {body[:160]!r}"
     except aiohttp.ClientConnectorError as exc:
-        refused = exc.os_error.errno == errno.ECONNREFUSED
+        refused = exc.os_error.errno in NOT_ACCEPTED
         kind = "refused" if refused else f"connect failed: {exc!r}"
     except aiohttp.ClientError as exc:  # the connection was cut before an answer
         kind = f"cut: {exc!r}"
@@ -246,8 +252,10 @@ async def first_refusal(port: int, deadline_s: float = 10.0) -> float:
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except ConnectionRefusedError:
-            return time.monotonic()
+        except OSError as exc:
+            if exc.errno in NOT_ACCEPTED:
+                return time.monotonic()
+            raise
         writer.close()
         await writer.wait_closed()
         await asyncio.sleep(0.002)
