@@ -1,86 +1,84 @@
-"""Breakdowns from Redis: the ranking of a dimension's values, their visitors, and bots.
+"""What the Redis reader reads for a breakdown: each bucket's version, and its ranking whole.
 
-Why a module of its own, without the page readers' caches (``redis_reader``): a dimension
-holds few values per bucket (its quota bounds it: at most ``Dimension.max_values`` plus
-``(other)``), so each request reads its buckets' rankings whole and sums them here, and
-counts each shown value's visitors over the range with one union each. The page readers
-version their caches by the site's view counters, which named events and bots do not move,
-so reusing those caches here would serve stale event counts.
+Why versions: the reader caches a dimension's merged ranking and its values' visitor counts
+as it caches the pages' (``versioned_cache``), valid while the buckets they came from are
+unchanged. A bucket's version is what every event adding to its breakdown also moves, in the
+same atomic step (``aggregator.counting.redis_sink``):
 
-Reads go through ``ReadScript`` (the generation check, bounded calls). Called by the Redis
-reader; blocks on the network and raises redis errors when Redis is down.
+- a page-view dimension (source, UTM, device, browser, OS): the site's views in the bucket.
+  Every page view it counts is a view; the views of ``/track`` and ``/events`` (in no
+  breakdown) only make the cache read the bucket again, which is cheap.
+- ``event``: named events are not views, so the version is the event ranking's own total,
+  summed by the read script. Its quota bounds it (``Dimension.max_values`` plus ``(other)``
+  per bucket), so that sum stays a short loop.
+
+A bucket's ranking is read whole in one call with its version (its quota bounds it too):
+nothing can tear it. Pure planning and reply parsing; the reader runs the batches.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from typing import Any
 
-from contracts.aggregates import (
-    DIMENSION_RANKINGS,
-    DIMENSION_VISITORS,
-    FILTERED,
-    Dimension,
-    Scope,
-)
+from contracts.aggregates import DIMENSION_RANKINGS, EVENT, FILTERED, VIEWS, Dimension, Scope
 from contracts.keys import SiteKeys
-from query_api.redis_reads import Batch, Packer, ReadScript
+from query_api.redis_reads import Batch, Packer
+
+TOTALS_PER_CALL = 16  # event rankings summed by one call: at most ~3,200 members
 
 
-async def ranked_members(reads: ReadScript, site_id: str, scopes: list[Scope],
-                         dimension: Dimension, offset: int, limit: int
-                         ) -> tuple[int, list[tuple[str, int]]]:
-    """How many values the dimension has in the range, and ``limit`` of them after
-    ``offset`` as (value, views), views descending then value ascending."""
-    ranking = DIMENSION_RANKINGS[dimension]
-
-    def plan(keys: SiteKeys) -> list[Batch]:
-        packer = Packer()
-        for scope in scopes:
-            packer.batch_for(1).add_range(keys.key(ranking, scope), 0, -1)
-        return packer.batches
-
-    _, replies = await reads.run(site_id, plan)
-    summed: Counter[str] = Counter()
-    for reply in replies:
-        for flat in reply:
-            for i in range(0, len(flat), 2):
-                summed[flat[i].decode()] -= int(flat[i + 1])  # stored negated
-    ranked = sorted(((v, n) for v, n in summed.items() if n > 0),
-                    key=lambda vn: (-vn[1], vn[0]))
-    return len(ranked), ranked[offset:offset + limit]
-
-
-async def member_uniques(reads: ReadScript, site_id: str, scopes: list[Scope],
-                         dimension: Dimension, values: list[str]) -> dict[str, int]:
-    """Unique visitors of each value over the range: one union of its buckets each."""
-    per_value = DIMENSION_VISITORS[dimension]
-    where: list[tuple[Batch, int]] = []
-    made: list[Batch] = []
-
-    def plan(keys: SiteKeys) -> list[Batch]:
-        where.clear()
-        packer = Packer()
-        for value in values:
-            where.append(packer.add_union(keys, [keys.key(per_value, s, value)
-                                                 for s in scopes]))
-        made[:] = packer.batches
-        return packer.batches
-
-    _, replies = await reads.run(site_id, plan)
-    reply_of = {id(b): r for b, r in zip(made, replies, strict=True)}
-    return {value: int(reply_of[id(batch)][at])
-            for value, (batch, at) in zip(values, where, strict=True)}
-
-
-async def filtered(reads: ReadScript, site_id: str, scopes: list[Scope]) -> int:
-    """Bot requests acknowledged but not counted, over the range."""
-
-    def plan(keys: SiteKeys) -> list[Batch]:
-        packer = Packer()
+def plan_versions(keys: SiteKeys, scopes: list[Scope], dimension: Dimension) -> list[Batch]:
+    """Batches whose replies, in order, hold the version of each scope (``versions_of``)."""
+    packer = Packer()
+    if dimension == EVENT:
+        ranking = DIMENSION_RANKINGS[dimension]
+        for start in range(0, len(scopes), TOTALS_PER_CALL):
+            chunk = scopes[start:start + TOTALS_PER_CALL]
+            packer.batch_for(TOTALS_PER_CALL).add("total", [keys.key(ranking, s) for s in chunk])
+    else:
         for start in range(0, len(scopes), 200):
             chunk = scopes[start:start + 200]
-            packer.batch_for(len(chunk)).add("get", [keys.key(FILTERED, s) for s in chunk])
-        return packer.batches
+            packer.batch_for(len(chunk)).add("get", [keys.key(VIEWS, s) for s in chunk])
+    return packer.batches
 
-    _, replies = await reads.run(site_id, plan)
-    return sum(int(n) for reply in replies for counts in reply for n in counts)
+
+def versions_of(replies: list[list[Any]]) -> tuple[int, ...]:
+    return tuple(int(v) for reply in replies for read in reply for v in read)
+
+
+def plan_bucket(keys: SiteKeys, scope: Scope, dimension: Dimension) -> Batch:
+    """One call reading a bucket's ranking whole and its version (``bucket_of``)."""
+    batch = Batch()
+    ranking = keys.key(DIMENSION_RANKINGS[dimension], scope)
+    batch.add_range(ranking, 0, -1)
+    if dimension == EVENT:
+        batch.add("total", [ranking])
+    else:
+        batch.add("get", [keys.key(VIEWS, scope)])
+    return batch
+
+
+def bucket_of(reply: list[Any]) -> tuple[int, dict[str, int]]:
+    """(version, value -> count) from the reply to ``plan_bucket``. Values named by a
+    refused quota step but not counted yet (count 0) are left out."""
+    flat, (version,) = reply
+    counts: dict[str, int] = {}
+    for i in range(0, len(flat), 2):
+        n = -int(flat[i + 1])
+        if n > 0:
+            counts[flat[i].decode()] = n
+    return int(version), counts
+
+
+def plan_filtered(keys: SiteKeys, scopes: list[Scope]) -> list[Batch]:
+    """Batches reading the bot counters of the range (their replies summed: ``total_of``)."""
+    packer = Packer()
+    for start in range(0, len(scopes), 200):
+        chunk = scopes[start:start + 200]
+        packer.batch_for(len(chunk)).add("get", [keys.key(FILTERED, s) for s in chunk])
+    return packer.batches
+
+
+def total_of(replies: list[list[Any]]) -> int:
+    return sum(int(n) for reply in replies for counts in reply
+               for n in counts)

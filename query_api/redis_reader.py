@@ -7,6 +7,8 @@
   sum of their rankings, merged in this process. The merged ranking and every count of a
   union are cached with the view counters they came from (``versioned_cache``): idle, a
   request reads only those counters; while events arrive, only the buckets that changed.
+- Breakdowns: the same, per dimension, with each bucket's version read as
+  ``redis_breakdowns`` says (for named events, not the views).
 
 Every read goes through ``ReadScript``: one script call per batch, checked against the
 site's generation pointer, each touching a bounded number of keys; a request takes one
@@ -27,10 +29,12 @@ from redis.exceptions import RedisError
 
 from contracts.aggregates import (
     ALL_TIME,
+    DIMENSION_VISITORS,
     PAGE_VISITORS,
     RANKING,
     VIEWS,
     VISITORS,
+    Aggregate,
     Dimension,
     Scope,
 )
@@ -57,6 +61,8 @@ TORN_RETRIES = 3
 MAX_BASES = 2_000  # unions of settled buckets kept in Redis by one process (at most ~12 KB each)
 BASE_REUSE_S = SCRATCH_TTL_MS / 1000 * 2 / 3  # used again only well before it expires
 Query = tuple[list[Scope], str | None]  # scopes to add up, and a page (None: the site)
+# Whose visitors a union counts: the site's (None), a page's, or a dimension's value's.
+Subject = tuple[Aggregate, str | None]
 
 
 def scopes_of_range(rng: TimeRange) -> list[Scope]:
@@ -66,11 +72,11 @@ def scopes_of_range(rng: TimeRange) -> list[Scope]:
 
 @dataclass(slots=True)
 class Recount:
-    """A union to count again: its scopes and page, its cache identity, and the views of
-    its scopes now (its version)."""
+    """A union to count again: its scopes and subject, its cache identity, and the
+    versions of its scopes now (the site's views in each; for named events, their count)."""
 
     scopes: list[Scope]
-    page: str | None
+    subject: Subject
     ident: Hashable
     version: tuple[int, ...]
 
@@ -168,7 +174,8 @@ class RedisReader:
                                             member=page)
                 count_in, at_count = views_in, -1
                 if not counted:
-                    count_in, at_count = packer.add_union(keys, _hlls(keys, scopes, page))
+                    count_in, at_count = packer.add_union(keys, _hlls(keys, scopes,
+                                                                      _visitors_of(page)))
                 plans.append((views_in, at_views, count_in, at_count))
             made[:] = packer.batches
             return packer.batches
@@ -194,7 +201,7 @@ class RedisReader:
             uniques.append(self._counts.get(ident, version))
         stale = [i for i, u in enumerate(uniques) if u is None]
         if stale:  # views changed since these were counted: count them again
-            recount = [Recount(queries[i][0], queries[i][1], idents[i],
+            recount = [Recount(queries[i][0], _visitors_of(queries[i][1]), idents[i],
                                version_of[id(queries[i][0])]) for i in stale]
             counted = await self._count(site_id, keys, recount)
             for i, item, n in zip(stale, recount, counted, strict=True):
@@ -253,9 +260,10 @@ class RedisReader:
         """Queue the count of one union: from its base when that is still valid, with a new
         base when the union is long enough to be worth one, else merged and dropped. Returns
         where the count will be, and the base made (None: none made)."""
-        names = _hlls(keys, item.scopes, item.page)
+        names = _hlls(keys, item.scopes, item.subject)
         settled = sum(1 for s in item.scopes if s.unit is not None and s.end_ms <= now_ms)
-        if len(names) <= MAX_HLL_WORK or settled < 2 or len(names) - settled >= MAX_HLL_WORK:
+        if len(names) <= MAX_HLL_WORK or settled < 2 or len(names) - settled >= MAX_HLL_WORK \
+                or not self._counts.known(item.ident):  # a first count: no base
             return (*packer.add_union(keys, names), None)
         base = self._bases.get(item.ident)
         if base is not None and base.settled == settled and \
@@ -289,17 +297,63 @@ class RedisReader:
 
     async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
                              offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
-        return await redis_breakdowns.ranked_members(self._reads, site_id,
-                                                     scopes_of_range(rng), dimension,
-                                                     offset, limit)
+        ranked = (await self._merged_members(site_id, scopes_of_range(rng), dimension)).ranked()
+        return len(ranked), ranked[offset:offset + limit]
 
     async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
                              values: list[str]) -> dict[str, int]:
-        return await redis_breakdowns.member_uniques(self._reads, site_id,
-                                                     scopes_of_range(rng), dimension, values)
+        """Each value's visitors: cached with the versions of the range's buckets, counted
+        again (from a kept union of the settled buckets, as the pages' are) when those
+        changed."""
+        scopes = scopes_of_range(rng)
+        keys, version = await self._member_versions(site_id, scopes, dimension)
+        shape = (scopes[0].token, scopes[-1].token, len(scopes))
+        per_value = DIMENSION_VISITORS[dimension]
+        counts: dict[str, int] = {}
+        stale: list[Recount] = []
+        for value in values:
+            ident = (keys, dimension.code, shape, value)
+            found = self._counts.get(ident, version)
+            if found is None:
+                stale.append(Recount(scopes, (per_value, value), ident, version))
+            else:
+                counts[value] = found
+        if stale:
+            for item, n in zip(stale, await self._count(site_id, keys, stale), strict=True):
+                counts[str(item.subject[1])] = n
+                self._counts.put(item.ident, item.version, n)
+        return {value: counts[value] for value in values}
 
     async def filtered(self, site_id: str, rng: TimeRange) -> int:
-        return await redis_breakdowns.filtered(self._reads, site_id, scopes_of_range(rng))
+        scopes = scopes_of_range(rng)
+        _, replies = await self._reads.run(
+            site_id, lambda keys: redis_breakdowns.plan_filtered(keys, scopes))
+        return redis_breakdowns.total_of(replies)
+
+    async def _member_versions(self, site_id: str, scopes: list[Scope], dimension: Dimension
+                               ) -> tuple[SiteKeys, tuple[int, ...]]:
+        keys, replies = await self._reads.run(
+            site_id, lambda keys: redis_breakdowns.plan_versions(keys, scopes, dimension))
+        return keys, redis_breakdowns.versions_of(replies)
+
+    async def _merged_members(self, site_id: str, scopes: list[Scope], dimension: Dimension
+                              ) -> MergedRanking:
+        """The range's ranking of the dimension's values, summed here from the buckets'
+        rankings: the versions are read, and only the buckets whose version changed since
+        they were merged are read again (whole, with their version) and swapped in."""
+        keys, versions = await self._member_versions(site_id, scopes, dimension)
+        ident = (keys, dimension.code, tuple(scopes))
+        merged = self._merged.pop(ident, None) or MergedRanking()
+        changed = [s for s, v in zip(scopes, versions, strict=True)
+                   if merged.buckets.get(s, (-1, {}))[0] != v]
+        if changed:
+            _, replies = await self._reads.run(
+                site_id, lambda current: [redis_breakdowns.plan_bucket(current, s, dimension)
+                                          for s in changed], expect=keys)
+            for scope, reply in zip(changed, replies, strict=True):
+                merged.swap(scope, *redis_breakdowns.bucket_of(reply))
+        self._keep_merged(ident, merged)
+        return merged
 
     # -- rankings -----------------------------------------------------------------------
 
@@ -341,11 +395,14 @@ class RedisReader:
                 read_version, _, pages = await self._read_ranking(site_id, keys, scope, 0, None,
                                                                   size)
                 merged.swap(scope, read_version, dict(pages))
+        self._keep_merged(ident, merged)
+        return merged
+
+    def _keep_merged(self, ident: Hashable, merged: MergedRanking) -> None:
         self._merged[ident] = merged
         while sum(m.size for m in self._merged.values()) > MAX_MERGED_ENTRIES and \
                 len(self._merged) > 1:
             self._merged.popitem(last=False)
-        return merged
 
     async def _read_ranking(self, site_id: str, keys: SiteKeys | None, scope: Scope,
                             start: int, stop: int | None, size_hint: int = ENTRIES_PER_SLICE
@@ -399,9 +456,12 @@ def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
     return [(flat[i].decode(), -int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
-def _hlls(keys: SiteKeys, scopes: list[Scope], page: str | None) -> list[str]:
-    if page is None:
-        return [keys.key(VISITORS, s) for s in scopes]
-    return [keys.key(PAGE_VISITORS, s, page) for s in scopes]
+def _visitors_of(page: str | None) -> Subject:
+    return (VISITORS, None) if page is None else (PAGE_VISITORS, page)
+
+
+def _hlls(keys: SiteKeys, scopes: list[Scope], subject: Subject) -> list[str]:
+    aggregate, member = subject
+    return [keys.key(aggregate, s, member) for s in scopes]
 
 

@@ -41,6 +41,8 @@ ENTRIES_PER_SLICE = 500  # ranking entries one call may return
 #   ["score", member, k...] each ranking's score of member (missing: 0)
 #   ["pfcount", k...]      one count of the union of the HyperLogLogs
 #   ["card", k...]         each ranking's number of members
+#   ["total", k...]        each ranking's sum of counts (scores are counts negated); only
+#                          for rankings a quota bounds (a breakdown's: a few hundred members)
 #   ["range", k, start, stop]  members and scores, in ranking order
 #   ["merge", dest, k...]  PFMERGE the HyperLogLogs into the scratch key dest
 #   ["take", dest]         the count of scratch key dest, which is then deleted
@@ -67,6 +69,12 @@ for _, r in ipairs(reads) do
     reply = redis.call('PFCOUNT', unpack(names))
   elseif op == 'card' then
     for i = 2, #r do reply[#reply + 1] = redis.call('ZCARD', KEYS[r[i]]) end
+  elseif op == 'total' then
+    for i = 2, #r do
+      local flat, sum = redis.call('ZRANGE', KEYS[r[i]], 0, -1, 'WITHSCORES'), 0
+      for j = 2, #flat, 2 do sum = sum - tonumber(flat[j]) end
+      reply[#reply + 1] = sum
+    end
   elseif op == 'range' then
     reply = redis.call('ZRANGE', KEYS[r[2]], r[3], r[4], 'WITHSCORES')
   elseif op == 'merge' then

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 
 from aggregator.counting.aggregate import aggregate, to_ops
 from aggregator.counting.redis_sink import RedisSink
+from contracts.aggregates import EVENT, UTM_SOURCE
 from contracts.event import PageView
 from contracts.keys import SiteKeys
 from contracts.settings import Retention
@@ -252,3 +253,68 @@ async def test_a_30_day_count_while_events_arrive_merges_the_settled_days_once(
     await redis.delete(*kept)
     await today_events()
     await assert_exact()
+
+
+CHROME = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/131.0.0.0 Safari/537.36")
+
+
+def tracker_events(site_id: str, n: int, rng: random.Random, start: int, end: int,
+                   kind: str = "mixed") -> list[PageView]:
+    """Plausible-shaped page views tagged utm_source, named events, and our own /track views
+    (in no breakdown, yet they move the site's views): ``kind`` picks one, or a mix."""
+    out = []
+    for _ in range(n):
+        pick = kind if kind != "mixed" else rng.choice(("view", "named", "own"))
+        value, user = f"v{int(rng.paretovariate(1.1)) % 30}", f"u{rng.randrange(400)}"
+        ts = rng.randrange(start, end)
+        if pick == "own":
+            out.append(PageView(str(uuid.uuid4()), site_id, "/own", user, ts, NOW))
+            continue
+        out.append(PageView(str(uuid.uuid4()), site_id, "/t", user, ts, NOW,
+                            name=f"n-{value}" if pick == "named" else None, user_agent=CHROME,
+                            utm_source=value if pick == "view" else None, via="plausible"))
+    return out
+
+
+async def assert_breakdowns_exact(reader: RedisReader, redis: Redis, applied: Applied) -> None:
+    site = applied.site.site_id
+    chosen = applied.in_range()
+    for dimension, value_of in ((UTM_SOURCE, lambda e: e.utm_source), (EVENT, lambda e: e.name)):
+        counted: dict[str, int] = {}
+        for e in chosen:
+            if value_of(e) is not None:
+                counted[value_of(e)] = counted.get(value_of(e), 0) + 1
+        want = sorted(counted.items(), key=lambda vn: (-vn[1], vn[0]))
+        assert await reader.ranked_members(site, RANGE, dimension, 0, 100) == (len(want), want)
+        assert await reader.ranked_members(site, RANGE, dimension, 2, 4) == (len(want),
+                                                                              want[2:6])
+        values = [v for v, _ in want[:6]]
+        uniques = await reader.member_uniques(site, RANGE, dimension, values)
+        for value in values:
+            users = {e.user_id for e in chosen if value_of(e) == value}
+            assert uniques[value] == await hll_estimate(redis, site, users), (dimension, value)
+
+
+async def test_cached_breakdowns_follow_every_new_event_exactly(
+        redis: Redis, site_id: str) -> None:
+    """The breakdown caches are versioned by the site's views (page-view dimensions) and by
+    the event ranking's total (named events, which move no view): after new page views, new
+    named events alone, and views of /track alone, every answer is still exact; asked again
+    with nothing new, the rankings and visitors come from the caches."""
+    rng = random.Random(29)
+    reader = RedisReader(redis)
+    reader._reads = spy = Recorder(reader._reads)  # type: ignore[assignment]
+    applied = Applied(redis, site_id)
+    start, end = RANGE.bounds()
+    await applied.add(tracker_events(site_id, 3000, rng, start - HOUR_MS, end + 2 * MINUTE_MS))
+    await assert_breakdowns_exact(reader, redis, applied)
+    spy.ops.clear()
+    await assert_breakdowns_exact(reader, redis, applied)
+    assert {"range", "pfcount", "merge", "based", "take"}.isdisjoint(spy.ops), spy.ops
+
+    for kind in ("view", "named", "own"):  # in one old day, one edge hour, one edge minute
+        for lo, hi in ((start + DAY_MS, start + DAY_MS + HOUR_MS),
+                       (start, start + 43 * MINUTE_MS), (end - MINUTE_MS, end)):
+            await applied.add(tracker_events(site_id, 30, rng, lo, hi, kind))
+            await assert_breakdowns_exact(reader, redis, applied)
