@@ -353,15 +353,22 @@ def encode_event(event: PageView) -> bytes:
         "page_id": event.page_id, "user_id": event.user_id, "ts": event.ts,
         "received_at": event.received_at,
     }
+    return orjson.dumps(record | v2_fields(event))
+
+
+def v2_fields(event: PageView) -> dict[str, Any]:
+    """Version 2's fields that are set, as the topic and the raw store both keep them: an
+    event of our own formats (none set) is written as in version 1."""
+    fields: dict[str, Any] = {}
     for field, _ in EXTRA_TEXT_FIELDS:
         value = getattr(event, field)
         if value is not None:
-            record[field] = value
+            fields[field] = value
     if event.props is not None:
-        record["props"] = dict(event.props)
+        fields["props"] = dict(event.props)
     if event.via is not None:
-        record["via"] = event.via
-    return orjson.dumps(record)
+        fields["via"] = event.via
+    return fields
 
 
 class UndecodableRecord(ValueError):

@@ -21,7 +21,7 @@ from typing import Any
 from bson import DatetimeMS
 
 from contracts.aggregates import UNITS
-from contracts.event import EXTRA_TEXT_FIELDS, PageView
+from contracts.event import EXTRA_TEXT_FIELDS, PageView, v2_fields
 from contracts.timebuckets import datetime_to_ms
 
 DATABASE = "pageviews"
@@ -67,16 +67,7 @@ def event_document(event: PageView, partition: int, offset: int) -> dict[str, An
         **{unit.mongo_field: unit.bucket_of(event.ts) for unit in UNITS},
         "partition": partition, "offset": offset,
     }
-    # Version 2's fields only when set, so an event of our own formats is stored as before.
-    for field, _ in EXTRA_TEXT_FIELDS:
-        value = getattr(event, field)
-        if value is not None:
-            document[field] = value
-    if event.props is not None:
-        document["props"] = dict(event.props)
-    if event.via is not None:
-        document["via"] = event.via
-    return document
+    return document | v2_fields(event)
 
 
 # The fields a stored event is read back from (``page_view_of``): the event's own, not the

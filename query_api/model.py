@@ -68,15 +68,11 @@ class StatsReader(Protocol):
         in the order of ``slots``."""
         ...
 
-    async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
-                             offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
-        """``ranked_pages`` for a breakdown dimension's values (for ``event``: events per
-        name)."""
-        ...
-
-    async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
-                             values: list[str]) -> dict[str, int]:
-        """Unique visitors of each given value of the dimension over the range."""
+    async def breakdown(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                        offset: int, limit: int) -> tuple[int, list[tuple[str, int, int]]]:
+        """How many values the dimension has over the range, and ``limit`` of them after
+        ``offset`` as (value, views, unique visitors), views descending then value
+        ascending (for ``event``: events per name)."""
         ...
 
     async def filtered(self, site_id: str, rng: TimeRange) -> int:

@@ -168,17 +168,14 @@ class MongoReader:
                 out[str(value)] = out.get(str(value), 0) + n
         return out
 
-    async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
-                             offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
-        views = await self._by_member(site_id, rng, dimension, distinct=False)
+    async def breakdown(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                        offset: int, limit: int) -> tuple[int, list[tuple[str, int, int]]]:
+        views, uniques = await asyncio.gather(
+            self._by_member(site_id, rng, dimension, distinct=False),
+            self._by_member(site_id, rng, dimension, distinct=True))
         ranked = sorted(((v, n) for v, n in views.items() if n > 0),
                         key=lambda vn: (-vn[1], vn[0]))
-        return len(ranked), ranked[offset:offset + limit]
-
-    async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
-                             values: list[str]) -> dict[str, int]:
-        uniques = await self._by_member(site_id, rng, dimension, distinct=True)
-        return {v: uniques.get(v, 0) for v in values}
+        return len(ranked), [(v, n, uniques.get(v, 0)) for v, n in ranked[offset:offset + limit]]
 
     async def filtered(self, site_id: str, rng: TimeRange) -> int:
         grouped = await self._grouped([match_stage(site_id, rng, only={"dims.bot": True}),

@@ -295,18 +295,26 @@ class RedisReader:
 
     # -- breakdowns (``redis_breakdowns``) ------------------------------------------------
 
-    async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
-                             offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
-        ranked = (await self._merged_members(site_id, scopes_of_range(rng), dimension)).ranked()
-        return len(ranked), ranked[offset:offset + limit]
+    async def breakdown(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                        offset: int, limit: int) -> tuple[int, list[tuple[str, int, int]]]:
+        """One read of the buckets' versions serves the ranking and the visitors: idle, a
+        request is that one round trip."""
+        scopes = scopes_of_range(rng)
+        keys, replies = await self._reads.run(
+            site_id, lambda keys: redis_breakdowns.plan_versions(keys, scopes, dimension))
+        version = redis_breakdowns.versions_of(replies)
+        ranked = (await self._merged_members(site_id, keys, scopes, version, dimension)).ranked()
+        window = ranked[offset:offset + limit]
+        uniques = await self._member_uniques(site_id, keys, scopes, version, dimension,
+                                             [v for v, _ in window])
+        return len(ranked), [(v, n, uniques[v]) for v, n in window]
 
-    async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
-                             values: list[str]) -> dict[str, int]:
+    async def _member_uniques(self, site_id: str, keys: SiteKeys, scopes: list[Scope],
+                              version: tuple[int, ...], dimension: Dimension, values: list[str]
+                              ) -> dict[str, int]:
         """Each value's visitors: cached with the versions of the range's buckets, counted
         again (from a kept union of the settled buckets, as the pages' are) when those
         changed."""
-        scopes = scopes_of_range(rng)
-        keys, version = await self._member_versions(site_id, scopes, dimension)
         shape = (scopes[0].token, scopes[-1].token, len(scopes))
         per_value = DIMENSION_VISITORS[dimension]
         counts: dict[str, int] = {}
@@ -322,7 +330,7 @@ class RedisReader:
             for item, n in zip(stale, await self._count(site_id, keys, stale), strict=True):
                 counts[str(item.subject[1])] = n
                 self._counts.put(item.ident, item.version, n)
-        return {value: counts[value] for value in values}
+        return counts
 
     async def filtered(self, site_id: str, rng: TimeRange) -> int:
         scopes = scopes_of_range(rng)
@@ -330,18 +338,11 @@ class RedisReader:
             site_id, lambda keys: redis_breakdowns.plan_filtered(keys, scopes))
         return redis_breakdowns.total_of(replies)
 
-    async def _member_versions(self, site_id: str, scopes: list[Scope], dimension: Dimension
-                               ) -> tuple[SiteKeys, tuple[int, ...]]:
-        keys, replies = await self._reads.run(
-            site_id, lambda keys: redis_breakdowns.plan_versions(keys, scopes, dimension))
-        return keys, redis_breakdowns.versions_of(replies)
-
-    async def _merged_members(self, site_id: str, scopes: list[Scope], dimension: Dimension
-                              ) -> MergedRanking:
+    async def _merged_members(self, site_id: str, keys: SiteKeys, scopes: list[Scope],
+                              versions: tuple[int, ...], dimension: Dimension) -> MergedRanking:
         """The range's ranking of the dimension's values, summed here from the buckets'
-        rankings: the versions are read, and only the buckets whose version changed since
-        they were merged are read again (whole, with their version) and swapped in."""
-        keys, versions = await self._member_versions(site_id, scopes, dimension)
+        rankings: only the buckets whose version changed since they were merged are read
+        again (whole, with their version) and swapped in."""
         ident = (keys, dimension.code, tuple(scopes))
         merged = self._merged.pop(ident, None) or MergedRanking()
         changed = [s for s, v in zip(scopes, versions, strict=True)

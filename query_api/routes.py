@@ -356,10 +356,9 @@ async def breakdown(request: web.Request, service: StatsService) -> Answer:
     _page_reads(request, limit, rng, "limit")
 
     async def ask(reader: StatsReader) -> tuple[int, list[dict[str, Cell]]]:
-        total, window = await reader.ranked_members(site, rng, dimension, offset, limit)
-        uniques = await reader.member_uniques(site, rng, dimension, [v for v, _ in window])
-        return total, [{"rank": offset + i + 1, "value": v, "views": n,
-                        "unique_visitors": uniques[v]} for i, (v, n) in enumerate(window)]
+        total, window = await reader.breakdown(site, rng, dimension, offset, limit)
+        return total, [{"rank": offset + i + 1, "value": v, "views": n, "unique_visitors": u}
+                       for i, (v, n, u) in enumerate(window)]
 
     (total, rows), source = await service.answer([rng], ask)
     start, end = rng.iso()

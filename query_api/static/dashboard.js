@@ -235,57 +235,43 @@
   }
 
   function renderTop(body) {
-    const rows = body.pages;
-    const tbody = $("top");
-    const most = rows.reduce((m, r) => Math.max(m, r.views), 1);
-    const made = rows.map((row) => {
-      const tr = document.createElement("tr");
-      tr.dataset.page = row.page_id;
-      const rank = cell(tr, "rank", String(row.rank));
-      rank.setAttribute("aria-label", `rank ${row.rank}`);
-      const page = cell(tr, "page", row.page_id);
-      const meter = document.createElement("span");
-      meter.className = "meter";
-      meter.style.width = `${(100 * row.views) / most}%`;
-      page.appendChild(meter);
-      cell(tr, "num", numbers.format(row.views));
-      cell(tr, "num", numbers.format(row.unique_visitors));
-      return tr;
-    });
-    if (!made.length) {
-      const tr = document.createElement("tr");
-      const td = cell(tr, "none", "No page views in this range yet.");
-      td.colSpan = 4;
-      made.push(tr);
-    }
-    tbody.replaceChildren(...made);
+    $("top").replaceChildren(...rankedRows(body.pages, "page_id", "page",
+                                           "No page views in this range yet."));
     $("top-title").textContent = `Top pages · ${LABELS[state.period]}`;
   }
 
   // A breakdown (/stats/breakdown) as rows like the top pages': value, views, visitors.
   function renderBreakdown(id, body, title) {
-    const most = body.rows.reduce((m, r) => Math.max(m, r.views), 1);
-    const made = body.rows.map((row) => {
+    // Events of /track and /events carry no referrer or User-Agent: in no breakdown.
+    $(id).replaceChildren(...rankedRows(body.rows, "value", "value",
+                                        "No page views from a tracker in this range yet."));
+    $(`${id}-title`).textContent = `${title} · ${LABELS[state.period]}`;
+  }
+
+  // Table rows of a ranking: rank, name (field `field`, kept in data-`key`) with a meter
+  // scaled to the most viewed, views and visitors; one row saying `empty` when there are none.
+  function rankedRows(rows, field, key, empty) {
+    const most = rows.reduce((m, r) => Math.max(m, r.views), 1);
+    const made = rows.map((row) => {
       const tr = document.createElement("tr");
-      tr.dataset.value = row.value;
-      cell(tr, "rank", String(row.rank));
-      const value = cell(tr, "page", row.value);
+      tr.dataset[key] = row[field];
+      const rank = cell(tr, "rank", String(row.rank));
+      rank.setAttribute("aria-label", `rank ${row.rank}`);
+      const name = cell(tr, "page", row[field]);
       const meter = document.createElement("span");
       meter.className = "meter";
       meter.style.width = `${(100 * row.views) / most}%`;
-      value.appendChild(meter);
+      name.appendChild(meter);
       cell(tr, "num", numbers.format(row.views));
       cell(tr, "num", numbers.format(row.unique_visitors));
       return tr;
     });
     if (!made.length) {
       const tr = document.createElement("tr");
-      // Events of /track and /events carry no referrer or User-Agent: in no breakdown.
-      cell(tr, "none", "No page views from a tracker in this range yet.").colSpan = 4;
+      cell(tr, "none", empty).colSpan = 4;
       made.push(tr);
     }
-    $(id).replaceChildren(...made);
-    $(`${id}-title`).textContent = `${title} · ${LABELS[state.period]}`;
+    return made;
   }
 
   function chooseDevices(dimension) {

@@ -30,7 +30,7 @@ from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS
 from query_api.ranges import TimeRange
 from query_api.redis_reader import RedisReader
 from query_api.redis_reads import READ_SCRIPT, Batch, Plan, ReadScript
-from tests.expectations import hll_estimate
+from tests.expectations import hll_estimate, hll_estimates
 
 pytestmark = pytest.mark.integration
 RETENTION = Retention()
@@ -280,20 +280,17 @@ def tracker_events(site_id: str, n: int, rng: random.Random, start: int, end: in
 async def assert_breakdowns_exact(reader: RedisReader, redis: Redis, applied: Applied) -> None:
     site = applied.site.site_id
     chosen = applied.in_range()
-    for dimension, value_of in ((UTM_SOURCE, lambda e: e.utm_source), (EVENT, lambda e: e.name)):
+    for dimension, field in ((UTM_SOURCE, "utm_source"), (EVENT, "name")):
         counted: dict[str, int] = {}
         for e in chosen:
-            if value_of(e) is not None:
-                counted[value_of(e)] = counted.get(value_of(e), 0) + 1
+            if getattr(e, field) is not None:
+                counted[getattr(e, field)] = counted.get(getattr(e, field), 0) + 1
         want = sorted(counted.items(), key=lambda vn: (-vn[1], vn[0]))
-        assert await reader.ranked_members(site, RANGE, dimension, 0, 100) == (len(want), want)
-        assert await reader.ranked_members(site, RANGE, dimension, 2, 4) == (len(want),
-                                                                              want[2:6])
-        values = [v for v, _ in want[:6]]
-        uniques = await reader.member_uniques(site, RANGE, dimension, values)
-        for value in values:
-            users = {e.user_id for e in chosen if value_of(e) == value}
-            assert uniques[value] == await hll_estimate(redis, site, users), (dimension, value)
+        visitors = await hll_estimates(redis, site, [
+            {e.user_id for e in chosen if getattr(e, field) == value} for value, _ in want])
+        rows = [(v, n, u) for (v, n), u in zip(want, visitors, strict=True)]
+        assert await reader.breakdown(site, RANGE, dimension, 0, 100) == (len(rows), rows)
+        assert await reader.breakdown(site, RANGE, dimension, 2, 4) == (len(rows), rows[2:6])
 
 
 async def test_cached_breakdowns_follow_every_new_event_exactly(

@@ -100,18 +100,15 @@ class MemoryReader:
                 and (rng.start_ms is None or ts >= rng.start_ms)
                 and (rng.end_ms is None or ts < rng.end_ms)]
 
-    async def ranked_members(self, site_id: str, rng: TimeRange, dimension: Dimension,
-                             offset: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
+    async def breakdown(self, site_id: str, rng: TimeRange, dimension: Dimension,
+                        offset: int, limit: int) -> tuple[int, list[tuple[str, int, int]]]:
+        chosen = self._members(site_id, rng, dimension)
         out: dict[str, int] = {}
-        for value, _ in self._members(site_id, rng, dimension):
+        for value, _ in chosen:
             out[value] = out.get(value, 0) + 1
         ranked = sorted(out.items(), key=lambda vn: (-vn[1], vn[0]))
-        return len(ranked), ranked[offset:offset + limit]
-
-    async def member_uniques(self, site_id: str, rng: TimeRange, dimension: Dimension,
-                             values: list[str]) -> dict[str, int]:
-        chosen = self._members(site_id, rng, dimension)
-        return {v: len({u for value, u in chosen if value == v}) for v in values}
+        return len(ranked), [(v, n, len({u for value, u in chosen if value == v}))
+                             for v, n in ranked[offset:offset + limit]]
 
     async def filtered(self, site_id: str, rng: TimeRange) -> int:
         self._select(site_id, rng, None)
