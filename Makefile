@@ -4,7 +4,7 @@ PY := .venv/bin/python
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 
 .PHONY: help venv up down status sites tokens test test-unit test-integration lint typecheck replay chaos \
-        bench bench-ingest bench-query bench-e2e bench-aggregator bench-replay bench-fallback bench-report
+        bench bench-ingest bench-query bench-memory bench-e2e bench-aggregator bench-replay bench-fallback bench-report
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,8 @@ bench-ingest: venv ## POST /track and /events through NGINX at several concurren
 	$(BENCH) ingest
 bench-query: venv ## The stats endpoints through NGINX, idle and during ingestion
 	$(BENCH) query
+bench-memory: venv ## Redis growth per event on issue 18's soak (300 sites x 20,000 pages, 1,000 events/s for 30 x BENCH_SECONDS)
+	$(BENCH) memory
 bench-e2e: venv ## The highest sustained rate end to end (searched), freshness at half of it; exactly-once checked
 	$(BENCH) e2e
 bench-aggregator: venv ## Drain rate with one and two aggregators vs the insert ceiling; exactly-once checked

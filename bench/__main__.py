@@ -1,6 +1,6 @@
 """``python -m bench SUITE...``: run benchmark suites, save JSON, print the table.
 
-Suites: ingest, query, e2e, aggregator, replay, or ``all``; ``report`` draws the charts of
+Suites: ingest, query, memory, e2e, aggregator, replay, or ``all``; ``report`` draws the charts of
 the latest results instead. The limits each chosen suite is compared with are measured
 first, in the same run, while the machine is otherwise as quiet as it gets.
 """
@@ -14,20 +14,32 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from bench import aggregator, e2e, fallback, goals, ingest, limits, query, replay, table
+from bench import (
+    aggregator,
+    e2e,
+    fallback,
+    goals,
+    ingest,
+    limits,
+    memory,
+    query,
+    replay,
+    table,
+)
 from bench.machine import machine, versions
 from bench.progress import say
 from bench.results import Run, save
 from bench.settings import BenchSettings
 
 Step = Callable[[BenchSettings, Run], Awaitable[None]]
-ORDER = ("query", "e2e", "ingest", "aggregator", "replay")  # quiet first, backlog last
+ORDER = ("query", "memory", "e2e", "ingest", "aggregator", "replay")  # quiet first, backlog last
 SUITES: dict[str, Step] = {"ingest": ingest.run_suite, "query": query.run_suite,
-                           "e2e": e2e.run_suite, "aggregator": aggregator.run_suite,
-                           "replay": replay.run_suite}
+                           "memory": memory.run_suite, "e2e": e2e.run_suite,
+                           "aggregator": aggregator.run_suite, "replay": replay.run_suite}
 LIMITS: dict[str, tuple[Step, ...]] = {
     "ingest": (limits.nginx_static, limits.aiohttp_trivial, limits.kafka_producer),
     "query": (limits.nginx_static, limits.aiohttp_trivial, limits.redis_limits),
+    "memory": (),
     "e2e": (),
     "aggregator": (limits.mongo_insert, limits.redis_limits),
     "replay": (limits.kafka_producer,),

@@ -4,8 +4,8 @@ it is met.
 A suite marks a figure as a goal with ``extra["goal"]``: ``min_ratio`` (the ratio to its
 limit must reach it), ``max_ratio`` (must not exceed it: latencies), ``or_min_value`` (met
 anyway when the value itself reaches it), ``min_value`` (the value must exceed it, for a
-figure with no limit), ``text`` (the goal in words). Pure formatting of
-the JSON a run writes, like ``bench.table``.
+figure with no limit), ``max_value`` (must not exceed it: a cost such as bytes an event),
+``text`` (the goal in words). Pure formatting of the JSON a run writes, like ``bench.table``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def met(value: float | None, ratio: float | None, goal: dict[str, Any]) -> bool 
         return None
     if "min_value" in goal:
         return bool(value > goal["min_value"])
+    if "max_value" in goal:
+        return bool(value <= goal["max_value"])
     floor = goal.get("or_min_value")
     if floor is not None and value >= floor:
         return True

@@ -37,7 +37,7 @@ from bench.results import Figure, Run
 from bench.seed import SeedInfo, SeedSpec, ensure_seeded, seed_timeout_s
 from bench.settings import BenchSettings
 from bench.sites import register_sites
-from bench.steady import SteadyIngest
+from bench.steady import SteadyIngest, seeded_site_batches
 from bench.table import number, percent, render
 from bench.vegeta import ensure_vegeta
 from contracts.timebuckets import HOUR_MS, MINUTE_MS, iso_z
@@ -217,7 +217,8 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
     say(SUITE, f"background load: a steady {cfg.ingest_rate:,} events/s to POST /events "
                f"({INGEST_BATCH} a request)")
     await register_sites(s, spec.site)  # seeded through Kafka; the load goes via the gateways
-    async with SteadyIngest(s.http_url, spec, cfg.ingest_rate, INGEST_BATCH) as ingest, \
+    async with SteadyIngest(s.http_url, seeded_site_batches(spec), cfg.ingest_rate,
+                            INGEST_BATCH) as ingest, \
             GroupLag(s.kafka_bootstrap, s.topic, s.aggregator_group) as group:
         await asyncio.sleep(2)
         await _measure(s, run, cfg, paths, "during ingest", sources)

@@ -5,7 +5,8 @@ for every endpoint; a generator that sends as fast as it can would take whatever
 queries leave and measure a different mix each time. Events go to ``POST /events`` in small
 batches (the gateway's own path, so its CPU is part of the load) on a fixed schedule; a batch
 whose turn comes while too many are still in flight is counted as missed, never queued up
-without bound. Pages follow the seeded site's popularity, times are "now".
+without bound. The events are the caller's (``BatchMaker``; the query bench's: the seeded
+site's pages by popularity), times are "now".
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import bisect
 import random
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -26,17 +29,27 @@ from bench.stats import Latency
 MAX_IN_FLIGHT = 64
 
 
-def batch_body(spec: SeedSpec, rng: random.Random, cumulative: list[float], size: int,
-               now_ms: int) -> bytes:
-    """One ``/events`` body of ``size`` fresh events on the seeded large site."""
+# One ``/events`` body and how many of its events go to each site: made from the sender's
+# random generator, the batch size and the time "now".
+Batch = tuple[bytes, Counter[str]]
+BatchMaker = Callable[[random.Random, int, int], Batch]
+
+
+def seeded_site_batches(spec: SeedSpec) -> BatchMaker:
+    """Batches of fresh events on the seeded large site, pages by its popularity."""
+    cumulative = zipf_cumulative(spec.pages)
     total = cumulative[-1]
-    events = [{"event_id": uuid.UUID(int=rng.getrandbits(128), version=4).hex,
-               "site_id": spec.site,
-               "page_id": spec.page(min(bisect.bisect(cumulative, rng.random() * total),
-                                        spec.pages - 1)),
-               "user_id": f"visitor-{rng.randrange(spec.visitors):06d}", "ts": now_ms}
-              for _ in range(size)]
-    return orjson.dumps(events)
+
+    def make(rng: random.Random, size: int, now_ms: int) -> Batch:
+        events = [{"event_id": uuid.UUID(int=rng.getrandbits(128), version=4).hex,
+                   "site_id": spec.site,
+                   "page_id": spec.page(min(bisect.bisect(cumulative, rng.random() * total),
+                                            spec.pages - 1)),
+                   "user_id": f"visitor-{rng.randrange(spec.visitors):06d}", "ts": now_ms}
+                  for _ in range(size)]
+        return orjson.dumps(events), Counter({spec.site: size})
+
+    return make
 
 
 @dataclass
@@ -47,6 +60,8 @@ class IngestStats:
     missed_batches: int = 0
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    accepted_by_site: Counter[str] = field(default_factory=Counter)
+    failed_by_site: Counter[str] = field(default_factory=Counter)  # maybe stored, maybe not
 
     def as_json(self, rate: int, batch: int) -> dict[str, object]:
         return {"target_events_per_s": rate, "batch": batch,
@@ -63,13 +78,12 @@ class SteadyIngest:
     Unseeded by default: a later run on the same stack must send new event ids, or every
     event would be a client retry, dropped by the aggregators instead of counted."""
 
-    def __init__(self, url: str, spec: SeedSpec, rate: int, batch: int = 20,
+    def __init__(self, url: str, batches: BatchMaker, rate: int, batch: int = 20,
                  seed: int | None = None) -> None:
         self._url = f"{url}/events"
-        self._spec = spec
+        self._batches = batches
         self.rate, self.batch = rate, batch
         self._rng = random.Random(seed)
-        self._cumulative = zipf_cumulative(spec.pages)
         self.stats = IngestStats()
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -104,16 +118,16 @@ class SteadyIngest:
                 if len(in_flight) >= MAX_IN_FLIGHT:
                     self.stats.missed_batches += 1
                     continue
-                body = batch_body(self._spec, self._rng, self._cumulative, self.batch,
-                                  int(time.time() * 1000))
-                task = asyncio.create_task(self._post(http, body, due_at))
+                body, sites = self._batches(self._rng, self.batch, int(time.time() * 1000))
+                task = asyncio.create_task(self._post(http, body, sites, due_at))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
             self.stats.seconds = loop.time() - start
             if in_flight:
                 await asyncio.wait(set(in_flight), timeout=11)
 
-    async def _post(self, http: aiohttp.ClientSession, body: bytes, due_at: float) -> None:
+    async def _post(self, http: aiohttp.ClientSession, body: bytes, sites: Counter[str],
+                    due_at: float) -> None:
         self.stats.sent_events += self.batch
         try:
             async with http.post(self._url, data=body,
@@ -124,6 +138,8 @@ class SteadyIngest:
             ok = False
         if ok:
             self.stats.accepted_events += self.batch
+            self.stats.accepted_by_site.update(sites)
             self.stats.latencies_ms.append((asyncio.get_running_loop().time() - due_at) * 1000)
         else:
             self.stats.errors += 1
+            self.stats.failed_by_site.update(sites)

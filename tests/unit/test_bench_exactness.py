@@ -76,6 +76,13 @@ def test_a_goal_is_met_by_its_ratio_or_by_its_absolute_floor() -> None:
     assert met(None, None, {"min_ratio": 0.6}) is None
 
 
+def test_a_cost_goal_is_met_at_or_under_its_ceiling() -> None:
+    goal = {"max_value": 200}
+    assert met(200, None, goal) is True
+    assert met(200.5, None, goal) is False
+    assert met(None, None, goal) is None
+
+
 def test_only_goal_figures_are_in_the_goals_table() -> None:
     data = {"limits": {"l": {"value": 100.0, "unit": "req/s"}},
             "figures": [{"suite": "ingest", "name": "/track peak", "value": 70.0,

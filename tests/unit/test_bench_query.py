@@ -16,7 +16,7 @@ from bench.query import cpu_ms_per_request, endpoints, odd_minute_range, summary
 from bench.redis_watch import SlowSummary, command_costs, command_name, script_names
 from bench.seed import SeedSpec, big_site_events, seed_range, small_site_events, zipf_cumulative
 from bench.settings import BenchSettingsError
-from bench.steady import batch_body
+from bench.steady import seeded_site_batches
 from contracts.event import ValidationPolicy, validate_batch
 from contracts.settings import Retention
 from contracts.timebuckets import DAY_MS, HOUR_MS, MINUTE_MS, datetime_to_ms
@@ -105,9 +105,10 @@ def test_cpu_per_request_is_cores_over_rate() -> None:
 
 def test_steady_ingest_batches_are_valid_events_of_the_seeded_site() -> None:
     rng = random.Random(1)
-    body = batch_body(SMALL, rng, zipf_cumulative(SMALL.pages), 20, ANCHOR)
+    body, sites = seeded_site_batches(SMALL)(rng, 20, ANCHOR)
     events = validate_batch(orjson.loads(body), ValidationPolicy(ANCHOR), lambda: "x")
     assert len(events) == 20 and {e.site_id for e in events} == {SMALL.site}
+    assert sites == {SMALL.site: 20}
 
 
 # --- Redis slow log ---
