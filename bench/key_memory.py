@@ -51,21 +51,31 @@ class Usage:
         return out
 
 
-async def measure(redis: Redis, site_id: str, usage: Usage) -> None:
-    """Add ``site_id``'s current generation to ``usage`` (events: views and bots, all time)."""
-    site: SiteKeys = await GenerationStore(redis).current_one(site_id)
-    counted = await redis.mget(site.key(VIEWS, ALL_TIME), site.key(FILTERED, ALL_TIME))
-    usage.events += sum(int(v) for v in counted if v is not None)
-    names: list[str] = []
-    async for key in redis.scan_iter(match=site.generation_match(), count=1000):
-        names.append(key.decode() if isinstance(key, bytes) else key)
+async def measure(redis: Redis, site_ids: list[str], usage: Usage, match: str | None = None
+                  ) -> None:
+    """Add the sites' current generations to ``usage`` (events: views and bots, all time).
+
+    Each site's keys are found by a SCAN of the whole keyspace, once per site; ``match``
+    (a SCAN pattern every key of the sites matches, such as ``pv:{bench-mem-1a2b3c-*``)
+    makes it one SCAN for all of them, which is what many sites need."""
+    sites = await GenerationStore(redis).current(site_ids)
+    for site in sites.values():
+        counted = await redis.mget(site.key(VIEWS, ALL_TIME), site.key(FILTERED, ALL_TIME))
+        usage.events += sum(int(v) for v in counted if v is not None)
+    names: list[tuple[SiteKeys, str]] = []
+    for pattern in [match] if match else [s.generation_match() for s in sites.values()]:
+        async for key in redis.scan_iter(match=pattern, count=1000):
+            name = key.decode() if isinstance(key, bytes) else key
+            owner = sites.get(name[name.find("{") + 1:name.find("}")])
+            if owner is not None and name.startswith(owner.generation_match()[:-1]):
+                names.append((owner, name))
     for start in range(0, len(names), BATCH):
         chunk = names[start:start + BATCH]
         async with redis.pipeline(transaction=False) as pipe:
-            for name in chunk:
+            for _, name in chunk:
                 pipe.memory_usage(name, samples=0)
             sizes = await pipe.execute()
-        for name, size in zip(chunk, sizes, strict=True):
+        for (site, name), size in zip(chunk, sizes, strict=True):
             try:
                 parsed = parse_suffix(site.suffix_of(name))
                 group = (parsed.aggregate.name, parsed.scope.unit or "all time")
@@ -79,9 +89,8 @@ async def run(settings: BenchSettings, sites: list[str]) -> Usage:
     redis = Redis.from_url(settings.redis_url)
     usage = Usage()
     try:
-        for site_id in sites:
-            say(SUITE, f"reading {site_id}")
-            await measure(redis, site_id, usage)
+        say(SUITE, f"reading {', '.join(sites)}")
+        await measure(redis, sites, usage)
     finally:
         await redis.aclose()
     return usage

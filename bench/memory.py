@@ -36,8 +36,10 @@ from bench.sites import register_sites
 from bench.stats import Latency
 from bench.steady import Batch, BatchMaker, SteadyIngest
 from bench.table import render
+from contracts.keys import PREFIX
 
 SUITE = "memory"
+SITE_PREFIX = "bench-mem-"
 SITES, PAGES, VISITORS = 300, 20_000, 100_000
 RATE, BATCH = 1_000, 20
 GOAL_BYTES_PER_EVENT = 200
@@ -55,7 +57,11 @@ class Soak:
     @classmethod
     def fresh(cls, count: int = SITES) -> Soak:
         run = uuid.uuid4().hex[:6]
-        return cls(tuple(f"bench-mem-{run}-{i:03d}" for i in range(count)))
+        return cls(tuple(f"{SITE_PREFIX}{run}-{i:03d}" for i in range(count)))
+
+    def key_match(self) -> str:
+        """A SCAN pattern every Redis key of the soak's sites matches (and no other's)."""
+        return f"{PREFIX}:{{{self.sites[0].rsplit('-', 1)[0]}-*"
 
     def batches(self) -> BatchMaker:
         """Events spread evenly over the sites; a site's page ``floor(pages * r**3)``."""
@@ -117,9 +123,9 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
                     for site in soak.sites]
         verdict = await verify(s, run, SUITE, expected, None)
         after = await footprint(redis)
+        say(SUITE, "reading MEMORY USAGE of every key of the soak's sites")
         usage = key_memory.Usage()
-        for site in soak.sites:
-            await key_memory.measure(redis, site, usage)
+        await key_memory.measure(redis, list(soak.sites), usage, match=soak.key_match())
     finally:
         await redis.aclose()
     counted = usage.events

@@ -3,12 +3,14 @@ sites and counted per site as sent; growth per event is what Redis grew by, per 
 
 from __future__ import annotations
 
+import fnmatch
 import random
 
 import orjson
 
 from bench.memory import Footprint, Soak, growth_per_event
 from contracts.event import ValidationPolicy, validate_batch
+from contracts.keys import SiteKeys
 
 NOW = 1_796_300_000_000
 
@@ -37,3 +39,12 @@ def test_growth_per_event_divides_what_redis_grew_by() -> None:
     before, after = Footprint(1_000_000, 100), Footprint(1_900_000, 600)
     assert growth_per_event(before, after, 1000) == (900.0, 0.5)
     assert growth_per_event(before, after, 0) == (None, None)
+
+
+def test_the_key_pattern_matches_the_soaks_sites_keys_and_no_other_run() -> None:
+    soak, other = Soak.fresh(count=3), Soak.fresh(count=3)
+    pattern = soak.key_match()
+    assert all(fnmatch.fnmatchcase(SiteKeys(site).named("views:t"), pattern)
+               for site in soak.sites)
+    assert not any(fnmatch.fnmatchcase(SiteKeys(site).named("views:t"), pattern)
+                   for site in other.sites)
