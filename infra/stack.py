@@ -92,20 +92,35 @@ class Ports:
     kafka_controller_2: int = 19095
     kafka_3: int = 19096
     kafka_controller_3: int = 19097
+    # Redis Cluster (REDIS_CLUSTER=3): masters 2 and 3, and every master's cluster bus, set
+    # explicitly (the default, port + 10000, could fall in another stack's block).
+    redis_2: int = 16380
+    redis_3: int = 16381
+    redis_bus: int = 16479
+    redis_bus_2: int = 16480
+    redis_bus_3: int = 16481
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
         """Every port in ``base .. base + 39``: a block that one ``PORT_BASE`` reserves (the
-        test session keeps ``base + 40`` and up for processes its tests start)."""
+        test session keeps ``base + 40`` and up for processes its tests start). Aggregators
+        take ``base + 30`` on, at most five; Redis Cluster's extra ports are the last five."""
         return cls(http=base, kafka=base + 1, kafka_controller=base + 2, mongo=base + 3,
                    redis=base + 4, postgres=base + 5, gateway_base=base + 10, query_base=base + 20,
                    aggregator_base=base + 30, kafka_2=base + 6, kafka_controller_2=base + 7,
-                   kafka_3=base + 8, kafka_controller_3=base + 9)
+                   kafka_3=base + 8, kafka_controller_3=base + 9, redis_2=base + 35,
+                   redis_3=base + 36, redis_bus=base + 37, redis_bus_2=base + 38,
+                   redis_bus_3=base + 39)
 
     def kafka_nodes(self) -> list[tuple[int, int]]:
         """(broker, controller) port of Kafka node 1, 2 and 3."""
         return [(self.kafka, self.kafka_controller), (self.kafka_2, self.kafka_controller_2),
                 (self.kafka_3, self.kafka_controller_3)]
+
+    def redis_nodes(self) -> list[tuple[int, int]]:
+        """(client, cluster bus) port of Redis master 1, 2 and 3."""
+        return [(self.redis, self.redis_bus), (self.redis_2, self.redis_bus_2),
+                (self.redis_3, self.redis_bus_3)]
 
     @classmethod
     def load(cls) -> Ports:
@@ -149,6 +164,8 @@ EXTERNAL_VARIABLES = {"kafka": "EXTERNAL_KAFKA_BOOTSTRAP", "ferretdb": "EXTERNAL
 EXTERNAL = {part: os.environ[variable] for part, variable in EXTERNAL_VARIABLES.items()
             if os.environ.get(variable)}
 BROKERS_VARIABLE = "KAFKA_BROKERS"  # also in stack.env when above 1
+REDIS_CLUSTER_VARIABLE = "REDIS_CLUSTER"  # masters of a Redis Cluster; in stack.env when used
+REDIS_CLUSTER_SIZES = (1, 3)  # one server, or a cluster of three masters (no replicas)
 
 
 def kafka_brokers() -> int:
@@ -161,6 +178,17 @@ def kafka_brokers() -> int:
     except ValueError as exc:
         sys.exit(f"{exc}" if value.isdigit() else f"{BROKERS_VARIABLE}={value!r}: a number, 1 to "
                  f"{kafka_cluster.MAX_BROKERS}")
+
+
+def redis_masters() -> int:
+    """How many Redis servers this stack runs: ``REDIS_CLUSTER`` (3: a Redis Cluster of three
+    masters), else what the stack was started with (stack.env), else one (no cluster)."""
+    value = os.environ.get(REDIS_CLUSTER_VARIABLE) or read_env().get(REDIS_CLUSTER_VARIABLE) \
+        or "1"
+    if not value.isdigit() or int(value) not in REDIS_CLUSTER_SIZES:
+        sys.exit(f"{REDIS_CLUSTER_VARIABLE}={value!r}: 1 (one server) or 3 (a cluster of "
+                 "three masters)")
+    return int(value)
 
 
 def say(part: str, message: str) -> None:
@@ -535,20 +563,72 @@ def create_topics(bootstrap: str, brokers: int = 1) -> None:
          str(brokers)])
 
 
-def redis_part(tools: Tools, ports: Ports) -> Part:
-    conf = RUN / "redis" / "redis.conf"
+def redis_conf(port: int, data: Path, bus: int | None = None) -> str:
+    """One Redis server's configuration; with ``bus``, a Redis Cluster master."""
+    lines = [f"port {port}", "bind 127.0.0.1", "protected-mode yes", "daemonize no",
+             f"dir {data}", "appendonly yes", "appendfsync everysec", "save 3600 1",
+             f"maxmemory {REDIS_MAXMEMORY}", "maxmemory-policy noeviction", "loglevel notice"]
+    if bus is not None:
+        lines += ["cluster-enabled yes", f"cluster-port {bus}",
+                  f"cluster-config-file {data / 'nodes.conf'}", "cluster-node-timeout 5000"]
+    return "\n".join([*lines, ""])
 
-    def write_conf() -> None:
-        (DATA / "redis").mkdir(parents=True, exist_ok=True)
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text("\n".join([
-            f"port {ports.redis}", "bind 127.0.0.1", "protected-mode yes", "daemonize no",
-            f"dir {DATA / 'redis'}", "appendonly yes", "appendfsync everysec",
-            "save 3600 1", f"maxmemory {REDIS_MAXMEMORY}", "maxmemory-policy noeviction",
-            "loglevel notice", ""]))
 
-    return Part(name="redis", argv=[tools.redis_server, str(conf)],
-                ready=lambda: redis_ok(ports.redis), before_start=write_conf, port=ports.redis)
+def redis_parts(tools: Tools, ports: Ports, masters: int = 1) -> list[Part]:
+    """``redis``, or the masters ``redis-1`` ... of a Redis Cluster, each with its own data
+    directory (so a one-server stack's data is never mixed into a cluster's)."""
+    nodes = [(ports.redis, None, "redis")] if masters == 1 else [
+        (port, bus, f"redis-{n}") for n, (port, bus) in enumerate(ports.redis_nodes(), 1)]
+    parts = []
+    for port, bus, name in nodes:
+        conf, data = RUN / name / "redis.conf", DATA / name
+
+        def write_conf(conf: Path = conf, data: Path = data, port: int = port,
+                       bus: int | None = bus) -> None:
+            data.mkdir(parents=True, exist_ok=True)
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text(redis_conf(port, data, bus))
+
+        parts.append(Part(name=name, argv=[tools.redis_server, str(conf)],
+                          ready=lambda port=port: redis_ok(port), before_start=write_conf,
+                          port=port))
+    return parts
+
+
+def redis_cluster_state(port: int) -> dict[str, str]:
+    """``CLUSTER INFO`` of one node as fields (empty when it does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"CLUSTER INFO\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n") or reply.count(b"\r\n") < 2:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return {}
+    lines = reply.decode(errors="replace").split("\r\n")[1:]
+    return dict(line.split(":", 1) for line in lines if ":" in line)
+
+
+def ensure_redis_cluster(ports: Ports, timeout_s: float = 60.0) -> None:
+    """Form the cluster the first time its masters run (every node alone, no slot assigned:
+    ``redis-cli --cluster create``); later starts re-form it from each node's nodes.conf.
+    Returns once every node says the cluster is ok."""
+    nodes = [port for port, _ in ports.redis_nodes()]
+    states = [redis_cluster_state(port) for port in nodes]
+    if all(st.get("cluster_known_nodes") == "1" and st.get("cluster_slots_assigned") == "0"
+           for st in states):
+        say("redis", "forming the cluster of three masters")
+        run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes),
+             "--cluster-replicas", "0", "--cluster-yes"], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while not all(redis_cluster_state(p).get("cluster_state") == "ok" for p in nodes):
+        if time.monotonic() > deadline:
+            sys.exit(f"the Redis Cluster on ports {nodes} is not ok after {timeout_s:g}s: "
+                     f"{[redis_cluster_state(p) for p in nodes]}")
+        time.sleep(0.2)
 
 
 def ferretdb_part(tools: Tools, ports: Ports) -> Part:
@@ -693,9 +773,16 @@ def nginx_part(tools: Tools, ports: Ports) -> Part:
                 before_start=write_conf, port=ports.http)
 
 
-def stack_env(ports: Ports, brokers: int = 1) -> dict[str, str]:
-    """What services, tools and tests read (``stack.env``). ``KAFKA_BROKERS`` only when a
-    cluster runs: a one-node stack's file is as it always was."""
+def redis_url(ports: Ports, masters: int = 1) -> str:
+    if masters == 1:
+        return f"redis://127.0.0.1:{ports.redis}/0"
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port, _ in
+                                         ports.redis_nodes()[:masters])
+
+
+def stack_env(ports: Ports, brokers: int = 1, masters: int = 1) -> dict[str, str]:
+    """What services, tools and tests read (``stack.env``). ``KAFKA_BROKERS`` and
+    ``REDIS_CLUSTER`` only when a cluster runs: a one-node stack's file is as it always was."""
     return {
         "HTTP_URL": f"http://127.0.0.1:{ports.http}",
         "KAFKA_BOOTSTRAP": EXTERNAL.get("kafka", kafka_cluster.bootstrap(kafka_nodes(ports,
@@ -705,7 +792,9 @@ def stack_env(ports: Ports, brokers: int = 1) -> dict[str, str]:
         "KAFKA_DEAD_LETTER_TOPIC": f"{TOPIC}-dead-letters",
         "AGGREGATOR_GROUP": GROUP,
         "MONGO_URL": EXTERNAL.get("ferretdb", f"mongodb://127.0.0.1:{ports.mongo}/"),
-        "REDIS_URL": EXTERNAL.get("redis", f"redis://127.0.0.1:{ports.redis}/0"),
+        "REDIS_URL": EXTERNAL.get("redis", redis_url(ports, masters)),
+        **({REDIS_CLUSTER_VARIABLE: str(masters)} if masters > 1 and "redis" not in EXTERNAL
+           else {}),
         **({"POSTGRES_URL": postgres_url(ports)} if uses_postgres() else {}),
         "GATEWAY_URLS": ",".join(f"http://127.0.0.1:{ports.gateway_base + i}"
                                  for i in range(GATEWAYS)),
@@ -796,8 +885,9 @@ def up() -> None:
     started = time.monotonic()
     ports = Ports.load()
     brokers = kafka_brokers()
+    masters = redis_masters()
     tools = provision()
-    env_values = stack_env(ports, brokers)
+    env_values = stack_env(ports, brokers, masters)
     RUN.mkdir(exist_ok=True)
     previous = read_env()
     if previous.get(TOKEN_VARIABLE):  # the admin token `up` created once stays recorded
@@ -808,7 +898,7 @@ def up() -> None:
     python = str(ROOT / ".venv" / "bin" / "python")
     # Servers one by one (each needs the previous; a Kafka cluster's nodes together), then
     # all services at once, then NGINX.
-    waves = [[redis_part(tools, ports)],
+    waves = [[] if "redis" in EXTERNAL else redis_parts(tools, ports, masters),
              *([[postgres_part(tools, ports)]] if uses_postgres() else []),
              [ferretdb_part(tools, ports)],
              [] if "kafka" in EXTERNAL else kafka_parts(tools, ports, brokers)]
@@ -819,6 +909,8 @@ def up() -> None:
     services = waves[-2:]
     for wave in waves[:-2]:
         start_wave(wave, base_env)
+        if wave[0].name == "redis-1":
+            ensure_redis_cluster(ports)
     token = init_tenancy(python, base_env, previous.get(TOKEN_VARIABLE))
     if token:
         env_values[TOKEN_VARIABLE] = token

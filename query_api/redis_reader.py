@@ -39,6 +39,7 @@ from contracts.aggregates import (
     Scope,
 )
 from contracts.keys import SiteKeys, intact_key
+from contracts.markers import Markers
 from contracts.redis_client import RedisClient
 from query_api import redis_breakdowns
 from query_api.model import RangeTooCostly, Totals
@@ -105,6 +106,7 @@ class RedisReader:
         self._redis = redis
         self._max_ranking_entries = max_ranking_entries
         self._reads = ReadScript(redis)
+        self._markers = Markers(redis)
         self._intact = False
         self._intact_checked = float("-inf")
         self._merged: OrderedDict[Hashable, MergedRanking] = OrderedDict()
@@ -121,7 +123,7 @@ class RedisReader:
         and a request should not pay a round trip for it."""
         now = time.monotonic()
         if now - self._intact_checked >= INTACT_CHECK_S:
-            self._intact = bool(await self._redis.exists(intact_key()))
+            self._intact = await self._markers.holds(intact_key())
             self._intact_checked = now
         return self._intact
 

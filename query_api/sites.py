@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from contracts.keys import intact_key, sites_key
+from contracts.markers import Markers
 from contracts.redis_client import RedisClient
 from query_api.service import Unavailable
 
@@ -47,7 +48,7 @@ class SiteDirectory:
 
     async def sites(self) -> tuple[list[str], str]:
         try:
-            intact = await self._redis.exists(intact_key())
+            intact = await Markers(self._redis).holds(intact_key())
             members = await self._redis.smembers(sites_key()) if intact else set()
             if members:
                 return sorted(m.decode() if isinstance(m, bytes) else str(m)

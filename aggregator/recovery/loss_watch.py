@@ -1,6 +1,7 @@
 """Noticing that Redis lost the aggregates, and rebuilding them, from inside the aggregators.
 
-Redis restarted empty or flushed loses ``intact_key()`` with everything else; a Redis in an
+Redis restarted empty or flushed loses ``intact_key()`` with everything else (on a Redis
+Cluster, each master keeps a copy: ``contracts.markers``); a Redis in an
 older layout never had this layout's key. Every aggregator checks for it each second; while
 it is missing the query API answers from MongoDB, and the one aggregator that takes the
 rebuild lock rebuilds into a new generation (``aggregator.recovery.rebuild``) from what
@@ -29,6 +30,7 @@ from aggregator.outage import Outage
 from aggregator.recovery.rebuild import MongoHistory, Rebuild, RebuildLost
 from aggregator.recovery.topic_reader import TopicReader
 from contracts.keys import LAYOUT_VERSION, intact_key, rebuild_lock_key
+from contracts.markers import Markers
 from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 
@@ -64,6 +66,7 @@ class LossWatch:
         self._reader = reader
         self._instance = instance
         self._interval_s = interval_s
+        self._markers = Markers(redis)
         self._finish = redis.register_script(FINISH_SCRIPT)
         self._renew = redis.register_script(RENEW_SCRIPT)
         self.intact: bool | None = None  # None until the first check
@@ -72,7 +75,7 @@ class LossWatch:
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                self._note(bool(await self._redis.exists(intact_key())))
+                self._note(await self._markers.holds(intact_key()))
                 if not self.intact:
                     await self._rebuild_if_first()
                 self._outage.succeeded()
@@ -110,6 +113,9 @@ class LossWatch:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
+        # Each master's copy first, the marker itself last: a master flushed in between
+        # loses its copy, so the loss is still seen.
+        await self._markers.set_copies(intact_key(), str(int(time.time() * 1000)))
         older = [intact_key(layout) for layout in range(1, LAYOUT_VERSION)]
         finished = await self._finish(keys=[lock, intact_key(), *older],
                                       args=[token, int(time.time() * 1000)])

@@ -54,6 +54,7 @@ from aggregator.recovery.topic_reader import TopicReader
 from contracts.aggregates import ALL_TIME, OVERFLOW_PAGE, RANKING, Kind, parse_suffix, suffix
 from contracts.event import PageView
 from contracts.keys import SiteKeys, build_marker_key, sites_key
+from contracts.markers import Markers
 from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 
@@ -203,13 +204,14 @@ class Rebuild:
                   ) -> Outcome:
         started = time.perf_counter()
         marker = build_marker_key(self.outcome.generation)
-        await self._redis.set(marker, "1")
+        markers = Markers(self._redis)  # on a cluster, a copy on every master
+        await markers.set(marker, "1")
         try:
             if history is not None:
                 await self._read_history(history)
             await self._reader.start(since_ms, history.committed if history else None)
             await self._read_to_end()
-            if not await self._redis.exists(marker):
+            if not await markers.holds(marker):
                 raise RebuildLost(self.outcome.generation)
             for site_id in sorted(self._builder.sites):
                 if self._verify:
@@ -226,7 +228,7 @@ class Rebuild:
             if self._verify:
                 for site in self._builder.sites.values():
                     await self._gens.delete(site)
-            await self._redis.delete(marker)
+            await markers.delete(marker)
         self.outcome.records = sum(self._reader.positions[p] - self._reader.started_at[p]
                                    for p in self._reader.positions)
         self.outcome.counted = self._builder.counted

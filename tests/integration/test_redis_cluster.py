@@ -40,6 +40,7 @@ from contracts.aggregates import ALL_TIME as ALL_TIME_SCOPE
 from contracts.aggregates import VIEWS
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys, intact_key, sites_key
+from contracts.markers import Markers
 from contracts.redis_client import connect_redis_client
 from contracts.settings import Retention
 from contracts.timebuckets import HOUR_MS, MINUTE_MS
@@ -196,7 +197,7 @@ async def test_two_sites_on_different_masters_are_counted_exactly_and_read_back(
                           for s in await cluster_client.smembers(sites_key())}
 
     # Read path: the query API's reader on the same cluster.
-    await cluster_client.set(intact_key(), "1")
+    await Markers(cluster_client).set(intact_key(), "1")
     reader = RedisReader(cluster_client)
     assert await reader.ping() and await reader.complete()
     for site in sites:
@@ -277,3 +278,28 @@ async def test_an_aggregator_process_given_a_cluster_redis_url_counts_exactly(
     finally:
         if aggregator.running():
             assert await aggregator.terminate() == 0, aggregator.log_tail()
+
+
+async def test_a_flushed_master_reads_as_a_loss_though_the_marker_lives_on_another(
+        cluster_client: RedisCluster) -> None:
+    """The layout marker is one key ({!meta}), on one master; a master flushed or restarted
+    empty loses its sites' aggregates all the same. Each master keeps a copy of the marker,
+    so the loss is seen (by the aggregators' watch and the query API alike) whichever
+    master it was. Last in the module: it flushes a master of the shared cluster."""
+    markers = Markers(cluster_client)
+    copies = await markers.copies(intact_key())
+    masters = {node.name for node in cluster_client.get_primaries()}
+    assert len(copies) == 1 + len(masters) == 4
+    assert {node.name for node in map(cluster_client.get_node_from_key, copies[1:])
+            if node is not None} == masters
+    await markers.set(intact_key(), "1")
+    assert await markers.holds(intact_key()) and await RedisReader(cluster_client).complete()
+
+    meta = cluster_client.get_node_from_key(intact_key())
+    assert meta is not None
+    other = next(n for n in cluster_client.get_primaries() if n.name != meta.name)
+    await cluster_client.flushall(target_nodes=other)
+    assert await cluster_client.exists(intact_key())  # alone, the marker would say intact
+    assert not await markers.holds(intact_key())
+    assert not await RedisReader(cluster_client).complete()
+

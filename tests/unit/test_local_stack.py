@@ -109,7 +109,8 @@ def test_port_base_and_stack_dir_give_a_second_stack_its_own_ports_and_state(
         "KAFKA_TOPIC": "test-page-views", "AGGREGATOR_GROUP": "test-aggregators"})
     ports = stack.Ports.load()
     every = [ports.http, ports.kafka, ports.kafka_controller, ports.mongo, ports.redis,
-             ports.postgres,
+             ports.postgres, *(p for node in ports.kafka_nodes()[1:] for p in node),
+             ports.redis_2, ports.redis_3, ports.redis_bus, ports.redis_bus_2, ports.redis_bus_3,
              *(ports.gateway_base + i for i in range(stack.GATEWAYS)),
              *(ports.query_base + i for i in range(stack.QUERY_APIS)),
              *(ports.aggregator_base + i for i in range(stack.AGGREGATORS))]
@@ -169,7 +170,40 @@ def test_redis_runs_with_a_memory_bound_and_evicts_nothing(monkeypatch: pytest.M
     stack = load_stack_module(monkeypatch, tmp_path, {"REDIS_MAXMEMORY": "300mb"})
     tools = stack.Tools(kafka_libs=tmp_path, ferretdb=tmp_path / "ferretdb", redis_server="",
                         nginx="", postgres_bin=None)
-    part = stack.redis_part(tools, stack.Ports())
+    (part,) = stack.redis_parts(tools, stack.Ports())
     part.before_start()
     conf = Path(part.argv[-1]).read_text().splitlines()
     assert {"maxmemory 300mb", "maxmemory-policy noeviction"} <= set(conf)
+    assert not any(line.startswith("cluster") for line in conf)
+
+
+def test_redis_cluster_3_runs_three_masters_with_their_own_buses_and_data(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    stack = load_stack_module(monkeypatch, tmp_path, {"REDIS_CLUSTER": "3",
+                                                      "REDIS_MAXMEMORY": "300mb"})
+    assert stack.redis_masters() == 3
+    tools = stack.Tools(kafka_libs=tmp_path, ferretdb=tmp_path / "ferretdb", redis_server="",
+                        nginx="", postgres_bin=None)
+    ports = stack.Ports.from_base(23000)
+    parts = stack.redis_parts(tools, ports, 3)
+    assert [p.name for p in parts] == ["redis-1", "redis-2", "redis-3"]
+    confs = []
+    for part, (port, bus) in zip(parts, ports.redis_nodes(), strict=True):
+        part.before_start()
+        conf = set(Path(part.argv[-1]).read_text().splitlines())
+        assert {f"port {port}", "cluster-enabled yes", f"cluster-port {bus}",
+                "maxmemory 300mb", "maxmemory-policy noeviction"} <= conf
+        confs.append(conf)
+    dirs = {line for conf in confs for line in conf if line.startswith("dir ")}
+    assert len(dirs) == 3  # each master its own data, none the one-server stack's
+    env = stack.stack_env(ports, 1, 3)
+    assert env["REDIS_URL"] == "redis+cluster://127.0.0.1:23004,127.0.0.1:23035,127.0.0.1:23036"
+    assert env["REDIS_CLUSTER"] == "3"
+    assert "REDIS_CLUSTER" not in stack.stack_env(ports)  # a one-server stack.env as ever
+
+
+def test_redis_cluster_takes_one_or_three_masters(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    stack = load_stack_module(monkeypatch, tmp_path, {"REDIS_CLUSTER": "2"})
+    with pytest.raises(SystemExit, match=r"1 \(one server\) or 3"):
+        stack.redis_masters()
