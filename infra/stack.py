@@ -596,19 +596,29 @@ def redis_parts(tools: Tools, ports: Ports, masters: int = 1) -> list[Part]:
 
 
 def redis_cluster_state(port: int) -> dict[str, str]:
-    """``CLUSTER INFO`` of one node as fields (empty when it does not answer)."""
+    """``CLUSTER INFO`` of one node as fields (empty when it does not answer, or answers
+    something other than the bulk string of fields)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"CLUSTER INFO\r\n")
             reply = b""
-            while not reply.endswith(b"\r\n") or reply.count(b"\r\n") < 2:
+            while b"\r\n" not in reply:  # the header: $<length>
                 chunk = s.recv(4096)
                 if not chunk:
-                    break
+                    return {}
                 reply += chunk
+            header, _, body = reply.partition(b"\r\n")
+            if not header.startswith(b"$") or not header[1:].isdigit():
+                return {}
+            length = int(header[1:])
+            while len(body) < length:  # the fields, however the reply was split
+                chunk = s.recv(4096)
+                if not chunk:
+                    return {}
+                body += chunk
     except OSError:
         return {}
-    lines = reply.decode(errors="replace").split("\r\n")[1:]
+    lines = body[:length].decode(errors="replace").split("\r\n")
     return dict(line.split(":", 1) for line in lines if ":" in line)
 
 

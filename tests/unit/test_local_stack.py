@@ -207,3 +207,30 @@ def test_redis_cluster_takes_one_or_three_masters(monkeypatch: pytest.MonkeyPatc
     stack = load_stack_module(monkeypatch, tmp_path, {"REDIS_CLUSTER": "2"})
     with pytest.raises(SystemExit, match=r"1 \(one server\) or 3"):
         stack.redis_masters()
+
+
+def test_cluster_info_is_read_whole_however_the_reply_is_split(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    stack = load_stack_module(monkeypatch, tmp_path, {})
+    fields = b"cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_known_nodes:3\r\n"
+    reply = b"$%d\r\n%s\r\n" % (len(fields), fields)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(64)
+                # in pieces: mid-header, at a line end of the fields, mid-field, the rest;
+                # a pause after each so the reader sees them one recv at a time
+                for start, end in ((0, 3), (3, 23), (23, 45), (45, len(reply))):
+                    conn.sendall(reply[start:end])
+                    time.sleep(0.05)
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        state = stack.redis_cluster_state(server.getsockname()[1])
+        thread.join()
+    assert state == {"cluster_state": "ok", "cluster_slots_assigned": "16384",
+                     "cluster_known_nodes": "3"}
