@@ -137,23 +137,8 @@ async def test_tracker_page_views_count_one_cookieless_visitor_and_the_address_i
         for record in await read_between(stack.kafka_bootstrap, before[topic]):
             assert ADDRESS.encode() not in record.value + (record.key or b""), topic
 
-    found_in_redis: list[str] = []
-    async for key in redis.scan_iter(count=1000):
-        raw_kind = await redis.type(key)
-        kind = raw_kind.decode() if isinstance(raw_kind, bytes) else str(raw_kind)
-        values: list[Any] = []
-        if kind == "string":
-            values = [await redis.get(key)]
-        elif kind == "hash":
-            values = [b for kv in (await redis.hgetall(key)).items() for b in kv]
-        elif kind == "zset":
-            values = list(await redis.zrange(key, 0, -1))
-        elif kind == "set":
-            values = list(await redis.smembers(key))
-        elif kind == "list":
-            values = list(await redis.lrange(key, 0, -1))
-        if any(isinstance(v, bytes) and ADDRESS.encode() in v for v in [key, *values]):
-            found_in_redis.append(repr(key))
+    found_in_redis = [repr(key) for key, values in await every_key_and_value(redis)
+                      if any(ADDRESS.encode() in v for v in [key, *values])]
     assert found_in_redis == []
 
     def written(path: Path) -> bytes:
@@ -168,3 +153,44 @@ async def test_tracker_page_views_count_one_cookieless_visitor_and_the_address_i
     assert (logs / "nginx-error.log").exists()
     holding = [p.name for p in sorted(logs.glob("*.log")) if ADDRESS.encode() in written(p)]
     assert holding == [], f"{ADDRESS} written to {holding}"
+
+
+async def every_key_and_value(redis: Redis, chunk: int = 1000
+                              ) -> list[tuple[bytes, list[bytes]]]:
+    """Every key of the stack's Redis with what it holds (strings, HyperLogLogs included, hash
+    fields and values, members), read in pipelines of ``chunk`` keys: the private stack holds
+    every test's aggregates by now, hundreds of thousands of keys, and a round trip per key
+    took longer than the test's timeout."""
+    keys = [key async for key in redis.scan_iter(count=1000)]
+    out: list[tuple[bytes, list[bytes]]] = []
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in part:
+                pipe.type(key)
+            kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in await pipe.execute()]
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, kind in zip(part, kinds, strict=True):
+                if kind == "string":
+                    pipe.get(key)
+                elif kind == "hash":
+                    pipe.hgetall(key)
+                elif kind == "zset":
+                    pipe.zrange(key, 0, -1)
+                elif kind == "set":
+                    pipe.smembers(key)
+                elif kind == "list":
+                    pipe.lrange(key, 0, -1)
+                else:  # gone since the scan, or a kind the stack does not write
+                    pipe.exists(key)
+            replies = await pipe.execute()
+        for key, reply in zip(part, replies, strict=True):
+            if isinstance(reply, dict):
+                values = [b for kv in reply.items() for b in kv]
+            elif isinstance(reply, (list, set)):
+                values = list(reply)
+            else:
+                values = [reply]
+            out.append((key, [v for v in values if isinstance(v, bytes)]))
+    return out
+
