@@ -20,7 +20,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import orjson
 from redis.asyncio import Redis
@@ -138,7 +138,7 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
     latency = Latency.of(stats.latencies_ms)
     extra = {"events_counted": counted, "sites": len(soak.sites), "pages": soak.pages,
              "visitors": soak.visitors, "rate": RATE, "seconds": seconds,
-             "before": before.__dict__, "after": after.__dict__,
+             "before": asdict(before), "after": asdict(after),
              "keys_per_event": keys_per_event, "exact": verdict.ok,
              "soak_keys_bytes": sum(usage.bytes.values()),
              "by_aggregate": [dict(zip(USAGE_HEADERS, row, strict=True))

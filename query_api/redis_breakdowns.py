@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from contracts.aggregates import DIMENSION_RANKINGS, EVENT, FILTERED, VIEWS, Dimension, Scope
+from contracts.aggregates import (
+    DIMENSION_RANKINGS,
+    EVENT,
+    FILTERED,
+    VIEWS,
+    Aggregate,
+    Dimension,
+    Scope,
+)
 from contracts.keys import SiteKeys
 from query_api.redis_reads import Batch, Packer
 
@@ -36,9 +44,7 @@ def plan_versions(keys: SiteKeys, scopes: list[Scope], dimension: Dimension) -> 
             chunk = scopes[start:start + TOTALS_PER_CALL]
             packer.batch_for(TOTALS_PER_CALL).add("total", [keys.key(ranking, s) for s in chunk])
     else:
-        for start in range(0, len(scopes), 200):
-            chunk = scopes[start:start + 200]
-            packer.batch_for(len(chunk)).add("get", [keys.key(VIEWS, s) for s in chunk])
+        _add_gets(packer, keys, VIEWS, scopes)
     return packer.batches
 
 
@@ -73,12 +79,16 @@ def bucket_of(reply: list[Any]) -> tuple[int, dict[str, int]]:
 def plan_filtered(keys: SiteKeys, scopes: list[Scope]) -> list[Batch]:
     """Batches reading the bot counters of the range (their replies summed: ``total_of``)."""
     packer = Packer()
-    for start in range(0, len(scopes), 200):
-        chunk = scopes[start:start + 200]
-        packer.batch_for(len(chunk)).add("get", [keys.key(FILTERED, s) for s in chunk])
+    _add_gets(packer, keys, FILTERED, scopes)
     return packer.batches
 
 
+def _add_gets(packer: Packer, keys: SiteKeys, counter: Aggregate, scopes: list[Scope]) -> None:
+    """GET the counter of every scope, 200 keys a call."""
+    for start in range(0, len(scopes), 200):
+        chunk = scopes[start:start + 200]
+        packer.batch_for(len(chunk)).add("get", [keys.key(counter, s) for s in chunk])
+
+
 def total_of(replies: list[list[Any]]) -> int:
-    return sum(int(n) for reply in replies for counts in reply
-               for n in counts)
+    return sum(int(n) for reply in replies for counts in reply for n in counts)
