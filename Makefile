@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 
-.PHONY: help venv up down status sites tokens test test-unit test-integration lint typecheck replay chaos \
+.PHONY: help venv up down status sites tokens test test-cluster test-unit test-integration lint typecheck replay chaos \
         bench bench-ingest bench-query bench-memory bench-e2e bench-aggregator bench-replay bench-fallback bench-report
 
 help:
@@ -37,6 +37,9 @@ tokens: venv ## Stats tokens (ARGS="add --sites shop,blog", "add --admin", "list
 test: venv ## Unit tests, then integration and e2e tests on a private stack of their own (KEEP=1 keeps it for a rerun)
 	$(PY) -m pytest tests/unit -q
 	TEST_STACK_KEEP=$(KEEP) $(PY) -m pytest tests/integration tests/e2e -q
+
+test-cluster: venv ## The smoke suite (ingest, stats, replay, Redis-loss rebuild) on 3 Kafka brokers and a 3-master Redis Cluster
+	TEST_TOPOLOGY=cluster TEST_STACK_KEEP=$(KEEP) $(PY) -m pytest -m smoke tests/integration tests/e2e -q
 
 test-unit: venv ## Unit tests only (no servers)
 	$(PY) -m pytest tests/unit -q

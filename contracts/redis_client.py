@@ -30,18 +30,30 @@ def connect_redis(url: str, timeout_s: float = 2.0) -> Redis:
                           retry_on_error=[RedisConnectionError])
 
 
+def cluster_startup(url: str) -> tuple[list[tuple[str, int]], str | None, str | None] | None:
+    """The nodes, username and password of a ``redis+cluster://`` URL; None for one
+    server's URL. (The synchronous callers, tests and CI tools, build their own client.)"""
+    parts = urlsplit(url)
+    if parts.scheme != CLUSTER_SCHEME:
+        return None
+    nodes = []
+    for address in parts.netloc.rpartition("@")[2].split(","):
+        host, colon, port = address.rpartition(":")
+        if not colon:  # a host alone: the default port
+            host, port = address, ""
+        nodes.append((host or "127.0.0.1", int(port or 6379)))
+    return (nodes, unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None)
+
+
 def connect_redis_client(url: str, timeout_s: float = 2.0) -> RedisClient:
     """What the services call with ``REDIS_URL``: a cluster client for a
     ``redis+cluster://`` URL (it connects at its first command), else ``connect_redis``."""
-    parts = urlsplit(url)
-    if parts.scheme != CLUSTER_SCHEME:
+    cluster = cluster_startup(url)
+    if cluster is None:
         return connect_redis(url, timeout_s)
-    nodes = []
-    for address in parts.netloc.rpartition("@")[2].split(","):
-        host, _, port = address.rpartition(":")
-        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
-    return RedisCluster(startup_nodes=nodes,
-                        username=unquote(parts.username) if parts.username else None,
-                        password=unquote(parts.password) if parts.password else None,
+    nodes, username, password = cluster
+    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                        username=username, password=password,
                         socket_timeout=timeout_s, socket_connect_timeout=1.0,
                         retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])

@@ -292,7 +292,7 @@ class RedisReader:
         names, self._unused_bases = self._unused_bases, []
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:  # one key a command: each site's keys are in its own slot
-                pipe.unlink(name)
+                pipe.execute_command("UNLINK", name)  # (a cluster pipeline's unlink() is not)
             await pipe.execute()
 
     # -- breakdowns (``redis_breakdowns``) ------------------------------------------------

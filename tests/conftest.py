@@ -11,11 +11,10 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from redis.asyncio import Redis
 
 from contracts.mongo import DATABASE as MONGO_DATABASE
 from contracts.mongo import EVENTS
-from contracts.redis_client import connect_redis
+from contracts.redis_client import RedisClient, connect_redis_client
 from tests.stack import SitePool, Stack, drop_database, private_stack, wait_until_aggregates_intact
 
 
@@ -57,8 +56,9 @@ async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def redis(stack: Stack) -> AsyncIterator[Redis]:
-    client = connect_redis(stack.redis_url, timeout_s=5.0)
+async def redis(stack: Stack) -> AsyncIterator[RedisClient]:
+    """The stack's Redis as the services see it: one server or a cluster (make test-cluster)."""
+    client = connect_redis_client(stack.redis_url, timeout_s=5.0)
     yield client
     await client.aclose()
 

@@ -39,9 +39,11 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 from redis import Redis as SyncRedis
+from redis.cluster import ClusterNode, RedisCluster
 
 from contracts.keys import intact_key
 from contracts.mongo import DATABASE as MONGO_DATABASE
+from contracts.redis_client import cluster_startup
 from contracts.tenancy import SITES, TOKENS, Site, new_token, site_document, token_document
 from tests.containers import docker_engine_answers, start_servers
 
@@ -55,6 +57,11 @@ HARNESS_SPARES = range(0, 30)  # tests/aggregator_harness.py's aggregators, in t
 CLUSTER_SPARES = range(30, 36)  # the Redis Cluster test's three masters and their buses
 OWN_PROCESS_SPARES = range(36, 60)  # a gateway or query API that a test starts itself
 KEEP_VARIABLE = "TEST_STACK_KEEP"
+# TEST_TOPOLOGY=cluster (make test-cluster): the private stack runs on three Kafka brokers
+# and a Redis Cluster of three masters instead of one of each.
+TOPOLOGY_VARIABLE = "TEST_TOPOLOGY"
+TOPOLOGIES = {"single": {"KAFKA_BROKERS": "1", "REDIS_CLUSTER": "1"},
+              "cluster": {"KAFKA_BROKERS": "3", "REDIS_CLUSTER": "3"}}
 PRIVATE_NAMES = {"KAFKA_TOPIC": "test-page-views", "AGGREGATOR_GROUP": "test-aggregators",
                  # Off on the shared private stack: tests compare stored user ids and visitor
                  # HyperLogLogs with the ids they sent; tests/e2e/test_privacy.py runs a
@@ -82,6 +89,8 @@ class Stack:
     # Kafka nodes (KAFKA_BROKERS): 1 is the part `kafka`; a cluster's are `kafka-1` … `kafka-N`,
     # and kafka_bootstrap lists every one of them.
     kafka_brokers: int = 1
+    # Redis masters (REDIS_CLUSTER): 1 is the part `redis`; a cluster's are `redis-1` … `redis-N`.
+    redis_masters: int = 1
 
     @classmethod
     def from_directory(cls, directory: Path, port_base: int) -> Stack:
@@ -96,13 +105,20 @@ class Stack:
                    gateway_urls=urls("GATEWAY_URLS"), query_urls=urls("QUERY_URLS"),
                    aggregator_urls=urls("AGGREGATOR_URLS"), directory=directory,
                    port_base=port_base, stats_token=env["STATS_TOKEN"],
-                   kafka_brokers=int(env.get("KAFKA_BROKERS", "1")))
+                   kafka_brokers=int(env.get("KAFKA_BROKERS", "1")),
+                   redis_masters=int(env.get("REDIS_CLUSTER", "1")))
 
     def kafka_parts(self) -> list[str]:
         """The part names of this stack's Kafka nodes (for ``stop_part``/``signal_part``)."""
         if self.kafka_brokers == 1:
             return ["kafka"]
         return [f"kafka-{i}" for i in range(1, self.kafka_brokers + 1)]
+
+    def redis_parts(self) -> list[str]:
+        """The part names of this stack's Redis servers (each has its data in ``data/<part>``)."""
+        if self.redis_masters == 1:
+            return ["redis"]
+        return [f"redis-{i}" for i in range(1, self.redis_masters + 1)]
 
     def auth(self) -> dict[str, str]:
         """The header that lets a test read every site's stats."""
@@ -231,14 +247,31 @@ def port_taken(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def test_topology() -> dict[str, str]:
+    """The engines' node counts this session's private stack runs with (TEST_TOPOLOGY)."""
+    name = os.environ.get(TOPOLOGY_VARIABLE) or "single"
+    if name not in TOPOLOGIES:
+        raise RuntimeError(f"{TOPOLOGY_VARIABLE}={name!r}: one of {sorted(TOPOLOGIES)}")
+    return TOPOLOGIES[name]
+
+
+def kept_with_topology(directory: Path, topology: dict[str, str]) -> bool:
+    """A kept stack is taken over only by a session that wants the same topology."""
+    if not (directory / "kept").exists():
+        return False
+    env = read_env_file(directory / "stack.env") if (directory / "stack.env").exists() else {}
+    return all(env.get(name, "1") == count for name, count in topology.items())
+
+
 def reserve_block(take_kept: bool = True) -> tuple[int, int]:
     """A port block and the lock that holds it for this session: a stack kept by an earlier
     session first (unless ``take_kept`` is false: a test that starts servers of its own on a
     whole block, such as tests/integration/test_kafka_cluster.py), else the first block that
     no other session holds and whose ports are all free. The lock lives in the system's
     temporary folder, so two checkouts never share one."""
+    topology = test_topology()
     kept = sorted(int(d.name) for d in TEST_STACKS.glob("[0-9]*")
-                  if (d / "kept").exists()) if take_kept else []
+                  if kept_with_topology(d, topology)) if take_kept else []
     for base in [*kept, *(b for b in PORT_BLOCKS if b not in kept)]:
         lock = os.open(Path(tempfile.gettempdir()) / f"pageviews-test-{base}.lock",
                        os.O_CREAT | os.O_RDWR, 0o644)
@@ -262,7 +295,8 @@ def private_stack() -> Iterator[Stack]:
     if not kept:
         shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
-    os.environ.update(STACK_DIR=str(directory), PORT_BASE=str(base), **PRIVATE_NAMES)
+    os.environ.update(STACK_DIR=str(directory), PORT_BASE=str(base), **PRIVATE_NAMES,
+                      **test_topology())
     remove_containers = None
     if docker_engine_answers():
         addresses, remove_containers = start_servers()
@@ -294,12 +328,23 @@ def private_stack() -> Iterator[Stack]:
 def wait_until_aggregates_intact(stack: Stack, timeout_s: float = 300.0) -> None:
     """Redis answers only once the aggregators marked it intact (a first start, or a Redis
     that lost its state, rebuilds from the topic first)."""
-    client = SyncRedis.from_url(stack.redis_url)
+    client = sync_redis(stack.redis_url)
     try:
         poll_until(lambda: client.exists(intact_key()), timeout_s=timeout_s, interval_s=0.2,
                    message="Redis aggregates rebuilt and marked intact")
     finally:
         client.close()
+
+
+def sync_redis(url: str) -> SyncRedis | RedisCluster:
+    """A blocking client of the stack's Redis: one server, or a cluster
+    (``redis+cluster://``, as the services connect with ``connect_redis_client``)."""
+    cluster = cluster_startup(url)
+    if cluster is None:
+        return SyncRedis.from_url(url)
+    nodes, username, password = cluster
+    startup = [ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=startup, username=username, password=password)
 
 
 def restore() -> None:

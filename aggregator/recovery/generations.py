@@ -106,8 +106,8 @@ class Generations:
                 kind = parse_suffix(name).aggregate.kind
                 if kind is Kind.RANKING:
                     pipe.zrange(key, 0, -1, withscores=True)
-                elif kind is Kind.UNIQUES:
-                    pipe.pfcount(key)
+                elif kind is Kind.UNIQUES:  # (a cluster's pipelines block pfcount())
+                    pipe.execute_command("PFCOUNT", key)
                 else:
                     pipe.get(key)
             replies = await pipe.execute()

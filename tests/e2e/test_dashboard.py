@@ -107,6 +107,7 @@ def dashboard_served(stack: Stack) -> None:
             "`make up`") from exc
 
 
+@pytest.mark.smoke
 async def test_the_dashboard_shows_posted_views_live_in_numbers_chart_and_table(
         stack: Stack, http: aiohttp.ClientSession, site_id: str, page: Page,
         capsys: pytest.CaptureFixture[str]) -> None:

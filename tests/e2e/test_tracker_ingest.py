@@ -73,6 +73,7 @@ async def stats(http: aiohttp.ClientSession, stack: Stack, site: str) -> dict[st
         return answer
 
 
+@pytest.mark.smoke
 async def test_tracker_page_views_count_one_cookieless_visitor_and_the_address_is_nowhere(
         stack: Stack, site_pool: SitePool, http: aiohttp.ClientSession, redis: Redis,
         mongo_events: AsyncCollection[dict[str, Any]]) -> None:

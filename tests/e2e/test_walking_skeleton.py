@@ -4,10 +4,13 @@ Redis -> query API -> NGINX."""
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from pymongo import AsyncMongoClient
 
 from contracts.mongo import event_key
 from tests.stack import Stack, eventually
+
+pytestmark = pytest.mark.smoke
 
 
 async def stats(http: aiohttp.ClientSession, stack: Stack, site_id: str) -> dict[str, object]:

@@ -112,6 +112,7 @@ async def stats(http: aiohttp.ClientSession, stack: Stack, site_id: str) -> dict
         return body
 
 
+@pytest.mark.smoke
 async def test_breakdowns_count_exactly_bots_only_as_filtered_and_a_replay_recomputes_them(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         mongo_events: AsyncCollection[dict[str, Any]]) -> None:

@@ -195,6 +195,7 @@ async def assert_pages(got: list[dict[str, Any]], events: list[Sent], start: int
     assert views == sorted(views, reverse=True)
 
 
+@pytest.mark.smoke
 async def test_stats_over_all_time_and_hour_ranges_match_a_recount_from_redis(
         api: Client, scenario: Scenario, redis: Redis) -> None:
     s = scenario
@@ -260,6 +261,7 @@ async def test_answers_follow_the_sites_generation_pointer(
     await eventually(back, timeout_s=5, message="answers from the default generation again")
 
 
+@pytest.mark.smoke
 async def test_minute_precise_ranges_match_a_recount_from_redis(
         api: Client, scenario: Scenario, redis: Redis) -> None:
     s = scenario
@@ -281,6 +283,7 @@ async def test_minute_precise_ranges_match_a_recount_from_redis(
         assert bucket["unique_visitors"] == await hll(visitors(s.events, b, b + MINUTE_MS))
 
 
+@pytest.mark.smoke
 async def test_page_timeseries_top_and_compare_match_a_recount(
         api: Client, scenario: Scenario, redis: Redis) -> None:
     s = scenario

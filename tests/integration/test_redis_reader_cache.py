@@ -87,6 +87,7 @@ async def assert_exact(reader: RedisReader, redis: Redis, applied: Applied) -> N
         assert uniques[page] == await hll_estimate(redis, site, users), page
 
 
+@pytest.mark.smoke
 async def test_cached_rankings_and_counts_follow_every_new_event_exactly(
         redis: Redis, site_id: str) -> None:
     rng = random.Random(13)
@@ -293,6 +294,7 @@ async def assert_breakdowns_exact(reader: RedisReader, redis: Redis, applied: Ap
         assert await reader.breakdown(site, RANGE, dimension, 2, 4) == (len(rows), rows[2:6])
 
 
+@pytest.mark.smoke
 async def test_cached_breakdowns_follow_every_new_event_exactly(
         redis: Redis, site_id: str) -> None:
     """The breakdown caches are versioned by the site's views (page-view dimensions) and by

@@ -28,6 +28,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from aggregator.recovery.history import committed_offsets
 from contracts.aggregates import HOUR, RANKING, VIEWS, Scope
@@ -51,6 +52,28 @@ def make_events(site_id: str, n: int, rng: random.Random) -> list[PageView]:
     return [PageView(str(uuid.uuid4()), site_id, f"/p{rng.randrange(12)}",
                      f"u{rng.randrange(300)}", now - rng.randrange(4 * HOUR_MS), now)
             for _ in range(n)]
+
+
+async def flush_holding_the_lock(redis: Redis | RedisCluster, holder: str) -> None:
+    """FLUSHALL, and the rebuild lock held from that moment on (as a slow rebuild would hold
+    it), so no aggregator starts a rebuild in between. A cluster: the lock first, then every
+    other master flushed, then the lock's master flushed and the lock set in one MULTI."""
+    home = redis
+    if isinstance(home, RedisCluster):
+        await redis.set(rebuild_lock_key(), holder, px=120_000)
+        node = home.get_node_from_key(rebuild_lock_key())
+        assert node is not None
+        others = [n for n in home.get_primaries() if n.name != node.name]
+        await home.flushall(target_nodes=others)
+        home = Redis(host=node.host, port=int(node.port))
+    try:
+        async with home.pipeline(transaction=True) as pipe:
+            pipe.flushall()
+            pipe.set(rebuild_lock_key(), holder, px=120_000)
+            await pipe.execute()
+    finally:
+        if home is not redis:
+            await home.aclose()
 
 
 async def post(http: aiohttp.ClientSession, stack: Stack, events: list[PageView]) -> None:
@@ -135,6 +158,7 @@ async def flush_guard(stack: Stack, redis: Redis) -> AsyncIterator[None]:
 
 
 @pytest.mark.runs_first
+@pytest.mark.smoke
 async def test_a_flushed_redis_is_answered_from_mongo_then_rebuilt_exactly(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random, flush_guard: None,
@@ -151,10 +175,7 @@ async def test_a_flushed_redis_is_answered_from_mongo_then_rebuilt_exactly(
     sent += history
 
     # Hold the rebuild lock, as a slow rebuild would, so the answers in between are seen.
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.flushall()
-        pipe.set(rebuild_lock_key(), "test-holds-the-rebuild", px=120_000)
-        await pipe.execute()
+    await flush_holding_the_lock(redis, "test-holds-the-rebuild")
     during = make_events(site_id, 200, rng)
     await post(http, stack, during)
     sent += during
@@ -251,6 +272,7 @@ async def test_redis_in_the_old_layout_is_rebuilt_into_the_new_and_never_answers
     assert [(p["page_id"], p["views"]) for p in top["pages"]] == want_top
 
 
+@pytest.mark.smoke
 async def test_replay_while_events_keep_arriving_counts_every_event_exactly_once(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random) -> None:
@@ -354,6 +376,7 @@ async def test_a_replay_killed_midway_changes_nothing_and_can_run_again(
     await assert_redis_matches(redis, site_id, recount(sent))
 
 
+@pytest.mark.smoke
 async def test_verify_finds_no_difference_on_a_healthy_site_and_finds_a_corrupted_counter(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from contracts.redis_client import connect_redis_client
+from contracts.redis_client import cluster_startup, connect_redis_client
 
 
 async def test_a_redis_url_gives_a_client_of_one_server() -> None:
@@ -24,3 +24,9 @@ async def test_a_cluster_url_gives_a_cluster_client_seeded_with_every_node_named
     assert client.connection_kwargs["username"] == "u"
     assert client.connection_kwargs["socket_timeout"] == 3.0
     await client.aclose()
+
+
+def test_the_blocking_callers_read_the_same_nodes_and_credentials_from_a_cluster_url() -> None:
+    assert cluster_startup("redis://127.0.0.1:16379/0") is None
+    assert cluster_startup("redis+cluster://u:p%40ss@10.0.0.1:7001,:7002,10.0.0.3") == (
+        [("10.0.0.1", 7001), ("127.0.0.1", 7002), ("10.0.0.3", 6379)], "u", "p@ss")
