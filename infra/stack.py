@@ -498,7 +498,8 @@ def kafka_parts(tools: Tools, ports: Ports, brokers: int = 1) -> list[Part]:
     replication = Replication.for_brokers(brokers)
     log4j = f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'log4j2.properties'}"
     classpath = f"{tools.kafka_libs}/*"
-    check_layout(nodes)
+    check_layout("kafka", [node.name for node in nodes], BROKERS_VARIABLE,
+                 "its topics' data")
 
     def props(node: KafkaNode) -> Path:
         return RUN / node.name / "server.properties"
@@ -540,19 +541,20 @@ def cluster_id(nodes: list[KafkaNode]) -> str:
     return kafka_cluster.new_cluster_id()
 
 
-def check_layout(nodes: list[KafkaNode]) -> None:
-    """Refuse to mix a one-node stack and a cluster: they are different clusters (a cluster
-    started over a one-node stack's data would show none of its topics)."""
-    wanted = {node.name for node in nodes}
-    other = sorted(path.name for path in [*DATA.glob("kafka"), *DATA.glob("kafka-[0-9]*")]
+def check_layout(engine: str, wanted: list[str], variable: str, holds: str) -> None:
+    """Refuse to mix an engine's one-node stack and its cluster (parts ``kafka`` or
+    ``kafka-1`` ..., ``redis`` or ``redis-1`` ...): a Kafka cluster started over a one-node
+    stack's data would show none of its topics; a Redis switched back to the other layout's
+    data would serve its stale aggregates, marked intact, without what was counted since."""
+    other = sorted(path.name for path in [*DATA.glob(engine), *DATA.glob(f"{engine}-[0-9]*")]
                    if path.name not in wanted)
-    other += sorted(name for name in names() if name.startswith("kafka") and name not in wanted
-                    and running_pid(name) is not None)
+    other += sorted(name for name in names() if (name == engine or name.startswith(
+        f"{engine}-")) and name not in wanted and running_pid(name) is not None)
     if other:
-        sys.exit(f"{BROKERS_VARIABLE}={len(nodes)}, but this stack ({RUN}) has Kafka "
+        sys.exit(f"{variable}={len(wanted)}, but this stack ({RUN}) has "
                  f"{', '.join(sorted(set(other)))} from another count: run `make up` with the "
-                 f"count it was started with, or `make down` and remove {DATA}/kafka* "
-                 "(its topics' data) to change it")
+                 f"count it was started with, or `make down` and remove {DATA}/{engine}* "
+                 f"({holds}) to change it")
 
 
 def create_topics(bootstrap: str, brokers: int = 1) -> None:
@@ -579,6 +581,8 @@ def redis_parts(tools: Tools, ports: Ports, masters: int = 1) -> list[Part]:
     directory (so a one-server stack's data is never mixed into a cluster's)."""
     nodes = [(ports.redis, None, "redis")] if masters == 1 else [
         (port, bus, f"redis-{n}") for n, (port, bus) in enumerate(ports.redis_nodes(), 1)]
+    check_layout("redis", [name for _, _, name in nodes], REDIS_CLUSTER_VARIABLE,
+                 "its aggregates: the aggregators rebuild them from MongoDB and the topic")
     parts = []
     for port, bus, name in nodes:
         conf, data = RUN / name / "redis.conf", DATA / name

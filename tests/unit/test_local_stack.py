@@ -20,6 +20,9 @@ from tests.stack import load_native_stack
 
 def load_stack_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                       env: dict[str, str]) -> ModuleType:
+    # Its own state folder: a part's before_start writes configs and data folders there,
+    # never in the user's .run/.
+    monkeypatch.setenv("STACK_DIR", str(tmp_path / "stack"))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     module = load_native_stack()
@@ -200,6 +203,23 @@ def test_redis_cluster_3_runs_three_masters_with_their_own_buses_and_data(
     assert env["REDIS_URL"] == "redis+cluster://127.0.0.1:23004,127.0.0.1:23035,127.0.0.1:23036"
     assert env["REDIS_CLUSTER"] == "3"
     assert "REDIS_CLUSTER" not in stack.stack_env(ports)  # a one-server stack.env as ever
+
+
+def test_redis_never_switches_layout_over_the_other_layouts_data(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Back on one server over its old data, Redis would serve aggregates marked intact
+    that lack everything the cluster counted meanwhile: refused, as for Kafka."""
+    stack = load_stack_module(monkeypatch, tmp_path, {})
+    tools = stack.Tools(kafka_libs=tmp_path, ferretdb=tmp_path / "ferretdb", redis_server="",
+                        nginx="", postgres_bin=None)
+    ports = stack.Ports.from_base(23000)
+    (stack.DATA / "redis").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="REDIS_CLUSTER=3, but .* has redis from another"):
+        stack.redis_parts(tools, ports, 3)
+    stack.redis_parts(tools, ports, 1)  # its own layout is fine
+    (stack.DATA / "redis-2").mkdir()
+    with pytest.raises(SystemExit, match="has redis-2 from another count"):
+        stack.redis_parts(tools, ports, 1)
 
 
 def test_redis_cluster_takes_one_or_three_masters(monkeypatch: pytest.MonkeyPatch,
