@@ -214,7 +214,7 @@ def test_redis_never_switches_layout_over_the_other_layouts_data(
                         nginx="", postgres_bin=None)
     ports = stack.Ports.from_base(23000)
     (stack.DATA / "redis").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="REDIS_CLUSTER=3, but .* has redis from another"):
+    with pytest.raises(SystemExit, match=r"REDIS_CLUSTER=3, but .* has redis from another"):
         stack.redis_parts(tools, ports, 3)
     stack.redis_parts(tools, ports, 1)  # its own layout is fine
     (stack.DATA / "redis-2").mkdir()
