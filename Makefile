@@ -4,7 +4,7 @@ PY := .venv/bin/python
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 
 .PHONY: help venv up down status sites tokens test test-cluster test-unit test-integration lint typecheck replay chaos \
-        bench bench-ingest bench-query bench-memory bench-e2e bench-aggregator bench-replay bench-fallback bench-report
+        capacity bench bench-ingest bench-query bench-memory bench-e2e bench-aggregator bench-replay bench-fallback bench-report
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -69,5 +69,8 @@ bench-replay: venv ## Rate of python -m aggregator.recovery.replay rebuilding fr
 	$(BENCH) replay
 bench-fallback: venv ## /stats answered from MongoDB (1,000,000 events over 1,000 sites, seeded once)
 	$(PY) -m bench fallback
+capacity: venv ## What a load needs, from the benchmarks' measurements (ARGS="--events-per-s 100000 --sites 5000 --pages 200000", or "--machine": the model against make bench here)
+	$(PY) -m bench.capacity $(ARGS)
+
 bench-report: venv ## PNG charts of the latest results (bench/results/*.png)
 	$(BENCH) report
