@@ -54,6 +54,7 @@ SITE_PREFIX = "bench-mem-"
 SITES, PAGES, VISITORS = 300, 20_000, 100_000
 RATE, BATCH = 1_000, 20
 GOAL_BYTES_PER_EVENT = 200
+SOAK_BYTES_PER_EVENT = 1_500  # Redis growth to make room for: 1,009 B measured, and a margin
 USAGE_HEADERS = ("aggregate", "unit", "keys", "bytes", "bytes/key", "share", "bytes/event")
 STORE_HEADERS = ("store", "before B", "after B", "growth B", "B/event")
 STACK_DATA = ROOT / ".run" / "data"  # the local stack's (infra/stack.py)
@@ -99,11 +100,30 @@ class Footprint:
 
     used_memory: int
     keys: int
+    maxmemory: int = 0  # 0: no bound
 
 
 async def footprint(redis: Redis) -> Footprint:
     info = await redis.info("memory")
-    return Footprint(int(info["used_memory"]), int(await redis.dbsize()))
+    return Footprint(int(info["used_memory"]), int(await redis.dbsize()),
+                     int(info.get("maxmemory", 0)))
+
+
+class NoRoom(RuntimeError):
+    """Redis's maxmemory would stop the soak midway (the stack runs it with noeviction: the
+    aggregators would wait, and the run with them): refused before any event is sent."""
+
+
+def check_room(before: Footprint, events: int) -> None:
+    """Each soak keeps its aggregates (its sites' day and all-time keys never expire), so
+    runs add up; the soak grew Redis by about 1 KB an event."""
+    need = events * SOAK_BYTES_PER_EVENT
+    if before.maxmemory and before.used_memory + need > before.maxmemory:
+        raise NoRoom(
+            f"Redis holds {before.used_memory:,} B of its maxmemory {before.maxmemory:,} B "
+            f"and the soak adds about {need:,} B ({events:,} events): restart it with more "
+            "(make down, then REDIS_MAXMEMORY=4gb make up), or raise it for now with "
+            "redis-cli CONFIG SET maxmemory")
 
 
 def growth_per_event(before: Footprint, after: Footprint, events: int
@@ -241,13 +261,14 @@ def store_rows(before: Footprint, after: Footprint, redis_per_event: float | Non
 async def run_suite(s: BenchSettings, run: Run) -> None:
     soak = Soak.fresh()
     seconds = 30 * s.seconds
-    say(SUITE, f"registering {len(soak.sites)} sites ({soak.sites[0]} ...)")
-    await register_sites(s, *soak.sites, max_pages=soak.pages)
-    await wait_for_stack(s, SUITE)
     brokers = int(read_env_file(STACK_ENV).get("KAFKA_BROKERS") or 1)
     dirs = broker_dirs(STACK_DATA, brokers)
     redis = Redis.from_url(s.redis_url)
     try:
+        check_room(await footprint(redis), int(RATE * seconds))
+        say(SUITE, f"registering {len(soak.sites)} sites ({soak.sites[0]} ...)")
+        await register_sites(s, *soak.sites, max_pages=soak.pages)
+        await wait_for_stack(s, SUITE)
         before, disk_before = await footprint(redis), await on_disk(s, dirs)
         say(SUITE, f"before: used_memory {before.used_memory:,} B, {before.keys:,} keys; "
                    f"sending {RATE:,} events/s for {seconds:g}s")

@@ -10,13 +10,17 @@ import random
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bench.memory import (
+    SOAK_BYTES_PER_EVENT,
     Footprint,
+    NoRoom,
     OnDisk,
     Soak,
     Stored,
     broker_dirs,
+    check_room,
     disk_growth,
     growth_per_event,
     store_growth,
@@ -111,3 +115,14 @@ def test_stores_not_found_are_recorded_as_not_measured() -> None:
     assert [r[1] for r in rows[1:]] == ["no topic files found", "collStats not answered"]
     assert store_growth(OnDisk({}, None), OnDisk({"a": 1}, None), 0, 0, 1)["kafka"][
         "bytes_per_event"] is None
+
+
+def test_a_soak_that_would_fill_redis_is_refused_before_it_starts() -> None:
+    """Runs add up (the soak's day and all-time keys stay): one that would reach maxmemory
+    would stall every aggregator midway, as it did on a stack holding three earlier runs."""
+    events = 300_000
+    need = events * SOAK_BYTES_PER_EVENT
+    check_room(Footprint(10**9, 1, 0), events)  # no bound
+    check_room(Footprint(10**9, 1, 10**9 + need), events)  # just room
+    with pytest.raises(NoRoom, match="REDIS_MAXMEMORY"):
+        check_room(Footprint(10**9, 1, 10**9 + need - 1), events)
