@@ -247,7 +247,7 @@ def port_taken(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_topology() -> dict[str, str]:
+def wanted_topology() -> dict[str, str]:
     """The engines' node counts this session's private stack runs with (TEST_TOPOLOGY)."""
     name = os.environ.get(TOPOLOGY_VARIABLE) or "single"
     if name not in TOPOLOGIES:
@@ -269,7 +269,7 @@ def reserve_block(take_kept: bool = True) -> tuple[int, int]:
     whole block, such as tests/integration/test_kafka_cluster.py), else the first block that
     no other session holds and whose ports are all free. The lock lives in the system's
     temporary folder, so two checkouts never share one."""
-    topology = test_topology()
+    topology = wanted_topology()
     kept = sorted(int(d.name) for d in TEST_STACKS.glob("[0-9]*")
                   if kept_with_topology(d, topology)) if take_kept else []
     for base in [*kept, *(b for b in PORT_BLOCKS if b not in kept)]:
@@ -296,7 +296,7 @@ def private_stack() -> Iterator[Stack]:
         shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     os.environ.update(STACK_DIR=str(directory), PORT_BASE=str(base), **PRIVATE_NAMES,
-                      **test_topology())
+                      **wanted_topology())
     remove_containers = None
     if docker_engine_answers():
         addresses, remove_containers = start_servers()
