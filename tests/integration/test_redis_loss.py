@@ -167,7 +167,6 @@ async def restart_redis_empty(stack: Stack, token: str) -> bool:
 
 
 @pytest.mark.runs_first
-@pytest.mark.smoke
 async def test_redis_restarted_empty_is_answered_from_mongo_then_rebuilt_exactly_by_one_aggregator(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
         rng: random.Random, rebuilt_afterwards: None) -> None:
