@@ -110,15 +110,11 @@ class Stack:
 
     def kafka_parts(self) -> list[str]:
         """The part names of this stack's Kafka nodes (for ``stop_part``/``signal_part``)."""
-        if self.kafka_brokers == 1:
-            return ["kafka"]
-        return [f"kafka-{i}" for i in range(1, self.kafka_brokers + 1)]
+        return part_names("kafka", self.kafka_brokers)
 
     def redis_parts(self) -> list[str]:
         """The part names of this stack's Redis servers (each has its data in ``data/<part>``)."""
-        if self.redis_masters == 1:
-            return ["redis"]
-        return [f"redis-{i}" for i in range(1, self.redis_masters + 1)]
+        return part_names("redis", self.redis_masters)
 
     def auth(self) -> dict[str, str]:
         """The header that lets a test read every site's stats."""
@@ -147,6 +143,11 @@ class Stack:
         pid = self.pid_of(name)
         os.kill(pid, sig)
         return pid
+
+
+def part_names(engine: str, nodes: int) -> list[str]:
+    """``infra/stack.py``'s names: ``engine`` alone, or ``engine-1`` ... for a cluster."""
+    return [engine] if nodes == 1 else [f"{engine}-{i}" for i in range(1, nodes + 1)]
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -60,7 +60,7 @@ async def flush_holding_the_lock(redis: Redis | RedisCluster, holder: str) -> No
     other master flushed, then the lock's master flushed and the lock set in one MULTI."""
     home = redis
     if isinstance(home, RedisCluster):
-        await redis.set(rebuild_lock_key(), holder, px=120_000)
+        await home.set(rebuild_lock_key(), holder, px=120_000)
         node = home.get_node_from_key(rebuild_lock_key())
         assert node is not None
         others = [n for n in home.get_primaries() if n.name != node.name]
