@@ -141,7 +141,8 @@ def measurement_rows(i: Inputs, s: Sustained | None) -> list[tuple[str, str, str
     rows += [
         ("Redis used_memory growth per event (soak)", f"{number(red.per_event)} B", *soak),
         ("Redis views counter", f"{number(red.counter_bytes)} B", *soak),
-        ("Redis ranking entry (page in a bucket)", f"{number(red.rank_entry_bytes)} B", *soak),
+        ("Redis page facts (a page in a bucket)", f"{number(red.fact_bytes)} B", *soak),
+        ("Redis leaderboard entry", f"{number(red.top_entry_bytes)} B", *soak),
         ("Redis sparse HyperLogLog",
          f"{number(red.hll_base_bytes)} B + {number(red.hll_bytes_per_visitor, 2)} B/visitor",
          *soak),
@@ -164,9 +165,9 @@ def assumptions(i: Inputs, load: Load) -> list[str]:
         "over few events there, so the cores above are an upper bound.",
         "Redis memory counts keys, not events: the soak's growth per event is what a page "
         "not yet seen in its buckets costs (nearly every soak event was one), so it sets the "
-        "per-key sizes; keys are bounded by sites x pages x live buckets. Views spread "
-        f"evenly over each site's pages, {load.views_per_visitor:g} view(s) a visitor within "
-        "a key, and rankings at the soak's (skiplist) size: an upper bound.",
+        "per-entry sizes; entries are bounded by sites x pages x live buckets. Views spread "
+        f"evenly over each site's pages (the most pages seen of any spread), "
+        f"{load.views_per_visitor:g} view(s) a visitor within a key: an upper bound.",
     ]
     if load.pages_per_site > DEFAULT_MAX_PAGES:
         notes.append(f"{number(load.pages_per_site)} pages a site is above the default page "

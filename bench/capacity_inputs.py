@@ -148,9 +148,10 @@ def sustained(docs: Sequence[Doc]) -> Sustained:
 
 
 def _soak(docs: Sequence[Doc]) -> tuple[Doc, Figure] | None:
-    for doc in docs:
+    for doc in docs:  # the newest of the page facts layout (4: it has "pf" rows)
         figure = _named(doc, "memory", "Redis growth per event (soak)")
-        if figure and figure.get("value") and figure.get("extra", {}).get("by_aggregate"):
+        rows = (figure or {}).get("extra", {}).get("by_aggregate") or []
+        if figure and figure.get("value") and any(r["aggregate"] == "pf" for r in rows):
             return doc, figure
     return None
 
@@ -161,32 +162,36 @@ def _count(text: object) -> float:
 
 def redis_memory(docs: Sequence[Doc]) -> RedisMemory:
     """Per-key costs from the soak's MEMORY USAGE by aggregate and unit. A HyperLogLog's
-    size is fitted through two sparse ones: a page's for all time (about one visitor) and
-    the site's for all time (hundreds); visitors are the distinct ones expected among a
-    key's events drawn from the soak's visitors."""
+    size is fitted through two sparse ones of the site's visitors: a minute's (a few hundred
+    views) and all time's (thousands); visitors are the distinct ones expected among a key's
+    events drawn from the soak's visitors. A page's facts and leaderboard entry: their keys'
+    bytes over the entries they hold."""
     found = _soak(docs)
     if found is None:
-        raise MissingMeasurement("no Redis memory soak: run make bench-memory")
+        raise MissingMeasurement("no Redis memory soak of the page facts layout: run "
+                                 "make bench-memory")
     doc, figure = found
     extra = figure["extra"]
     events, visitors = float(extra["events_counted"]), float(extra["visitors"])
-    rows = [(r["aggregate"], r["unit"], _count(r["keys"]), _count(r["bytes"]))
+    rows = [(r["aggregate"], r["unit"], _count(r["keys"]), _count(r["bytes"]),
+             _count(r.get("entries") or 0))
             for r in extra["by_aggregate"] if r["aggregate"] != "all"]
 
-    def total(aggregate: str, unit: str | None = None) -> tuple[float, float]:
-        picked = [(k, b) for a, u, k, b in rows if a == aggregate and unit in (None, u)]
-        return sum(k for k, _ in picked), sum(b for _, b in picked)
+    def total(aggregate: str, unit: str | None = None) -> tuple[float, float, float]:
+        picked = [(k, b, e) for a, u, k, b, e in rows if a == aggregate and unit in (None, u)]
+        return (sum(k for k, _, _ in picked), sum(b for _, b, _ in picked),
+                sum(e for _, _, e in picked))
 
-    (page_keys, page_bytes), (site_keys, site_bytes) = (total("uvp", "all time"),
-                                                        total("uv", "all time"))
-    x1, x2 = (distinct(events / keys, visitors) for keys in (page_keys, site_keys))
-    slope = (site_bytes / site_keys - page_bytes / page_keys) / (x2 - x1)
-    counters, rankings = total("views"), total("rank")
-    other = sum(b for _, u, _, b in rows if u == "(other key)")
+    (minute_keys, minute_bytes, _), (site_keys, site_bytes, _) = (total("uv", "m"),
+                                                                  total("uv", "all time"))
+    x1, x2 = (distinct(events / keys, visitors) for keys in (minute_keys, site_keys))
+    slope = (site_bytes / site_keys - minute_bytes / minute_keys) / (x2 - x1)
+    counters, facts, top = total("views"), total("pf"), total("top")
+    other = sum(b for _, u, _, b, _ in rows if u == "(other key)")
     return RedisMemory(
         counter_bytes=counters[1] / counters[0],
-        rank_entry_bytes=rankings[1] / total("uvp")[0],  # one entry per page and bucket
-        hll_base_bytes=page_bytes / page_keys - slope * x1, hll_bytes_per_visitor=slope,
+        fact_bytes=facts[1] / facts[2], top_entry_bytes=top[1] / top[2],
+        hll_base_bytes=minute_bytes / minute_keys - slope * x1, hll_bytes_per_visitor=slope,
         site_bytes=other / float(extra["sites"]),
         overhead=max(1.0, float(figure["value"]) * events / float(extra["soak_keys_bytes"])),
         per_event=float(figure["value"]), file=doc[0], date=_date(doc))

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from contracts.aggregates import DAY, HOUR, MINUTE, TimeUnit
+from contracts.page_facts import INLINE_MAX, LEADERBOARD
 from contracts.settings import AggregatorSettings, Retention
 from contracts.topics import DEFAULT_PARTITIONS, DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_MS
 
@@ -91,7 +92,8 @@ class RedisMemory:
     """What one key or entry costs in Redis, as the memory soak measured it."""
 
     counter_bytes: float  # a views counter
-    rank_entry_bytes: float  # one page in a ranking
+    fact_bytes: float  # one page's facts in a bucket (contracts.page_facts), its hash shared
+    top_entry_bytes: float  # one page in a bucket's leaderboard
     hll_base_bytes: float  # a sparse HyperLogLog: base + per visitor
     hll_bytes_per_visitor: float
     site_bytes: float  # keys a site has once (its offsets)
@@ -203,15 +205,21 @@ def distinct(draws: float, values: float) -> float:
 def bucket_bytes(m: RedisMemory, views: float, pages: float, views_per_visitor: float = 1.0
                  ) -> float:
     """One site's keys in one bucket holding ``views`` over up to ``pages`` pages: the views
-    counter, the site's visitors, and a ranking entry and visitors per page seen (a key's
-    visitors: its views / ``views_per_visitor``, at least one)."""
+    and named pages counters, the site's visitors, each page seen's facts (and its own
+    HyperLogLog past ``INLINE_MAX`` visitors), and the leaderboard of the best of them (a
+    key's visitors: its views / ``views_per_visitor``, at least one)."""
     seen = distinct(views, pages)
 
     def visitors(key_views: float) -> float:
         return max(1.0, key_views / views_per_visitor)
 
-    per_page = m.rank_entry_bytes + m.hll_bytes(visitors(views / seen)) if seen else 0.0
-    return m.counter_bytes + m.hll_bytes(visitors(views)) + seen * per_page
+    per_page = 0.0
+    if seen:
+        page_visitors = visitors(views / seen)
+        per_page = m.fact_bytes + (m.hll_bytes(page_visitors) if page_visitors > INLINE_MAX
+                                   else 0.0)
+    return (2 * m.counter_bytes + m.hll_bytes(visitors(views)) + seen * per_page
+            + min(seen, LEADERBOARD) * m.top_entry_bytes)
 
 
 def live_buckets(unit: TimeUnit, ttl_s: int) -> int:

@@ -23,12 +23,13 @@ from redis.asyncio import Redis
 from bench.progress import say
 from bench.settings import BenchSettings
 from bench.table import markdown, render
-from contracts.aggregates import ALL_TIME, FILTERED, VIEWS, parse_suffix
+from contracts.aggregates import ALL_TIME, FILTERED, PAGE_FACTS, TOP_PAGES, VIEWS, parse_suffix
 from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys
 
 SUITE = "key-memory"
 BATCH = 500
+HEADERS = ("aggregate", "unit", "keys", "bytes", "bytes/key", "share", "bytes/event", "entries")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class Usage:
 
     keys: Counter[tuple[str, str]] = field(default_factory=Counter)
     bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # What the keys hold, where they hold many things: pages of the page facts hashes,
+    # pages of the leaderboards (``contracts.page_facts``).
+    entries: Counter[tuple[str, str]] = field(default_factory=Counter)
     events: int = 0
 
     def rows(self) -> list[list[str]]:
@@ -44,10 +48,11 @@ class Usage:
         per_event = self.events or 1
         out = [[name, unit, f"{self.keys[k]:,}", f"{self.bytes[k]:,}",
                  f"{self.bytes[k] / self.keys[k]:,.0f}", f"{100 * self.bytes[k] / total:.1f}%",
-                 f"{self.bytes[k] / per_event:,.1f}"]
+                 f"{self.bytes[k] / per_event:,.1f}",
+                 f"{self.entries[k]:,}" if k in self.entries else ""]
                for k in sorted(self.bytes, key=lambda k: -self.bytes[k]) for name, unit in [k]]
         out.append(["all", "", f"{sum(self.keys.values()):,}", f"{total:,}", "", "100%",
-                    f"{total / per_event:,.1f}"])
+                    f"{total / per_event:,.1f}", ""])
         return out
 
 
@@ -71,18 +76,30 @@ async def measure(redis: Redis, site_ids: list[str], usage: Usage, match: str | 
                 names.append((owner, name))
     for start in range(0, len(names), BATCH):
         chunk = names[start:start + BATCH]
+        groups = [_group(site, name) for site, name in chunk]
         async with redis.pipeline(transaction=False) as pipe:
-            for _, name in chunk:
+            for (_, name), (aggregate, _) in zip(chunk, groups, strict=True):
                 pipe.memory_usage(name, samples=0)
-            sizes = await pipe.execute()
-        for (site, name), size in zip(chunk, sizes, strict=True):
-            try:
-                parsed = parse_suffix(site.suffix_of(name))
-                group = (parsed.aggregate.name, parsed.scope.unit or "all time")
-            except ValueError:
-                group = (site.suffix_of(name).split(":", 1)[0], "(other key)")
+                if aggregate in _COUNTED:
+                    pipe.execute_command(_COUNTED[aggregate], name)
+            replies = iter(await pipe.execute())
+        for group in groups:
             usage.keys[group] += 1
-            usage.bytes[group] += int(size or 0)
+            usage.bytes[group] += int(next(replies) or 0)
+            if group[0] in _COUNTED:
+                usage.entries[group] += int(next(replies) or 0)
+
+
+_COUNTED = {PAGE_FACTS.name: "HLEN", TOP_PAGES.name: "ZCARD"}  # entries, as the model needs
+
+
+def _group(site: SiteKeys, name: str) -> tuple[str, str]:
+    """(aggregate, unit) of a key: ``(other key)`` for a key the catalog does not name."""
+    try:
+        parsed = parse_suffix(site.suffix_of(name))
+    except ValueError:
+        return site.suffix_of(name).split(":", 1)[0], "(other key)"
+    return parsed.aggregate.name, parsed.scope.unit or "all time"
 
 
 async def run(settings: BenchSettings, sites: list[str]) -> Usage:
@@ -102,9 +119,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args()
     usage = asyncio.run(run(BenchSettings.from_env(os.environ), args.sites))
-    headers = ["aggregate", "unit", "keys", "bytes", "bytes/key", "share", "bytes/event"]
-    rows = usage.rows()
-    print((markdown if args.markdown else render)(rows, headers))
+    print((markdown if args.markdown else render)(usage.rows(), HEADERS))
     print(f"events counted (views + filtered bots): {usage.events:,}")
 
 

@@ -55,7 +55,7 @@ SITES, PAGES, VISITORS = 300, 20_000, 100_000
 RATE, BATCH = 1_000, 20
 GOAL_BYTES_PER_EVENT = 200
 SOAK_BYTES_PER_EVENT = 1_500  # Redis growth to make room for: 1,009 B measured, and a margin
-USAGE_HEADERS = ("aggregate", "unit", "keys", "bytes", "bytes/key", "share", "bytes/event")
+USAGE_HEADERS = key_memory.HEADERS
 STORE_HEADERS = ("store", "before B", "after B", "growth B", "B/event")
 STACK_DATA = ROOT / ".run" / "data"  # the local stack's (infra/stack.py)
 

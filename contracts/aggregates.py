@@ -14,6 +14,12 @@ value in the page's place (``pv:{shop}:g0:usrc:d20424:Google``).
 Rankings are sorted sets whose score is the *negated* view count: ``ZRANGE key 0 n-1``
 then lists pages by views descending and page id ascending (Redis orders equal scores by
 member bytes), the order every endpoint promises, with no sort per request.
+
+Pages are the exception to "one key per member", because a site has thousands and nearly
+every one is seen in nearly every bucket: their views and visitors are *page facts*
+(``contracts.page_facts``), fields of a few hashes per bucket (the key's member is then the
+hash's group number, ``pf:d20424:17``), with a leaderboard of the bucket's best pages
+(``top``) and a count of its pages (``np``) beside them.
 """
 
 from __future__ import annotations
@@ -50,17 +56,19 @@ class Kind(StrEnum):
 
     COUNTER = "counter"  # string: INCRBY views
     RANKING = "ranking"  # sorted set page -> -views: ZINCRBY
-    UNIQUES = "uniques"  # HyperLogLog of visitor ids: PFADD
+    UNIQUES = "uniques"  # HyperLogLog of visitor elements: PFADD
+    FACTS = "facts"  # hash page -> views and visitors (``contracts.page_facts``)
 
 
 # The operation code the apply script runs for each kind (``aggregator.counting.aggregate``).
-OPCODES: dict[Kind, str] = {Kind.COUNTER: "i", Kind.RANKING: "z", Kind.UNIQUES: "p"}
+OPCODES: dict[Kind, str] = {Kind.COUNTER: "i", Kind.RANKING: "z", Kind.UNIQUES: "p",
+                            Kind.FACTS: "f"}
 
-# The page a site's views are counted under once it has as many named pages (members of its
-# all-time ranking) as its quota (``Site.max_pages``) allows: a page first seen past the quota
-# adds to this one page, in every aggregate, so total views and visitors stay exact and the
-# page keys stay bounded. Never counted against the quota itself. The gateway refuses it as a
-# client's page id (``contracts.event.RESERVED_PAGE_IDS``).
+# The page a site's views are counted under once it has as many named pages (fields of its
+# all-time page facts) as its quota (``Site.max_pages``) allows: a page first seen past the
+# quota adds to this one page, in every aggregate, so total views and visitors stay exact
+# and the page keys stay bounded. Never counted against the quota itself. The gateway refuses
+# it as a client's page id (``contracts.event.RESERVED_PAGE_IDS``).
 OVERFLOW_PAGE = "(other)"
 
 
@@ -102,9 +110,16 @@ class Aggregate:
 
 
 VIEWS = Aggregate("views", Kind.COUNTER, False, "page views of the site")
-RANKING = Aggregate("rank", Kind.RANKING, False, "views of each page, ranked")
 VISITORS = Aggregate("uv", Kind.UNIQUES, False, "unique visitors of the site")
-PAGE_VISITORS = Aggregate("uvp", Kind.UNIQUES, True, "unique visitors of one page")
+# The page facts, the apply script's one operation (``f``) for a group of pages, also keeps
+# the three aggregates after it: they are written nowhere else.
+PAGE_FACTS = Aggregate("pf", Kind.FACTS, True,
+                       "views and visitors of each page of one group (member: the group)")
+TOP_PAGES = Aggregate("top", Kind.RANKING, False,
+                      "the best pages by views (contracts.page_facts.LEADERBOARD of them)")
+NAMED_PAGES = Aggregate("np", Kind.COUNTER, False, "pages with facts in the bucket")
+PAGE_VISITORS = Aggregate("uvp", Kind.UNIQUES, True,
+                          "unique visitors of one page, once promoted out of its facts")
 # Requests a list recognised as a bot: acknowledged upstream, counted here only as this.
 FILTERED = Aggregate("bots", Kind.COUNTER, False, "bot requests acknowledged, not counted")
 # One ranking (views per value; for ``EVENT``, events per name) and one visitors HLL per
@@ -113,7 +128,8 @@ DIMENSION_RANKINGS = {d: Aggregate("r" + d.code, Kind.RANKING, False,
                                    f"views of each {d.meaning}, ranked", d) for d in DIMENSIONS}
 DIMENSION_VISITORS = {d: Aggregate("u" + d.code, Kind.UNIQUES, True,
                                    f"unique visitors of one {d.meaning}", d) for d in DIMENSIONS}
-PAGE_CATALOG: tuple[Aggregate, ...] = (VIEWS, RANKING, VISITORS, PAGE_VISITORS)
+PAGE_CATALOG: tuple[Aggregate, ...] = (VIEWS, VISITORS, PAGE_FACTS, TOP_PAGES, NAMED_PAGES,
+                                       PAGE_VISITORS)
 CATALOG: tuple[Aggregate, ...] = (
     *PAGE_CATALOG, FILTERED,
     *(a for d in DIMENSIONS for a in (DIMENSION_RANKINGS[d], DIMENSION_VISITORS[d])))

@@ -18,7 +18,7 @@ PREFIX = "pv"
 # written in another layout is not intact (``intact_key`` names the version): the
 # aggregators rebuild it into this layout, as after a loss, and meanwhile the query API
 # answers from MongoDB. Raise it whenever the catalog changes what a key holds.
-LAYOUT_VERSION = 3  # 3: breakdown dimensions and the bots counter (issue 17)
+LAYOUT_VERSION = 4  # 4: page facts (contracts.page_facts; issue 18). 3: breakdowns, bots
 REALTIME_WINDOW_MINUTES = 5  # "visitors right now": the last five minute buckets
 DEFAULT_GENERATION = "0"
 

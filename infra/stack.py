@@ -565,11 +565,17 @@ def create_topics(bootstrap: str, brokers: int = 1) -> None:
          str(brokers)])
 
 
+HASH_LISTPACK_ENTRIES = 512
+
+
 def redis_conf(port: int, data: Path, bus: int | None = None) -> str:
     """One Redis server's configuration; with ``bus``, a Redis Cluster master."""
     lines = [f"port {port}", "bind 127.0.0.1", "protected-mode yes", "daemonize no",
              f"dir {data}", "appendonly yes", "appendfsync everysec", "save 3600 1",
-             f"maxmemory {REDIS_MAXMEMORY}", "maxmemory-policy noeviction", "loglevel notice"]
+             f"maxmemory {REDIS_MAXMEMORY}", "maxmemory-policy noeviction", "loglevel notice",
+             # A bucket's page facts hash holds a few hundred pages (contracts.page_facts):
+             # compact (listpack) up to this many, 10x smaller than a hash table.
+             f"hash-max-listpack-entries {HASH_LISTPACK_ENTRIES}"]
     if bus is not None:
         lines += ["cluster-enabled yes", f"cluster-port {bus}",
                   f"cluster-config-file {data / 'nodes.conf'}", "cluster-node-timeout 5000"]

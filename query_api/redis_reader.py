@@ -1,7 +1,8 @@
 """Answering from the Redis aggregates (``contracts.aggregates``) at a bounded cost a request.
 
-- All time, or a range that is one bucket: rankings are read as they are kept, sorted
-  (``ZRANGE`` of the requested rows), counters and HyperLogLogs directly.
+- All time, or a range that is one bucket: the first rows of the page ranking are read as
+  they are kept, sorted (the bucket's leaderboard), deeper ones ranked here from the page
+  facts (``contracts.page_facts``); counters and HyperLogLogs directly.
 - A range of several buckets (``query_api.tiling``): views are the sum of the buckets'
   counters, visitors one PFCOUNT over the union of their HyperLogLogs, and the ranking the
   sum of their rankings, merged in this process. The merged ranking and every count of a
@@ -30,8 +31,10 @@ from redis.exceptions import RedisError
 from contracts.aggregates import (
     ALL_TIME,
     DIMENSION_VISITORS,
+    NAMED_PAGES,
+    PAGE_FACTS,
     PAGE_VISITORS,
-    RANKING,
+    TOP_PAGES,
     VIEWS,
     VISITORS,
     Aggregate,
@@ -40,6 +43,7 @@ from contracts.aggregates import (
 )
 from contracts.keys import SiteKeys, intact_key
 from contracts.markers import Markers
+from contracts.page_facts import GROUPS, LEADERBOARD, group_of, views_of
 from contracts.redis_client import RedisClient
 from query_api import redis_breakdowns
 from query_api.model import RangeTooCostly, Totals
@@ -50,7 +54,9 @@ from query_api.redis_reads import (
     SCRATCH_TTL_MS,
     Batch,
     Packer,
+    PageSource,
     ReadScript,
+    Source,
 )
 from query_api.tiling import tile
 from query_api.versioned_cache import MergedRanking, VersionedCache
@@ -167,13 +173,12 @@ class RedisReader:
             packer = Packer()
             packer.batch_for(len(every)).add("get", [keys.key(VIEWS, s) for s in every])
             for scopes, page in queries:
-                with_views = page is not None and page_views
                 counted = self._counts.known((keys, shapes[id(scopes)][1], page))
                 views_in, at_views = packer.batch_for(0), -1
-                if with_views:
+                if page is not None and page_views:
                     views_in = packer.batch_for(len(scopes))
-                    at_views = views_in.add("score", [keys.key(RANKING, s) for s in scopes],
-                                            member=page)
+                    at_views = views_in.add("views", [_facts_of(keys, s, page)
+                                                      for s in scopes], member=page)
                 count_in, at_count = views_in, -1
                 if not counted:
                     count_in, at_count = packer.add_union(keys, _hlls(keys, scopes,
@@ -195,7 +200,7 @@ class RedisReader:
             if page is None:
                 views.append(sum(version))
             elif at_views >= 0:
-                views.append(-sum(int(v) for v in reply_of[id(views_in)][at_views]))
+                views.append(sum(int(v) for v in reply_of[id(views_in)][at_views]))
             else:
                 views.append(0)  # not asked for
             if at_count >= 0:
@@ -363,10 +368,8 @@ class RedisReader:
     async def ranked_pages(self, site_id: str, rng: TimeRange, offset: int, limit: int
                            ) -> tuple[int, list[tuple[str, int]]]:
         scopes = scopes_of_range(rng)
-        if len(scopes) == 1:  # kept sorted by Redis: read just the rows asked for
-            _, size, rows = await self._read_ranking(site_id, None, scopes[0], offset,
-                                                     offset + limit)
-            return size, rows
+        if len(scopes) == 1 and offset + limit <= LEADERBOARD:  # kept in order: read those
+            return await self._read_top(site_id, scopes[0], offset, offset + limit)
         ranked = (await self._merged_ranking(site_id, scopes)).ranked()
         return len(ranked), ranked[offset:offset + limit]
 
@@ -376,7 +379,7 @@ class RedisReader:
         def plan(keys: SiteKeys) -> list[Batch]:
             batch = Batch()
             batch.add("get", [keys.key(VIEWS, s) for s in scopes])
-            batch.add("card", [keys.key(RANKING, s) for s in scopes])
+            batch.add("get", [keys.key(NAMED_PAGES, s) for s in scopes])
             return [batch]
 
         keys, replies = await self._reads.run(site_id, plan)
@@ -395,9 +398,10 @@ class RedisReader:
                 f"{self._max_ranking_entries:,}: ask for a shorter range")
         for scope, version, size in zip(scopes, versions, sizes, strict=True):
             if merged.buckets.get(scope, (-1, {}))[0] != version:
-                read_version, _, pages = await self._read_ranking(site_id, keys, scope, 0, None,
-                                                                  size)
-                merged.swap(scope, read_version, dict(pages))
+                pages: dict[str, int] = {}  # no page: nothing to read
+                if size:
+                    version, pages = await self._read_facts(site_id, keys, scope, size)
+                merged.swap(scope, version, pages)
         self._keep_merged(ident, merged)
         return merged
 
@@ -407,50 +411,53 @@ class RedisReader:
                 len(self._merged) > 1:
             self._merged.popitem(last=False)
 
-    async def _read_ranking(self, site_id: str, keys: SiteKeys | None, scope: Scope,
-                            start: int, stop: int | None, size_hint: int = ENTRIES_PER_SLICE
-                            ) -> tuple[int, int, list[tuple[str, int]]]:
-        """Rows ``start`` to ``stop`` (None: all, about ``size_hint`` of them) of a ranking,
-        with its size and its scope's views read in the first and the last call: when those
-        agree, no event came in between and the slices fit together. Returns (views, size,
-        rows).
+    async def _read_top(self, site_id: str, scope: Scope, start: int, stop: int
+                        ) -> tuple[int, list[tuple[str, int]]]:
+        """Rows ``start`` to ``stop`` of a bucket's page ranking, within its leaderboard
+        (``LEADERBOARD``), as Redis keeps it, and its size (pages named): one call."""
+        def plan(keys: SiteKeys) -> list[Batch]:
+            batch = Batch()
+            batch.add_range(keys.key(TOP_PAGES, scope), start, stop - 1)
+            batch.add("get", [keys.key(NAMED_PAGES, scope)])
+            return [batch]
 
-        The last attempt reads everything in one call, which nothing can tear: while events
-        arrive, the aggregator applies a busy site's counts every few milliseconds, and a
-        10,000-page ranking read in 20 slices was torn on every attempt (measured: the
-        request then fell back to MongoDB). One call holds Redis about as long as one
-        apply does (``aggregator.counting.redis_sink.MAX_SCRIPT_COST``)."""
+        _, replies = await self._reads.run(site_id, plan)
+        return int(replies[0][1][0]), _pairs(replies[0][0])
+
+    async def _read_facts(self, site_id: str, keys: SiteKeys, scope: Scope, size: int
+                          ) -> tuple[int, dict[str, int]]:
+        """Every page's views in a bucket of about ``size`` pages, and the bucket's views
+        they add up to. Read from the page facts about ``ENTRIES_PER_SLICE`` pages a call,
+        with the bucket's views read in the first call and the last: when those agree, no
+        event came in between and the slices fit together.
+
+        The last attempt reads every hash in one call, which nothing can tear: while events
+        arrive, the aggregator applies a busy site's counts every few milliseconds (measured
+        on a 10,000-page ranking read in 20 slices: torn on every attempt, and the request
+        fell back to MongoDB)."""
         for attempt in range(TORN_RETRIES):
             whole = attempt == TORN_RETRIES - 1
 
-            def plan(current: SiteKeys, size_hint: int = size_hint, whole: bool = whole
-                     ) -> list[Batch]:
-                name, counter = current.key(RANKING, scope), current.key(VIEWS, scope)
+            def plan(current: SiteKeys, whole: bool = whole) -> list[Batch]:
+                hashes = _facts_hashes(current, scope)
+                per_call = len(hashes) if whole else max(
+                    1, len(hashes) * ENTRIES_PER_SLICE // max(size, 1))
+                counter = current.key(VIEWS, scope)
                 batches = []
-                if whole:  # every row asked for, however many there are now: one call
+                for at in range(0, len(hashes), per_call):
                     batch = Batch()
-                    batch.add_range(name, start, -1 if stop is None else stop - 1)
+                    batch.add("facts", hashes[at:at + per_call])
                     batches.append(batch)
-                else:
-                    end = start + size_hint if stop is None else stop
-                    for at in range(start, max(end, start + 1), ENTRIES_PER_SLICE):
-                        batch = Batch()
-                        batch.add_range(name, at, min(at + ENTRIES_PER_SLICE, end) - 1)
-                        batches.append(batch)
                 batches[0].add("get", [counter])
-                batches[0].add("card", [name])
                 batches[-1].add("get", [counter])
                 return batches
 
             _, replies = await self._reads.run(site_id, plan, expect=keys)
-            before, size = int(replies[0][1][0]), int(replies[0][2][0])
-            after = int(replies[-1][-1][0])
-            rows = [row for reply in replies for row in _pairs(reply[0])]
-            if stop is None and len(rows) < size:
-                size_hint = size  # it held more than one slice: read it all
-                continue
+            before, after = int(replies[0][1][0]), int(replies[-1][-1][0])
             if before == after:
-                return before, size, rows
+                return before, {flat[i].decode(): views_of(flat[i + 1].decode())
+                                for reply in replies for flat in (reply[0],)
+                                for i in range(0, len(flat), 2)}
         raise TornRead(scope.token)
 
 
@@ -463,8 +470,22 @@ def _visitors_of(page: str | None) -> Subject:
     return (VISITORS, None) if page is None else (PAGE_VISITORS, page)
 
 
-def _hlls(keys: SiteKeys, scopes: list[Scope], subject: Subject) -> list[str]:
+def _hlls(keys: SiteKeys, scopes: list[Scope], subject: Subject) -> list[Source]:
+    """Where the subject's visitors are in each scope: a page's are in its facts."""
     aggregate, member = subject
+    if aggregate is PAGE_VISITORS and member is not None:
+        return [PageSource(member, _facts_of(keys, s, member), keys.key(aggregate, s, member))
+                for s in scopes]
     return [keys.key(aggregate, s, member) for s in scopes]
+
+
+def _facts_of(keys: SiteKeys, scope: Scope, page: str) -> str:
+    """The page facts hash holding ``page`` in ``scope``."""
+    return keys.key(PAGE_FACTS, scope, str(group_of(page, scope.unit)))
+
+
+def _facts_hashes(keys: SiteKeys, scope: Scope) -> list[str]:
+    """Every page facts hash of ``scope``."""
+    return [keys.key(PAGE_FACTS, scope, str(g)) for g in range(GROUPS[scope.unit])]
 
 

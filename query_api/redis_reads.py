@@ -16,13 +16,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.exceptions import NoScriptError, RedisError
 
 from contracts.generations import decode_pointer
 from contracts.keys import DEFAULT_GENERATION, SiteKeys
+from contracts.page_facts import ELEMENT_CHARS
 from contracts.redis_client import RedisClient
 
 MAX_KEYS_PER_CALL = 256  # keys one script call may touch: well under a millisecond
@@ -32,41 +33,88 @@ MAX_KEYS_PER_CALL = 256  # keys one script call may touch: well under a millisec
 # PFCOUNT; a larger one is merged into a scratch key a few sources per call, then counted.
 MAX_HLL_WORK = 16
 MERGE_COST = 5
+ENTRIES_PER_SLICE = 500  # ranking entries (pages' facts) one call may return
 SCRATCH_TTL_MS = 30_000  # a scratch union outlives a process that died holding it
-ENTRIES_PER_SLICE = 500  # ranking entries one call may return
 
 # KEYS[1]: the site's pointer; the rest are read. ARGV[1]: the generation the keys belong
-# to, ARGV[2]: the reads as JSON, each [op, arguments...] with keys as indexes into KEYS:
+# to, ARGV[2]: the reads as JSON, each [op, arguments...] with keys as indexes into KEYS.
+# A *source* of visitors is a HyperLogLog (a key's index) or one page's facts in one bucket
+# ([page, facts hash, the page's promoted HyperLogLog], ``contracts.page_facts``): its
+# inline visitor elements, or its HyperLogLog once promoted.
 #   ["get", k...]          each counter (missing: 0)
-#   ["score", member, k...] each ranking's score of member (missing: 0)
-#   ["pfcount", k...]      one count of the union of the HyperLogLogs
+#   ["views", page, k...]  each page facts hash's views of page (missing: 0)
+#   ["pfcount", s...]      one count of the union of the sources
 #   ["card", k...]         each ranking's number of members
 #   ["total", k...]        each ranking's sum of counts (scores are counts negated); only
 #                          for rankings a quota bounds (a breakdown's: a few hundred members)
 #   ["range", k, start, stop]  members and scores, in ranking order
-#   ["merge", dest, k...]  PFMERGE the HyperLogLogs into the scratch key dest
+#   ["facts", k...]        every field and value of the page facts hashes, flat
+#   ["merge", dest, s...]  add the sources into the scratch HyperLogLog dest
 #   ["take", dest]         the count of scratch key dest, which is then deleted
-#   ["based", base, k...]  the count of the union of scratch key base (kept, its expiry
-#                          renewed) and the HyperLogLogs k; -1 when base is gone (expired)
-# Returns {"moved", pointer} when the pointer names another generation, else {"ok", ...}
-# with one reply per read. Unknown reads fail loudly.
+#   ["based", base, s...]  the count of the union of scratch key base (kept, its expiry
+#                          renewed) and the sources; -1 when base is gone (expired)
+# Inline elements are counted by adding them to a HyperLogLog, so a union counts what one
+# HyperLogLog of all its visitors would. Returns {"moved", pointer} when the pointer names
+# another generation, else {"ok", ...} with one reply per read. Unknown reads fail loudly.
 READ_SCRIPT = """
 local current = redis.call('GET', KEYS[1]) or '0'
 if current ~= ARGV[1] then return {'moved', current} end
 local reads = cjson.decode(ARGV[2])
+-- The HyperLogLogs and the inline elements of the sources r[from], r[from + 1], ...
+local function gather(r, from)
+  local names, elements = {}, {}
+  for i = from, #r do
+    local s = r[i]
+    if type(s) == 'number' then
+      names[#names + 1] = KEYS[s]
+    else
+      local value = redis.call('HGET', KEYS[s[2]], s[1])
+      if value then
+        local mark = string.find(value, '[:!]')
+        if string.sub(value, mark, mark) == '!' then
+          names[#names + 1] = KEYS[s[3]]
+        else
+          for k = mark + 1, #value, ELEMENT do
+            elements[#elements + 1] = string.sub(value, k, k + ELEMENT - 1)
+          end
+        end
+      end
+    end
+  end
+  return names, elements
+end
+-- Count a union, inline elements through a scratch HyperLogLog of the site's slot.
+local function count(names, elements)
+  if #elements == 0 then
+    if #names == 0 then return 0 end
+    return redis.call('PFCOUNT', unpack(names))
+  end
+  local scratch = KEYS[1] .. ':count'
+  redis.call('DEL', scratch)
+  for k = 1, #elements, 500 do
+    redis.call('PFADD', scratch, unpack(elements, k, math.min(k + 499, #elements)))
+  end
+  local n = redis.call('PFCOUNT', scratch, unpack(names))
+  redis.call('DEL', scratch)
+  return n
+end
 local out = {'ok'}
 for _, r in ipairs(reads) do
   local op, reply = r[1], {}
   if op == 'get' then
     for i = 2, #r do reply[#reply + 1] = tonumber(redis.call('GET', KEYS[r[i]]) or '0') end
-  elseif op == 'score' then
+  elseif op == 'views' then
     for i = 3, #r do
-      reply[#reply + 1] = tonumber(redis.call('ZSCORE', KEYS[r[i]], r[2]) or '0')
+      local value = redis.call('HGET', KEYS[r[i]], r[2])
+      reply[#reply + 1] = value and tonumber(string.match(value, '^%d+')) or 0
     end
   elseif op == 'pfcount' then
-    local names = {}
-    for i = 2, #r do names[#names + 1] = KEYS[r[i]] end
-    reply = redis.call('PFCOUNT', unpack(names))
+    reply = count(gather(r, 2))
+  elseif op == 'facts' then
+    for i = 2, #r do
+      local flat = redis.call('HGETALL', KEYS[r[i]])
+      for j = 1, #flat do reply[#reply + 1] = flat[j] end
+    end
   elseif op == 'card' then
     for i = 2, #r do reply[#reply + 1] = redis.call('ZCARD', KEYS[r[i]]) end
   elseif op == 'total' then
@@ -78,9 +126,11 @@ for _, r in ipairs(reads) do
   elseif op == 'range' then
     reply = redis.call('ZRANGE', KEYS[r[2]], r[3], r[4], 'WITHSCORES')
   elseif op == 'merge' then
-    local names = {}
-    for i = 3, #r do names[#names + 1] = KEYS[r[i]] end
+    local names, elements = gather(r, 3)
     redis.call('PFMERGE', KEYS[r[2]], unpack(names))
+    for k = 1, #elements, 500 do
+      redis.call('PFADD', KEYS[r[2]], unpack(elements, k, math.min(k + 499, #elements)))
+    end
     redis.call('PEXPIRE', KEYS[r[2]], ARGV[3])
     reply = 0
   elseif op == 'take' then
@@ -90,9 +140,7 @@ for _, r in ipairs(reads) do
     if redis.call('PEXPIRE', KEYS[r[2]], ARGV[3]) == 0 then
       reply = -1
     else
-      local names = {}
-      for i = 2, #r do names[#names + 1] = KEYS[r[i]] end
-      reply = redis.call('PFCOUNT', unpack(names))
+      reply = count(gather(r, 2))
     end
   else
     return redis.error_reply('unknown read: ' .. tostring(op))
@@ -100,7 +148,18 @@ for _, r in ipairs(reads) do
   out[#out + 1] = reply
 end
 return out
-"""
+""".replace("ELEMENT", str(ELEMENT_CHARS))
+
+
+class PageSource(NamedTuple):
+    """One page's visitors in one bucket: its facts, or its HyperLogLog once promoted."""
+
+    page: str
+    facts: str  # the page facts hash that holds the page
+    promoted: str  # the page's HyperLogLog
+
+
+Source = str | PageSource  # a HyperLogLog's name, or a page's facts (see READ_SCRIPT)
 
 
 @dataclass(eq=False)  # hashed by identity: replies are looked up per batch
@@ -117,11 +176,16 @@ class Batch:
             self._index[name] = len(self.keys) + 1  # KEYS[1] is the pointer
         return self._index[name]
 
-    def add(self, op: str, names: Sequence[str], *, member: str | None = None) -> int:
+    def add(self, op: str, names: Sequence[Source], *, member: str | None = None) -> int:
         """Queue a read; returns the index of its reply."""
         head: list[object] = [op] if member is None else [op, member]
-        self.reads.append([*head, *(self.key(n) for n in names)])
+        self.reads.append([*head, *(self._source(n) for n in names)])
         return len(self.reads) - 1
+
+    def _source(self, name: Source) -> object:
+        if isinstance(name, str):
+            return self.key(name)
+        return [name.page, self.key(name.facts), self.key(name.promoted)]
 
     def add_range(self, name: str, start: int, stop: int) -> int:
         self.reads.append(["range", self.key(name), start, stop])
@@ -152,7 +216,7 @@ class Packer:
         self._work[-1] += hll_work
         return self.batches[-1]
 
-    def add_union(self, keys: SiteKeys, names: list[str]) -> tuple[Batch, int]:
+    def add_union(self, keys: SiteKeys, names: Sequence[Source]) -> tuple[Batch, int]:
         """Count the union of HyperLogLogs: one PFCOUNT when it fits a call, else merged
         into a scratch key of the site's slot a few sources per call and counted (then
         deleted) by the last one. Returns the batch and index of the reply with the count."""
@@ -163,7 +227,7 @@ class Packer:
         batch = self.batch_for(1, hll_work=1)
         return batch, batch.add("take", [scratch])
 
-    def add_new_base(self, keys: SiteKeys, settled: list[str], rest: list[str]
+    def add_new_base(self, keys: SiteKeys, settled: Sequence[Source], rest: Sequence[Source]
                      ) -> tuple[str, Batch, int]:
         """Count the union of ``settled`` and ``rest`` HyperLogLogs, keeping the union of
         ``settled`` as a scratch key (the *base*) for ``add_based`` to reuse. Returns its
@@ -171,13 +235,13 @@ class Packer:
         base = self._merge(keys, settled)
         return (base, *self.add_based(base, rest))
 
-    def add_based(self, base: str, rest: list[str]) -> tuple[Batch, int]:
+    def add_based(self, base: str, rest: Sequence[Source]) -> tuple[Batch, int]:
         """Count the union of a base kept by ``add_new_base`` and ``rest``: one PFCOUNT.
         The reply is -1 when the base expired."""
         batch = self.batch_for(len(rest) + 1, hll_work=len(rest) + 1)
         return batch, batch.add("based", [base, *rest])
 
-    def _merge(self, keys: SiteKeys, names: list[str]) -> str:
+    def _merge(self, keys: SiteKeys, names: Sequence[Source]) -> str:
         """PFMERGE ``names`` into a new scratch key of the site's slot, a few per call."""
         scratch = keys.named(f"scratch:{uuid.uuid4().hex}")
         per_call = MAX_HLL_WORK // MERGE_COST

@@ -29,10 +29,12 @@ from contracts.aggregates import (
     DIMENSION_VISITORS,
     EVENT,
     FILTERED,
+    NAMED_PAGES,
     OS,
+    PAGE_FACTS,
     PAGE_VISITORS,
-    RANKING,
     SOURCE,
+    TOP_PAGES,
     UTM_CAMPAIGN,
     UTM_MEDIUM,
     UTM_SOURCE,
@@ -49,6 +51,7 @@ from contracts.event import PageView
 from contracts.generations import GenerationStore
 from contracts.keys import REALTIME_WINDOW_MINUTES, SiteKeys
 from contracts.mongo import EVENT_INDEXES, event_document, event_id_of
+from contracts.page_facts import INLINE_MAX, LEADERBOARD, group_of, unpack, visitor_element
 from contracts.redis_client import RedisClient
 from contracts.settings import Retention
 from contracts.timebuckets import datetime_to_ms
@@ -56,12 +59,17 @@ from contracts.timebuckets import datetime_to_ms
 
 @dataclass
 class Expected:
-    """Every aggregate of one site, by its key name within a generation (its suffix)."""
+    """Every aggregate of one site, by its key name within a generation (its suffix); the
+    pages' views and visitors by scope (``page_views``, ``page_visitors``), which
+    ``expected_keys`` lays out as the page facts, leaderboards and HyperLogLogs hold them."""
 
     total: int = 0
     counters: Counter[str] = field(default_factory=Counter)
     rankings: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     uniques: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    page_views: dict[Scope, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    page_visitors: dict[tuple[Scope, str], set[str]] = field(
+        default_factory=lambda: defaultdict(set))
 
 
 def recount(events: Iterable[PageView]) -> Expected:
@@ -90,9 +98,9 @@ def recount(events: Iterable[PageView]) -> Expected:
         for scope in scopes_of(e.ts):
             if e.name is None:
                 out.counters[suffix(VIEWS, scope)] += 1
-                out.rankings[suffix(RANKING, scope)][e.page_id] += 1
+                out.page_views[scope][e.page_id] += 1
                 out.uniques[suffix(VISITORS, scope)].add(e.user_id)
-                out.uniques[suffix(PAGE_VISITORS, scope, e.page_id)].add(e.user_id)
+                out.page_visitors[(scope, e.page_id)].add(e.user_id)
             for dimension, value in members:
                 if value is not None:
                     out.rankings[suffix(DIMENSION_RANKINGS[dimension], scope)][value] += 1
@@ -124,12 +132,14 @@ async def hll_estimate(redis: RedisClient, site_id: str, members: Iterable[str])
 
 async def hll_estimates(redis: RedisClient, site_id: str, member_sets: Sequence[Collection[str]]
                         ) -> list[int]:
-    """What a HyperLogLog holding exactly each set of members reports.
+    """What a HyperLogLog holding exactly each set of visitors reports (as the pipeline's
+    do, as ``contracts.page_facts.visitor_element``s).
 
     A HyperLogLog's registers depend only on the set added, not on order or repeats, so the
     pipeline's counter must report this number exactly; comparing against it catches a
     missing or extra visitor that a tolerance would hide. Scratch keys share the site's
     hash tag (a scratch generation) so they live in the same cluster slot."""
+    member_sets = [sorted({visitor_element(m) for m in members}) for members in member_sets]
     scratch = SiteKeys(site_id, generation=f"test{uuid.uuid4().hex}")
     counts: list[int] = []
     for start in range(0, len(member_sets), 500):
@@ -181,14 +191,26 @@ async def assert_redis_matches(redis: RedisClient, site_id: str, expected: Expec
         expires = expiry(name)
         return not expires or expires > now_s + 120
 
-    counters = {n: v for n, v in expected.counters.items() if kept(n)}
-    rankings = {n: v for n, v in expected.rankings.items() if kept(n)}
-    uniques = {n: v for n, v in expected.uniques.items() if kept(n)}
+    pages = page_layout(expected)
+    counters = {n: v for n, v in (expected.counters | pages.counters).items() if kept(n)}
+    rankings = {n: v for n, v in (expected.rankings | pages.rankings).items() if kept(n)}
+    uniques = {n: v for n, v in (expected.uniques | pages.uniques).items() if kept(n)}
+    facts = {n: v for n, v in pages.facts.items() if kept(n)}
     held = {keys.suffix_of(k.decode()) async for k in redis.scan_iter(
         match=keys.generation_match(), count=1000)} - {"offsets"}
-    unexpected = {n for n in held - set(counters) - set(rankings) - set(uniques) if kept(n)}
+    unexpected = {n for n in held - set(counters) - set(rankings) - set(uniques) - set(facts)
+                  if kept(n)}
     assert not unexpected, f"keys nothing should have written: {sorted(unexpected)[:5]}"
     assert total_views_of(counters) == expected.total
+
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in facts:
+            pipe.hgetall(keys.named(name))
+        held_facts = await pipe.execute()
+    for name, fields in zip(facts, held_facts, strict=True):
+        got_facts = {p.decode(): unpack(v.decode()) for p, v in fields.items()}
+        assert {p: (v, None if inline is None else frozenset(inline))
+                for p, (v, inline) in got_facts.items()} == facts[name], name
 
     got = await _pipelined(redis, [("get", keys.named(n)) for n in counters])
     wrong = [(n, g, counters[n]) for n, g in zip(counters, got, strict=True)
@@ -216,15 +238,50 @@ async def assert_redis_matches(redis: RedisClient, site_id: str, expected: Expec
                                            now_minute + 1)]
     recent_users = set().union(*(expected.uniques.get(suffix(VISITORS, s), set())
                                  for s in recent))
-    assert await redis.pfcount(*(keys.key(VISITORS, s) for s in recent)) == (
-        await hll_estimate(redis, site_id, recent_users))
+    got_recent = await redis.pfcount(*(keys.key(VISITORS, s) for s in recent))
+    want_recent = await hll_estimate(redis, site_id, recent_users)
+    assert got_recent == want_recent, (
+        f"visitors right now: {got_recent} counted, {want_recent} expected "
+        f"({len(recent_users)} visitors in minutes {recent[0].number}-{recent[-1].number})")
 
     # Expiry: minute and hour keys at their bucket's end plus the retention, the rest never.
-    timed = [*counters, *rankings, *uniques]
+    timed = [*counters, *rankings, *uniques, *facts]
     expiries = await _pipelined(redis, [("expiretime", keys.named(n)) for n in timed])
     off = [(n, expiry(n) or -1, got_e) for n, got_e in zip(timed, expiries, strict=True)
            if got_e != (expiry(n) or -1)]
     assert not off, f"{len(off)} keys expire wrongly, e.g. {off[:3]}"
+
+
+@dataclass
+class PageLayout:
+    """The pages' aggregates as Redis keeps them (``contracts.page_facts``): by key name,
+    each facts hash as {page: (views, its inline visitor elements, None once promoted)}."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    rankings: dict[str, Counter[str]] = field(default_factory=dict)
+    uniques: dict[str, set[str]] = field(default_factory=dict)
+    facts: dict[str, dict[str, tuple[int, frozenset[str] | None]]] = field(
+        default_factory=lambda: defaultdict(dict))
+
+
+def page_layout(expected: Expected) -> PageLayout:
+    """Where ``expected``'s page views and visitors must be: every page in its bucket's facts
+    (a 7th visitor promotes it to its own HyperLogLog), the bucket's best pages in its
+    leaderboard, and its count of pages."""
+    out = PageLayout()
+    for scope, views in expected.page_views.items():
+        out.counters[suffix(NAMED_PAGES, scope)] = len(views)
+        best = sorted(views.items(), key=lambda pv: (-pv[1], pv[0]))[:LEADERBOARD]
+        out.rankings[suffix(TOP_PAGES, scope)] = Counter(dict(best))
+        for page, n in views.items():
+            users = expected.page_visitors[(scope, page)]
+            elements = frozenset(visitor_element(u) for u in users)
+            promoted = len(elements) > INLINE_MAX
+            out.facts[suffix(PAGE_FACTS, scope, str(group_of(page, scope.unit)))][page] = (
+                n, None if promoted else elements)
+            if promoted:
+                out.uniques[suffix(PAGE_VISITORS, scope, page)] = users
+    return out
 
 
 def total_views_of(counters: dict[str, int]) -> int:

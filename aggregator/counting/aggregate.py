@@ -16,6 +16,7 @@ has a quota operation of its own (``Dimension.max_values``), whose refusals come
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -38,15 +39,19 @@ from contracts.aggregates import (
     DIMENSIONS,
     EVENT,
     FILTERED,
+    NAMED_PAGES,
     OPCODES,
     OS,
     OVERFLOW_PAGE,
-    PAGE_CATALOG,
-    RANKING,
+    PAGE_FACTS,
+    PAGE_VISITORS,
     SOURCE,
+    TOP_PAGES,
     UTM_CAMPAIGN,
     UTM_MEDIUM,
     UTM_SOURCE,
+    VIEWS,
+    VISITORS,
     Aggregate,
     Dimension,
     Kind,
@@ -57,30 +62,39 @@ from contracts.aggregates import (
 )
 from contracts.event import PageView
 from contracts.keys import SiteKeys
+from contracts.page_facts import group_of, visitor_element
 from contracts.settings import Retention
 from contracts.timebuckets import MINUTE_MS
 
 CHUNK = 500  # members per operation, well inside Lua's argument limits
-# The quota check: ``[QUOTA, all-time ranking key, 0, max_pages, *pages]``, or for a dimension
-# ``[QUOTA, its all-time ranking key, its tag, max_values, *values]`` (not an aggregate, so not
-# in the catalog's ``OPCODES``); the script runs it before anything is written.
+FACTS_CHUNK = 150  # pages per page-facts operation (three arguments each)
+# The quota checks (not aggregates, so not in the catalog's ``OPCODES``), which the script
+# runs before anything is written: a dimension's ``[QUOTA, its all-time ranking key, its
+# tag, max_values, *values]``; the pages' ``[PAGE_QUOTA, all-time named pages counter, the
+# overflow page's all-time facts hash, max_pages, *(page, its all-time facts hash)]``.
 QUOTA = "q"
+PAGE_QUOTA = "n"
 
 Target = tuple[Aggregate, Scope, str | None]  # an aggregate, its scope, the page if per page
 
 
 @dataclass(slots=True)
+class PageFact:
+    """What a batch adds to one page in one scope."""
+
+    views: int = 0
+    visitors: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
 class SiteDelta:
-    """What a batch adds to one site's aggregates, merged per key."""
+    """What a batch adds to one site's aggregates, merged per key (pages per scope)."""
 
     counters: Counter[Target] = field(default_factory=Counter)
     rankings: dict[Target, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     uniques: dict[Target, set[str]] = field(default_factory=lambda: defaultdict(set))
+    pages: dict[Scope, dict[str, PageFact]] = field(default_factory=lambda: defaultdict(dict))
 
-
-_COUNTERS = [a for a in PAGE_CATALOG if a.kind is Kind.COUNTER]
-_RANKINGS = [a for a in PAGE_CATALOG if a.kind is Kind.RANKING]
-_UNIQUES = [a for a in PAGE_CATALOG if a.kind is Kind.UNIQUES]
 # The dimensions a page view counts in, in the order ``aggregate`` reads their values.
 _VIEW_DIMENSIONS = (SOURCE, UTM_SOURCE, UTM_MEDIUM, UTM_CAMPAIGN, DEVICE, BROWSER, OS)
 
@@ -158,7 +172,8 @@ def aggregate(events: Iterable[PageView], overflow: Collection[str] = (),
         dim_visitors[at] |= named_visitors[(minute, name)]
 
     delta = SiteDelta()
-    counters, rankings, uniques = delta.counters, delta.rankings, delta.uniques
+    counters, rankings, uniques, pages = (delta.counters, delta.rankings, delta.uniques,
+                                          delta.pages)
     scopes_by_minute: dict[int, tuple[Scope, ...]] = {}  # a batch spans a few minutes
 
     def scopes(minute: int) -> tuple[Scope, ...]:
@@ -168,15 +183,15 @@ def aggregate(events: Iterable[PageView], overflow: Collection[str] = (),
         return found
 
     for (page, minute), n in views.items():
+        users = visitors[(page, minute)]
         for scope in scopes(minute):
-            for agg in _COUNTERS:
-                counters[(agg, scope, page if agg.per_page else None)] += n
-            for agg in _RANKINGS:
-                rankings[(agg, scope, page if agg.per_page else None)][page] += n
-    for (page, minute), users in visitors.items():
-        for scope in scopes(minute):
-            for agg in _UNIQUES:
-                uniques[(agg, scope, page if agg.per_page else None)].update(users)
+            counters[(VIEWS, scope, None)] += n
+            uniques[(VISITORS, scope, None)].update(users)
+            fact = pages[scope].get(page)
+            if fact is None:
+                fact = pages[scope][page] = PageFact()
+            fact.views += n
+            fact.visitors |= users
     for (dimension, value, minute), n in dim_views.items():
         ranking = DIMENSION_RANKINGS[dimension]
         for scope in scopes(minute):
@@ -205,8 +220,11 @@ class RedisOps:
     site's generation pointer; ``generation`` is the one the keys belong to). Every
     operation is ``[opcode, key, expire_at, *arguments]`` (expire_at 0: never), the opcode
     being the kind's (``contracts.aggregates.OPCODES``): ``i`` INCRBY n, ``z`` ZINCRBY of
-    each (page, -views) pair (rankings hold negated views), ``p`` PFADD members; or the
-    quota check (``QUOTA``), which writes nothing.
+    each (page, -views) pair (rankings hold negated views), ``p`` PFADD members, ``f`` the
+    page facts of one hash: ``[f, hash, expire_at, leaderboard, named pages counter, the
+    promoted HyperLogLogs' name without the page, *(page, views, its visitor elements
+    back to back)]``; or a quota check (``QUOTA``, ``PAGE_QUOTA``), which writes nothing.
+    Visitors travel as ``contracts.page_facts.visitor_element``s.
     """
 
     keys: list[str]
@@ -229,11 +247,12 @@ def to_ops(site: SiteKeys, delta: SiteDelta, retention: Retention,
     out.key(site.applied_offsets())
     out.key(site.generation_pointer())
     if max_pages is not None:
-        named: Counter[str] = delta.rankings.get((RANKING, ALL_TIME, None), Counter())
-        candidates = sorted(p for p in named if p != OVERFLOW_PAGE)
+        candidates = sorted(p for p in delta.pages.get(ALL_TIME, ()) if p != OVERFLOW_PAGE)
         if candidates:
-            out.ops.append([QUOTA, out.key(site.key(RANKING, ALL_TIME)), 0, max_pages,
-                            *candidates])
+            out.ops.append([PAGE_QUOTA, out.key(site.key(NAMED_PAGES, ALL_TIME)),
+                            out.key(_facts_key(site, ALL_TIME, OVERFLOW_PAGE)), max_pages,
+                            *(x for p in candidates
+                              for x in (p, out.key(_facts_key(site, ALL_TIME, p))))])
     for dimension in DIMENSIONS:  # each dimension's quota: the script tags what it refuses
         ranking = DIMENSION_RANKINGS[dimension]
         values = delta.rankings.get((ranking, ALL_TIME, None))
@@ -262,7 +281,35 @@ def to_ops(site: SiteKeys, delta: SiteDelta, retention: Retention,
         for start in range(0, len(pairs), 2 * CHUNK):
             out.ops.append([*head(target), *pairs[start:start + 2 * CHUNK]])
     for target, users in delta.uniques.items():
-        members = sorted(users)
+        members = sorted(map(_element, users))
         for start in range(0, len(members), CHUNK):
             out.ops.append([*head(target), *members[start:start + CHUNK]])
+    for scope, facts in delta.pages.items():
+        _facts_ops(out, site, scope, facts, retention)
     return out
+
+
+_element = functools.lru_cache(maxsize=1 << 17)(visitor_element)  # pure: visitors recur
+
+
+def _facts_key(site: SiteKeys, scope: Scope, page: str) -> str:
+    return site.key(PAGE_FACTS, scope, str(group_of(page, scope.unit)))
+
+
+def _facts_ops(out: RedisOps, site: SiteKeys, scope: Scope, facts: dict[str, PageFact],
+               retention: Retention) -> None:
+    """The page facts operations of one scope: one per hash (and ``FACTS_CHUNK`` pages)."""
+    ttl = None if scope.unit is None else retention.ttl_of(scope.unit)
+    at = expire_at(scope, ttl)
+    top, named = out.key(site.key(TOP_PAGES, scope)), out.key(site.key(NAMED_PAGES, scope))
+    promoted = site.key(PAGE_VISITORS, scope, "")
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for page in sorted(facts):
+        by_hash[_facts_key(site, scope, page)].append(page)
+    for name, members in by_hash.items():
+        for start in range(0, len(members), FACTS_CHUNK):
+            args: list[object] = [OPCODES[Kind.FACTS], out.key(name), at, top, named, promoted]
+            for page in members[start:start + FACTS_CHUNK]:
+                fact = facts[page]
+                args += (page, fact.views, "".join(sorted(map(_element, fact.visitors))))
+            out.ops.append(args)

@@ -16,11 +16,12 @@ by ``EXPIREAT ... NX`` (Redis 7), which leaves an expiry already set alone. The 
 absolute (``contracts.aggregates.expire_at``), so whoever creates the key sets the same one.
 
 The page quota is decided here, in the same atomic step, because one site's events arrive on
-every partition and several aggregators apply them concurrently: a page is named when it is
-a member of the all-time ranking being written; the quota operation admits a page that is
-named already, or while fewer than ``max_pages`` pages are named (``OVERFLOW_PAGE`` aside),
-and otherwise refuses the whole step, naming the pages refused (``PagesDenied``). A refused
-step still names the pages it admitted (score 0, the caller's retry counts them): the room
+every partition and several aggregators apply them concurrently: a page is named when it
+has a field in the all-time page facts being written (``contracts.page_facts``), and their
+count is kept beside them; the quota operation admits a page that is named already, or
+while fewer than ``max_pages`` pages are named (``OVERFLOW_PAGE`` aside), and otherwise
+refuses the whole step, naming the pages refused (``PagesDenied``). A refused step still
+names the pages it admitted (0 views, the caller's retry counts them): the room
 they take is gone before the script returns, so no other aggregator can name a refused page
 in the meantime. The named set only grows within a generation, so a refusal is final there
 and the caller's retry, with those pages counted as ``OVERFLOW_PAGE``, converges (a page
@@ -35,9 +36,10 @@ from collections.abc import Iterable, Mapping
 import orjson
 
 from aggregator.counting.aggregate import RedisOps
-from contracts.aggregates import OVERFLOW_PAGE
+from contracts.aggregates import OPCODES, OVERFLOW_PAGE, Kind
 from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys, sites_key
+from contracts.page_facts import ELEMENT_CHARS, INLINE_MAX, LEADERBOARD
 from contracts.redis_client import RedisClient
 
 # KEYS[1]: offsets hash, KEYS[2]: the site's generation pointer. ARGV: partition, first
@@ -74,15 +76,34 @@ if #overlap > 0 then
   return overlap
 end
 local ops = cjson.decode(ARGV[4])
+local known = {['i'] = true, ['z'] = true, ['p'] = true, ['f'] = true, ['q'] = true,
+               ['n'] = true}
 for _, op in ipairs(ops) do
-  if op[1] ~= 'i' and op[1] ~= 'z' and op[1] ~= 'p' and op[1] ~= 'q' then
+  if not known[op[1]] then
     return redis.error_reply('unknown aggregate operation: ' .. tostring(op[1]))
   end
 end
 local denied = {'quota'}
 local admitted = {}
+local admitted_pages = {}
 for _, op in ipairs(ops) do
-  if op[1] == 'q' then
+  if op[1] == 'n' then
+    local named = tonumber(redis.call('GET', KEYS[op[2]]) or '0')
+    if redis.call('HEXISTS', KEYS[op[3]], OVERFLOW) == 1 then named = named - 1 end
+    local room = tonumber(op[4]) - named
+    if (#op - 4) / 2 > room then
+      for i = 5, #op, 2 do
+        if redis.call('HEXISTS', KEYS[op[i + 1]], op[i]) == 0 then
+          if room > 0 then
+            room = room - 1
+            admitted_pages[#admitted_pages + 1] = {KEYS[op[i + 1]], op[i], KEYS[op[2]]}
+          else
+            denied[#denied + 1] = op[i]
+          end
+        end
+      end
+    end
+  elseif op[1] == 'q' then
     local key = KEYS[op[2]]
     local named = redis.call('ZCARD', key)
     if redis.call('ZSCORE', key, OVERFLOW) then named = named - 1 end
@@ -111,11 +132,111 @@ if #denied > 1 then
   for _, named in ipairs(admitted) do
     redis.call('ZADD', named[1], 'NX', 0, named[2])
   end
+  for _, named in ipairs(admitted_pages) do
+    if redis.call('HSETNX', named[1], named[2], '0:') == 1 then redis.call('INCR', named[3]) end
+  end
   return denied
+end
+-- byte order, as a sorted set orders equal scores (Lua's < follows the locale)
+local function before(a, b)
+  for k = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+-- A bucket's leaderboard holds its best LEADERBOARD pages, exactly: views only grow, so a
+-- page enters only by beating the last entry, which then leaves (removed first: a sorted
+-- set that held one entry too many would stay in the large encoding for good). Each board's
+-- size and last entry are read once a call and kept up to date here, so a page that is not
+-- on a full board and does not beat its last entry (most pages of a big site) costs nothing.
+local boards = {}
+local function rank(board, page, views, at)
+  local b, score = boards[board], -views
+  if not b then
+    b = {card = redis.call('ZCARD', board)}
+    if b.card >= LEADERBOARD then b.last = redis.call('ZRANGE', board, -1, -1, 'WITHSCORES') end
+    boards[board] = b
+  end
+  if b.card < LEADERBOARD then
+    if redis.call('ZADD', board, score, page) == 1 then
+      b.card = b.card + 1
+      if b.card == 1 and at > 0 then redis.call('EXPIREAT', board, at) end
+      if b.card == LEADERBOARD then
+        b.last = redis.call('ZRANGE', board, -1, -1, 'WITHSCORES')
+      end
+    end
+    return
+  end
+  local last_score = tonumber(b.last[2])
+  if score > last_score or (score == last_score and not before(page, b.last[1])) then
+    return  -- not on the board (its entries all rank before the last), and not entering
+  end
+  if redis.call('ZADD', board, 'XX', 'CH', score, page) == 0 then  -- not on it: enters
+    redis.call('ZREM', board, b.last[1])
+    redis.call('ZADD', board, score, page)
+  elseif page ~= b.last[1] then
+    return  -- moved up within the board: its last entry stays
+  end
+  b.last = redis.call('ZRANGE', board, -1, -1, 'WITHSCORES')
+end
+-- Adds one page's views and visitor elements to its field (contracts.page_facts); returns
+-- its views now, and whether the field is new.
+local function add_facts(hash, page, views, elements, promoted, at)
+  local old = redis.call('HGET', hash, page)
+  local total, inline, fresh = views, '', old == false
+  if old then
+    local mark = string.find(old, '[:!]')
+    total = total + tonumber(string.sub(old, 1, mark - 1))
+    if string.sub(old, mark, mark) == '!' then
+      inline = false
+    else
+      inline = string.sub(old, mark + 1)
+    end
+  end
+  if inline then
+    local k = 1
+    while k <= #elements and #inline <= INLINE_MAX * ELEMENT do
+      local element, seen = string.sub(elements, k, k + ELEMENT - 1), false
+      for j = 1, #inline, ELEMENT do
+        if string.sub(inline, j, j + ELEMENT - 1) == element then seen = true; break end
+      end
+      if not seen then inline = inline .. element end
+      k = k + ELEMENT
+    end
+    if #inline <= INLINE_MAX * ELEMENT then
+      redis.call('HSET', hash, page, total .. ':' .. inline)
+      return total, fresh
+    end
+    elements = inline .. string.sub(elements, k)  -- promoted: every visitor goes to the HLL
+  end
+  local hll, created = promoted .. page, 0
+  for k = 1, #elements, 500 * ELEMENT do
+    local members = {}
+    for j = k, math.min(k + 500 * ELEMENT, #elements + 1) - 1, ELEMENT do
+      members[#members + 1] = string.sub(elements, j, j + ELEMENT - 1)
+    end
+    created = created + redis.call('PFADD', hll, unpack(members))
+  end
+  if created > 0 and at > 0 then redis.call('EXPIREAT', hll, at, 'NX') end
+  redis.call('HSET', hash, page, total .. '!')
+  return total, fresh
 end
 for _, op in ipairs(ops) do
   local kind, key, at = op[1], KEYS[op[2]], op[3]
-  if kind == 'q' then
+  if kind == 'q' or kind == 'n' then
+  elseif kind == 'f' then
+    local board, counter, promoted, fresh_pages = KEYS[op[4]], KEYS[op[5]], op[6], 0
+    for i = 7, #op, 3 do
+      local views, fresh = add_facts(key, op[i], op[i + 1], op[i + 2], promoted, at)
+      if fresh then fresh_pages = fresh_pages + 1 end
+      rank(board, op[i], views, at)
+    end
+    if at > 0 then redis.call('EXPIREAT', key, at, 'NX') end
+    if fresh_pages > 0 and redis.call('INCRBY', counter, fresh_pages) == fresh_pages
+        and at > 0 then
+      redis.call('EXPIREAT', counter, at)
+    end
   elseif kind == 'i' then
     if redis.call('INCRBY', key, op[4]) == op[4] and at > 0 then
       redis.call('EXPIREAT', key, at)
@@ -134,7 +255,10 @@ for _, range in ipairs(ranges) do
 end
 redis.call('HSET', KEYS[1], unpack(marks))
 return -2
-""".replace("OVERFLOW", "'" + OVERFLOW_PAGE + "'")
+""".replace("OVERFLOW", "'" + OVERFLOW_PAGE + "'").replace(
+    "LEADERBOARD", str(LEADERBOARD)).replace("INLINE_MAX", str(INLINE_MAX)).replace(
+    "ELEMENT", str(ELEMENT_CHARS))
+FACTS = OPCODES[Kind.FACTS]
 APPLIED = -2
 GENERATION_MOVED = -3
 
@@ -148,8 +272,14 @@ MAX_SCRIPT_COST = 2000
 
 
 def script_cost(ops: RedisOps) -> int:
-    """The arguments the script handles for ``ops``: increments, ranking pairs, HLL members."""
-    return sum(map(len, ops.ops)) - 3 * len(ops.ops)
+    """The arguments the script handles for ``ops``: increments, ranking pairs, HLL members;
+    a page's facts count as its three arguments and each visitor element."""
+    cost = 0
+    for op in ops.ops:
+        cost += len(op) - 3
+        if op[0] == FACTS:
+            cost += sum(len(str(e)) for e in op[8::3]) // ELEMENT_CHARS - 3
+    return cost
 
 
 class GenerationMoved(Exception):

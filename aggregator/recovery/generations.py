@@ -23,12 +23,23 @@ import orjson
 from contracts.aggregates import Kind, parse_suffix
 from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys
+from contracts.page_facts import unpack
 from contracts.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
 # KEYS: pointer, new offsets, current offsets. ARGV: expected current generation, new
 # generation, {partition: read position} as JSON, "switch" or "check".
+# A page's facts as a snapshot compares them: its views, and its inline visitor elements as
+# a set (their order in the field is the order they came in), None once promoted.
+Facts = tuple[int, frozenset[str] | None]
+
+
+def _facts(value: str) -> Facts:
+    views, inline = unpack(value)
+    return views, None if inline is None else frozenset(inline)
+
+
 SWITCH_SCRIPT = """
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return {'moved'} end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'lost'} end
@@ -98,7 +109,8 @@ class Generations:
     async def snapshot(self, site: SiteKeys, suffixes: list[str]) -> dict[str, Any]:
         """The value of each named aggregate of one generation, read atomically (one
         MULTI/EXEC): counters as ints, rankings as {page: views}, HyperLogLogs as their
-        count. The applied offsets come back under ``"offsets"``."""
+        count, page facts as {page: (views, its inline visitors, None once promoted)}. The
+        applied offsets come back under ``"offsets"``."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(site.applied_offsets())
             for name in suffixes:
@@ -106,6 +118,8 @@ class Generations:
                 kind = parse_suffix(name).aggregate.kind
                 if kind is Kind.RANKING:
                     pipe.zrange(key, 0, -1, withscores=True)
+                elif kind is Kind.FACTS:
+                    pipe.hgetall(key)
                 elif kind is Kind.UNIQUES:  # (a cluster's pipelines block pfcount())
                     pipe.execute_command("PFCOUNT", key)
                 else:
@@ -113,8 +127,12 @@ class Generations:
             replies = await pipe.execute()
         values: dict[str, Any] = {"offsets": {int(p): int(o) for p, o in replies[0].items()}}
         for name, reply in zip(suffixes, replies[1:], strict=True):
-            if parse_suffix(name).aggregate.kind is Kind.RANKING:
+            kind = parse_suffix(name).aggregate.kind
+            if kind is Kind.RANKING:
                 values[name] = {m.decode(): -int(s) for m, s in reply}
+            elif kind is Kind.FACTS:
+                values[name] = {page.decode(): _facts(value.decode())
+                                for page, value in reply.items()}
             else:
                 values[name] = int(reply or 0)
         return values

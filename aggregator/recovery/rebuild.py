@@ -48,10 +48,18 @@ from aggregator.counting.pipeline import (
 )
 from aggregator.counting.redis_sink import PagesDenied, Ranges, RedisSink
 from aggregator.counting.source import Record
-from aggregator.recovery.generations import Generations
+from aggregator.recovery.generations import Facts, Generations
 from aggregator.recovery.history import stored_events
 from aggregator.recovery.topic_reader import TopicReader
-from contracts.aggregates import ALL_TIME, OVERFLOW_PAGE, RANKING, Kind, parse_suffix, suffix
+from contracts.aggregates import (
+    ALL_TIME,
+    NAMED_PAGES,
+    OVERFLOW_PAGE,
+    PAGE_FACTS,
+    TOP_PAGES,
+    Kind,
+    parse_suffix,
+)
 from contracts.event import PageView
 from contracts.keys import SiteKeys, build_marker_key, sites_key
 from contracts.markers import Markers
@@ -320,26 +328,25 @@ def diff(site_id: str, live: dict[str, Any], rebuilt: dict[str, Any], suffixes: 
          ) -> list[Difference]:
     """Every difference between the live and the rebuilt aggregates of one site. When the
     page quota named other pages on each side (``named_pages``), a page named on one side
-    only, and the overflow page, have no counterpart: for those only each ranking's total
-    is compared (``(other)`` is then the rest on both sides)."""
+    only, and the overflow page, have no counterpart: those are not compared, nor what
+    depends on which pages are named (the leaderboards and the count of named pages); the
+    site's views and visitors still cover them."""
     live_named, rebuilt_named = named_pages(live), named_pages(rebuilt)
     comparable = None if live_named == rebuilt_named else live_named & rebuilt_named
     out: list[Difference] = []
     for name in suffixes:
         a, b = live[name], rebuilt[name]
         parsed = parse_suffix(name)
-        pages = parsed.aggregate.dimension is None  # the page quota's named pages apply
-        if comparable is not None and pages and parsed.page is not None \
-                and parsed.page not in comparable:
+        if parsed.aggregate is PAGE_FACTS:
+            out += _facts_differences(site_id, name, a, b, comparable)
+            continue
+        if comparable is not None and (
+                parsed.aggregate in (TOP_PAGES, NAMED_PAGES) or (
+                    parsed.aggregate.dimension is None and parsed.page is not None
+                    and parsed.page not in comparable)):
             continue
         if parsed.aggregate.kind is Kind.RANKING:
-            members = sorted(set(a) | set(b))
-            if comparable is not None and parsed.aggregate is RANKING:
-                members = [p for p in members if p in comparable]
-                total_a, total_b = sum(a.values()), sum(b.values())
-                if total_a != total_b:
-                    out.append(Difference(site_id, name, "(total)", total_a, total_b))
-            for member in members:
+            for member in sorted(set(a) | set(b)):
                 if a.get(member, 0) != b.get(member, 0):
                     out.append(Difference(site_id, name, member, a.get(member, 0),
                                           b.get(member, 0)))
@@ -348,7 +355,32 @@ def diff(site_id: str, live: dict[str, Any], rebuilt: dict[str, Any], suffixes: 
     return out
 
 
+def _facts_differences(site_id: str, name: str, a: dict[str, Facts], b: dict[str, Facts],
+                       comparable: set[str] | None) -> list[Difference]:
+    """Pages whose views differ (their views), or whose inline visitors differ (``page
+    visitors``: how many each side holds inline, -1 once promoted)."""
+    out = []
+    for page in sorted(set(a) | set(b)):
+        if comparable is not None and page not in comparable:
+            continue
+        (views_a, inline_a), (views_b, inline_b) = a.get(page, _NO_FACTS), b.get(page, _NO_FACTS)
+        if views_a != views_b:
+            out.append(Difference(site_id, name, page, views_a, views_b))
+        if inline_a != inline_b:
+            out.append(Difference(site_id, name, f"{page} visitors",
+                                  -1 if inline_a is None else len(inline_a),
+                                  -1 if inline_b is None else len(inline_b)))
+    return out
+
+
+_NO_FACTS: Facts = (0, frozenset())
+
+
 def named_pages(snapshot: dict[str, Any]) -> set[str]:
-    """The pages one generation names: its all-time ranking's members, the overflow page
-    aside."""
-    return set(snapshot.get(suffix(RANKING, ALL_TIME), {})) - {OVERFLOW_PAGE}
+    """The pages one generation names: the fields of its all-time page facts, the overflow
+    page aside."""
+    return {page for name, facts in snapshot.items() if name.startswith(_ALL_TIME_FACTS)
+            for page in facts} - {OVERFLOW_PAGE}
+
+
+_ALL_TIME_FACTS = f"{PAGE_FACTS.name}:{ALL_TIME.token}:"

@@ -24,10 +24,11 @@ from bench.chaos.exact import ExactReport, HllTruth, RedisSite, check, to_count
 from bench.chaos.ledger import EventRecord, Ledger
 from bench.chaos.target import ChaosTarget
 from bench.kafka import GroupLag
-from contracts.aggregates import PAGE_VISITORS, RANKING, VIEWS, VISITORS, Scope, scopes_of
+from contracts.aggregates import PAGE_FACTS, PAGE_VISITORS, VIEWS, VISITORS, Scope, scopes_of
 from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys, intact_key
 from contracts.mongo import DATABASE, EVENTS, event_id_of
+from contracts.page_facts import GROUPS, unpack, visitor_element
 from contracts.redis_client import RedisClient, connect_redis
 
 ALL_TIME = Scope()
@@ -114,15 +115,18 @@ async def read_redis(target: ChaosTarget, events: Sequence[EventRecord]
             mine = by_site.get(site, [])
             pages = sorted({r.page for r in mine})
             tokens = sorted({s for r in mine for s in scopes_of(r.ts) if s.unit is not None})
-            ranking: Any = await redis.zrange(keys.key(RANKING, ALL_TIME), 0, -1,
-                                              withscores=True)  # [(member, score)]
+            facts = {_text(page): unpack(_text(value))
+                     for group in range(GROUPS[None])
+                     for page, value in (await redis.hgetall(
+                         keys.key(PAGE_FACTS, ALL_TIME, str(group)))).items()}
             bucket_values = [await redis.get(keys.key(VIEWS, s)) for s in tokens]
-            page_visitors = {p: int(await redis.pfcount(keys.key(PAGE_VISITORS, ALL_TIME, p)))
+            page_visitors = {p: await _page_visitors(redis, f"{scratch}:{site}:inline", keys,
+                                                     p, facts.get(p, (0, ())))
                              for p in pages}
             views = await redis.get(keys.key(VIEWS, ALL_TIME))
             observed[site] = RedisSite(
                 views=int(views) if views is not None else 0,
-                pages={_text(member): int(-score) for member, score in ranking},
+                pages={page: n for page, (n, _) in facts.items()},
                 buckets={s.token: int(v or 0) for s, v in zip(tokens, bucket_values,
                                                               strict=True)},
                 visitors=int(await redis.pfcount(keys.key(VISITORS, ALL_TIME))),
@@ -136,18 +140,32 @@ async def read_redis(target: ChaosTarget, events: Sequence[EventRecord]
         await redis.aclose()
 
 
+async def _page_visitors(redis: RedisClient, scratch: str, keys: SiteKeys, page: str,
+                         facts: tuple[int, tuple[str, ...] | None]) -> int:
+    """A page's all-time visitors as the query API counts them: its inline elements added
+    to a HyperLogLog, or its HyperLogLog once promoted (``contracts.page_facts``)."""
+    _, inline = facts
+    if inline is None:
+        return int(await redis.pfcount(keys.key(PAGE_VISITORS, ALL_TIME, page)))
+    if not inline:
+        return 0
+    await redis.delete(scratch)
+    await redis.pfadd(scratch, *inline)
+    return int(await redis.pfcount(scratch))
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _hll_truth(redis: RedisClient, prefix: str, events: Sequence[EventRecord],
                      pages: Sequence[str]) -> HllTruth:
-    users = sorted({r.user for r in events})
+    users = sorted({visitor_element(r.user) for r in events})
     if users:
         await redis.pfadd(f"{prefix}:uv", *users)
     per_page: dict[str, set[str]] = defaultdict(set)
     for r in events:
-        per_page[r.page].add(r.user)
+        per_page[r.page].add(visitor_element(r.user))
     counts = {}
     for i, page in enumerate(pages):
         await redis.pfadd(f"{prefix}:uvp:{i}", *sorted(per_page[page]))

@@ -12,7 +12,6 @@ import dataclasses
 import random
 import time
 import uuid
-from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -24,9 +23,11 @@ from aggregator.counting.redis_sink import PagesDenied, RedisSink
 from aggregator.counting.source import InMemorySource, Record
 from aggregator.metrics import AggregatorMetrics
 from aggregator.recovery.rebuild import Builder
-from contracts.aggregates import ALL_TIME, OVERFLOW_PAGE, RANKING
+from contracts.aggregates import ALL_TIME, OVERFLOW_PAGE, PAGE_FACTS
 from contracts.event import PageView, decode_event, encode_event
 from contracts.keys import SiteKeys
+from contracts.page_facts import GROUPS
+from contracts.page_facts import views_of as facts_views
 from contracts.settings import Retention
 from tests.expectations import assert_redis_matches, recount
 from tests.unit.fakes import FakeEventCollection
@@ -61,8 +62,13 @@ def pipeline_on(redis: Redis, records: list[Record], max_pages: int,
 
 
 async def named_pages(redis: Redis, site: SiteKeys) -> dict[str, int]:
-    ranking = await redis.zrange(site.key(RANKING, ALL_TIME), 0, -1, withscores=True)
-    return {bytes(m).decode(): -int(s) for m, s in cast(list[tuple[bytes, float]], ranking)}
+    """Views of each page with all-time facts."""
+    named = {}
+    for group in range(GROUPS[None]):
+        facts: dict[bytes, bytes] = await redis.hgetall(  # type: ignore[assignment]
+            site.key(PAGE_FACTS, ALL_TIME, str(group)))
+        named.update({p.decode(): facts_views(v.decode()) for p, v in facts.items()})
+    return named
 
 
 async def assert_exact_under_quota(redis: Redis, site: SiteKeys, records: list[Record],

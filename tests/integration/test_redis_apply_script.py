@@ -10,6 +10,7 @@ whose pre-check is stale) so that only the script stands between a redo and a do
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -24,12 +25,13 @@ from aggregator.counting.aggregate import RedisOps, aggregate, to_ops
 from aggregator.counting.dead_letters import ListDeadLetters
 from aggregator.counting.mongo_sink import MongoSink
 from aggregator.counting.pipeline import Pipeline
-from aggregator.counting.redis_sink import Ranges, RedisSink
+from aggregator.counting.redis_sink import Ranges, RedisSink, script_cost
 from aggregator.counting.source import InMemorySource, Record
 from aggregator.metrics import AggregatorMetrics
-from contracts.aggregates import PAGE_VISITORS, Scope, expire_at
+from contracts.aggregates import ALL_TIME, PAGE_VISITORS, Scope, expire_at
 from contracts.event import PageView, encode_event
 from contracts.keys import SiteKeys
+from contracts.page_facts import LEADERBOARD
 from contracts.settings import Retention
 from tests.expectations import assert_redis_matches, recount, total_views
 
@@ -187,10 +189,49 @@ async def test_a_bucket_expiry_is_set_when_its_key_is_created_and_never_again(
     assert expiring  # minute and hour buckets expire
     later = [PageView(str(uuid.uuid4()), site_id, e.page_id, "someone-new", e.ts,
                       e.received_at) for e in events]
-    newcomer = PageView(str(uuid.uuid4()), site_id, "/brand-new", "u", events[0].ts,
-                        events[0].received_at)
-    assert await apply(sink, site_id, [*later, newcomer], 0, 8, 16) is None
+    # A new page with 7 visitors: its facts promote it to a HyperLogLog, a new key.
+    newcomers = [PageView(str(uuid.uuid4()), site_id, "/brand-new", f"u{i}", events[0].ts,
+                          events[0].received_at) for i in range(7)]
+    assert await apply(sink, site_id, [*later, *newcomers], 0, 8, 22) is None
     assert {k: await redis.expiretime(k) for k in expiring} == expiring
     minute = Scope("m", events[0].ts // 60_000)
     created = keys.key(PAGE_VISITORS, minute, "/brand-new")
     assert await redis.expiretime(created) == expire_at(minute, RETENTION.ttl_of("m"))
+
+
+async def test_page_facts_promote_the_seventh_visitor_and_keep_the_best_pages_in_order(
+        redis: Redis, site_id: str) -> None:
+    """Pages in many small batches, as live counting applies them: each page's views and
+    visitors in every bucket are exact (inline up to six visitors, then a HyperLogLog that
+    holds all of them), and each leaderboard holds the best pages in ranking order, ties
+    broken by the page id's bytes (non-ASCII ids, prefixes of each other, included)."""
+    rng = random.Random(5)
+    now = int(time.time() * 1000)
+    names = [f"/p{i}" for i in range(300)] + ["é", "z", "/p1é", "/", "/p", "ünï"]
+    events = [PageView(str(uuid.uuid4()), site_id, names[int(len(names) * rng.random() ** 2)],
+                       f"u{rng.randrange(40)}", now - rng.randrange(3) * 61_000, now)
+              for _ in range(3000)]
+    sink, first = RedisSink(redis), 0
+    while first < len(events):
+        size = rng.randrange(1, 120)
+        chunk = events[first:first + size]
+        assert await apply(sink, site_id, chunk, 0, first, first + len(chunk) - 1) is None
+        first += len(chunk)
+    expected = recount(events)
+    assert len(expected.page_views[ALL_TIME]) > LEADERBOARD  # the board had to drop pages
+    assert any(len(expected.page_visitors[(ALL_TIME, p)]) > 6 for p in names)  # promoted
+    assert any(1 < len(expected.page_visitors[(ALL_TIME, p)]) <= 6 for p in names)  # inline
+    await assert_redis_matches(redis, site_id, expected, RETENTION)
+
+
+async def test_a_page_with_thousands_of_new_visitors_in_one_step_is_promoted_exactly(
+        redis: Redis, site_id: str) -> None:
+    """More visitors than one script command takes as arguments (Lua's stack): they reach
+    the page's HyperLogLog in chunks, and the step costs what its visitors cost."""
+    now = int(time.time() * 1000)
+    events = [PageView(str(uuid.uuid4()), site_id, "/home", f"u{i}", now, now)
+              for i in range(9_000)]
+    ops = to_ops(SiteKeys(site_id), aggregate(events), RETENTION)
+    assert script_cost(ops) > 4 * 9_000  # every visitor, in each of the four scopes
+    assert await RedisSink(redis).apply(ops, 0, 0, len(events) - 1) is None
+    await assert_redis_matches(redis, site_id, recount(events), RETENTION)

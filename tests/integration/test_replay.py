@@ -31,10 +31,11 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from aggregator.recovery.history import committed_offsets
-from contracts.aggregates import HOUR, RANKING, VIEWS, Scope
+from contracts.aggregates import ALL_TIME, HOUR, PAGE_FACTS, VIEWS, Scope
 from contracts.event import PageView
 from contracts.keys import intact_key, rebuild_lock_key
 from contracts.mongo import event_document, event_id_of
+from contracts.page_facts import group_of, pack, unpack
 from contracts.settings import Retention
 from contracts.timebuckets import HOUR_MS
 from tests.aggregator_harness import produce_events
@@ -238,7 +239,7 @@ async def test_redis_in_the_old_layout_is_rebuilt_into_the_new_and_never_answers
     during = make_events(site_id, 200, rng)
     await post(http, stack, during)  # counted on while the old layout is in place
     sent += during
-    expected_pages = recount(sent).rankings["rank:t"]
+    expected_pages = recount(sent).page_views[ALL_TIME]
     want_top = sorted(expected_pages.items(), key=lambda pv: (-pv[1], pv[0]))[:5]
 
     async def exact(source: str) -> bool:
@@ -389,16 +390,21 @@ async def test_verify_finds_no_difference_on_a_healthy_site_and_finds_a_corrupte
     keys = await current_keys(redis, site_id)
     right = int(await redis.get(keys.key(VIEWS, hour)) or 0)
     await redis.incrby(keys.key(VIEWS, hour), 7)
-    await redis.zincrby(keys.key(RANKING, hour), 1, sent[0].page_id)  # one view fewer
+    page = sent[0].page_id
+    facts = keys.key(PAGE_FACTS, hour, str(group_of(page, hour.unit)))
+    held = str(await redis.hget(facts, page), "utf-8")  # type: ignore[arg-type]
+    views, inline = unpack(held)
+    await redis.hset(facts, page, pack(views + 1, None if inline is None else list(inline)))
     try:
         status, summary, err = await replay(stack, "--verify", "--site", site_id)
     finally:
         await redis.incrby(keys.key(VIEWS, hour), -7)
-        await redis.zincrby(keys.key(RANKING, hour), -1, sent[0].page_id)
+        await redis.hset(facts, page, held)
     assert (status, summary["differences"]) == (1, 2), err
     assert (f"DIFF site={site_id} aggregate=views:{hour.token} live={right + 7} "
             f"rebuilt={right}" in err)
-    assert f"aggregate=rank:{hour.token} page={sent[0].page_id}" in err
+    assert (f"aggregate={keys.suffix_of(facts)} page={page} live={views + 1} "
+            f"rebuilt={views}" in err)
     scratch = [k async for k in redis.scan_iter(match=f"pv:{{{site_id}}}:gv*", count=1000)]
     assert scratch == []  # the scratch generation is deleted
 

@@ -12,9 +12,13 @@ from aggregator.counting.redis_sink import APPLY_SCRIPT
 from contracts.aggregates import (
     ALL_TIME,
     CATALOG,
+    DIMENSION_RANKINGS,
     OPCODES,
     PAGE_CATALOG,
+    PAGE_VISITORS,
     UNITS,
+    UTM_CAMPAIGN,
+    Kind,
     Scope,
     parse_suffix,
     scopes_of,
@@ -22,6 +26,7 @@ from contracts.aggregates import (
 )
 from contracts.event import PageView
 from contracts.keys import SiteKeys
+from contracts.page_facts import group_of
 from contracts.settings import Retention
 from query_api.versioned_cache import MergedRanking
 from tests.unit.fakes import FakeAggregateStore
@@ -53,12 +58,19 @@ def test_an_event_counts_in_every_aggregate_of_every_scope_and_nowhere_else() ->
     only, no breakdown."""
     ops = to_ops(SiteKeys("s"), aggregate([PageView("e", "s", "/p", "u", TS, TS)]),
                  Retention())
-    written = {SiteKeys("s").suffix_of(ops.keys[int(str(op[1])) - 1]) for op in ops.ops}
-    expected = {suffix(a, s, "/p" if a.per_page else None)
-                for a in PAGE_CATALOG for s in scopes_of(TS)}
+
+    def name(at: object) -> str:
+        return SiteKeys("s").suffix_of(ops.keys[int(str(at)) - 1])
+
+    written = {name(op[1]) for op in ops.ops}
+    written |= {name(at) for op in ops.ops if op[0] == OPCODES[Kind.FACTS] for at in op[3:5]}
+    # A page with one visitor keeps it in its facts: no HyperLogLog of its own.
+    expected = {suffix(a, s, str(group_of("/p", s.unit)) if a.per_page else None)
+                for a in PAGE_CATALOG if a is not PAGE_VISITORS for s in scopes_of(TS)}
     assert written == expected
     assert len(scopes_of(TS)) == 1 + len(UNITS)
-    assert {op[0] for op in ops.ops} - {QUOTA} == set(OPCODES.values())
+    # Rankings are written by the breakdowns (the leaderboards by the facts operation).
+    assert {op[0] for op in ops.ops} - {QUOTA} == set(OPCODES.values()) - {"z"}
 
 
 def test_the_apply_script_handles_exactly_the_catalog_operations() -> None:
@@ -78,11 +90,12 @@ async def test_the_fake_store_refuses_an_unknown_operation_and_changes_nothing()
 
 
 def test_rankings_hold_negated_views_so_redis_order_is_views_down_then_page_up() -> None:
-    events = [PageView(f"e{i}", "s", page, "u", TS, TS)
-              for i, page in enumerate(["b", "a", "b", "c", "a", "d"])]
+    events = [PageView(f"e{i}", "s", "/p", "u", TS, TS, utm_campaign=campaign)
+              for i, campaign in enumerate(["b", "a", "b", "c", "a", "d"])]
     ops = to_ops(SiteKeys("s"), aggregate(events), Retention())
-    ranking = SiteKeys("s").key(CATALOG[1], ALL_TIME)
-    pairs = [op[3:] for op in ops.ops if ops.keys[int(str(op[1])) - 1] == ranking]
+    ranking = SiteKeys("s").key(DIMENSION_RANKINGS[UTM_CAMPAIGN], ALL_TIME)
+    pairs = [op[3:] for op in ops.ops
+             if op[0] == "z" and ops.keys[int(str(op[1])) - 1] == ranking]
     scores = dict(zip(pairs[0][::2], pairs[0][1::2], strict=True))
     assert scores == {"a": -2, "b": -2, "c": -1, "d": -1}
     assert sorted(scores, key=lambda p: (scores[p], p)) == ["a", "b", "c", "d"]

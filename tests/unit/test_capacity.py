@@ -83,18 +83,25 @@ def drain_figure(value: float) -> list[Doc]:
             {"suite": "aggregator", "name": "drain, 1 aggregator (1 writer)", "value": value}]
 
 
-def usage(aggregate: str, unit: str, keys: int, per_key: float) -> dict[str, str]:
+def usage(aggregate: str, unit: str, keys: int, per_key: float, entries: int | None = None
+          ) -> dict[str, str]:
     return {"aggregate": aggregate, "unit": unit, "keys": f"{keys:,}",
-            "bytes": f"{round(keys * per_key):,}"}
+            "bytes": f"{round(keys * per_key):,}",
+            "entries": "" if entries is None else f"{entries:,}"}
 
 
-# The soak: 300,000 events, 100,000 visitors, 300 sites; 500,000 page-and-bucket entries.
-SOAK_ROWS = [usage("uvp", "m", 250_000, 150), usage("uvp", "all time", 250_000, 150),
-             usage("rank", "m", 1_800, 25_000_000 / 1_800),
-             usage("rank", "all time", 300, 25_000_000 / 300),
-             usage("uv", "all time", 300, 2_550), usage("views", "m", 1_800, 88),
-             usage("views", "all time", 300, 88), usage("offsets", "(other key)", 300, 152)]
-SOAK_KEYS_BYTES = 37_500_000 * 2 + 50_000_000 + 765_000 + 184_800 + 45_600
+# The soak: 300,000 events, 100,000 visitors, 300 sites; 500,000 page-and-bucket entries in
+# the page facts (35 B each), 268,400 in leaderboards (20 B each); a few promoted pages.
+SOAK_ROWS = [usage("pf", "m", 1_800, 250_000 * 35 / 1_800, 250_000),
+             usage("pf", "all time", 19_200, 250_000 * 35 / 19_200, 250_000),
+             usage("top", "m", 1_800, 100 * 20, 180_000),
+             usage("top", "all time", 300, 128 * 20, 38_400),
+             usage("uvp", "all time", 1_000, 400),
+             usage("uv", "m", 1_800, 700), usage("uv", "all time", 300, 2_550),
+             usage("views", "m", 1_800, 88), usage("views", "all time", 300, 88),
+             usage("offsets", "(other key)", 300, 152)]
+SOAK_KEYS_BYTES = (250_000 * 35 * 2 + 1_800 * 2_000 + 300 * 2_560 + 400_000 + 1_800 * 700
+                   + 765_000 + 2_100 * 88 + 45_600)
 
 
 def soak(stores: dict[str, Any] | None = None) -> Doc:
@@ -130,7 +137,8 @@ def results(tmp_path: Path) -> Path:
 
 
 def redis_of(**sizes: float) -> RedisMemory:
-    base = {"counter_bytes": 0.0, "rank_entry_bytes": 0.0, "hll_base_bytes": 0.0,
+    base = {"counter_bytes": 0.0, "fact_bytes": 0.0, "top_entry_bytes": 0.0,
+            "hll_base_bytes": 0.0,
             "hll_bytes_per_visitor": 0.0, "site_bytes": 0.0, "overhead": 1.0,
             "per_event": 0.0}
     return RedisMemory(**{**base, **sizes}, file="f", date="d")
@@ -175,24 +183,30 @@ def test_a_hyperloglog_grows_per_visitor_until_redis_makes_it_dense() -> None:
     assert m.hll_bytes(1_001) == DENSE_HLL_BYTES
 
 
-def test_a_buckets_bytes_are_its_counter_its_visitors_and_each_page_seen() -> None:
-    m = redis_of(counter_bytes=88, rank_entry_bytes=100, hll_base_bytes=150,
+def test_a_buckets_bytes_are_its_counters_its_visitors_and_each_page_seen() -> None:
+    m = redis_of(counter_bytes=88, fact_bytes=35, top_entry_bytes=20, hll_base_bytes=150,
                  hll_bytes_per_visitor=3)
     # 40 views over 40 pages, each view a new visitor: the site's HLL holds 40 visitors,
-    # about 25.3 pages are seen (40 x (1 - e^-1)), each with 40 / 25.3 visitors.
+    # about 25.3 pages are seen (40 x (1 - e^-1)), each with 1.6 visitors: inline in its
+    # facts, and each in the leaderboard.
     seen = 40 * (1 - math.exp(-1))
-    expected = 88 + (150 + 3 * 40) + seen * (100 + 150 + 3 * 40 / seen)
+    expected = 2 * 88 + (150 + 3 * 40) + seen * (35 + 20)
     assert bucket_bytes(m, 40, 40) == pytest.approx(expected)
-    # Two views a visitor halve the visitors, never below one.
-    halved = 88 + (150 + 3 * 20) + seen * (100 + 150 + 3 * max(1.0, 20 / seen))
-    assert bucket_bytes(m, 40, 40, views_per_visitor=2) == pytest.approx(halved)
+    # 4,000 views over 40 pages: every page seen, each with 100 visitors, so each is
+    # promoted to its own HyperLogLog; the leaderboard holds them all (40 < 128).
+    seen = 40 * -math.expm1(-100)
+    promoted = 2 * 88 + 14_400 + seen * (35 + 150 + 3 * 100 + 20)
+    assert bucket_bytes(m, 4_000, 40) == pytest.approx(promoted)
+    # A leaderboard holds at most 128 pages.
+    many = bucket_bytes(m, 1_000, 1_000_000)
+    assert many == pytest.approx(2 * 88 + 150 + 3 * 1_000 + 1_000 * 35 + 128 * 20, rel=1e-3)
 
 
 def test_redis_keeps_48_hours_of_minutes_90_days_of_hours_and_days_for_the_horizon() -> None:
-    m = redis_of(counter_bytes=100, overhead=1.5)  # only the counter costs anything
+    m = redis_of(counter_bytes=100, overhead=1.5)  # only the counters cost anything
     load = Load(events_per_s=10, sites=7, pages=70, pages_per_site=10)
     memory = redis_plan(m, load, Retention(), horizon_days=365)
-    per_bucket = 100 * 1.5 * 7
+    per_bucket = 2 * 100 * 1.5 * 7  # views and named pages
     assert memory.minute == pytest.approx(per_bucket * (48 * 60 + 1))
     assert memory.hour == pytest.approx(per_bucket * (90 * 24 + 1))
     assert memory.day_per_day == pytest.approx(per_bucket)
@@ -277,12 +291,13 @@ def test_gateway_costs_are_the_peak_steps_cores_over_their_rate(results: Path) -
     assert track.value == pytest.approx(500) and nginx.value == pytest.approx(100)
 
 
-def test_the_hyperloglog_fit_passes_through_the_soaks_page_and_site_sizes(
+def test_the_hyperloglog_fit_passes_through_the_soaks_minute_and_site_sizes(
         results: Path) -> None:
     m = redis_memory(capacity.load_docs(results))
-    assert m.hll_bytes(distinct(1.2, 100_000)) == pytest.approx(150)  # a page, all time
+    assert m.hll_bytes(distinct(300_000 / 1_800, 100_000)) == pytest.approx(700)  # a minute
     assert m.hll_bytes(distinct(1_000, 100_000)) == pytest.approx(2_550)  # a site
-    assert m.rank_entry_bytes == pytest.approx(100)  # 50 MB over 500,000 entries
+    assert m.fact_bytes == pytest.approx(35)  # 17.5 MB over 500,000 entries
+    assert m.top_entry_bytes == pytest.approx(20)
     assert m.counter_bytes == pytest.approx(88) and m.site_bytes == pytest.approx(152)
     assert m.overhead == pytest.approx(1.1)
 

@@ -136,6 +136,7 @@ def test_compose_bounds_redis_memory_without_eviction(compose: dict[str, Any]) -
     command = compose["services"]["redis"]["command"]
     assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-1gb}"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert command[command.index("--hash-max-listpack-entries") + 1] == "512"
 
 
 @pytest.mark.parametrize("name", ["nginx.conf.in", "docker.conf"])

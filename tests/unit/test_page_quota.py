@@ -10,14 +10,15 @@ from collections import Counter
 
 import pytest
 
-from aggregator.counting.aggregate import QUOTA, aggregate, to_ops
+from aggregator.counting.aggregate import PAGE_QUOTA, aggregate, to_ops
 from aggregator.counting.source import InMemorySource
 from aggregator.page_quota import quota_of
 from aggregator.recovery.rebuild import diff
-from contracts.aggregates import ALL_TIME, OVERFLOW_PAGE, PAGE_VISITORS, RANKING, VIEWS, Scope
+from contracts.aggregates import ALL_TIME, NAMED_PAGES, OVERFLOW_PAGE, PAGE_FACTS, VIEWS, Scope
 from contracts.event import InvalidEvent, PageView, ValidationPolicy, validate_event
 from contracts.fast_events import accept_json
 from contracts.keys import SiteKeys
+from contracts.page_facts import group_of
 from contracts.registry import FixedRegistry
 from contracts.settings import Retention
 from contracts.tenancy import DEFAULT_MAX_PAGES, Registry, Site
@@ -26,9 +27,8 @@ from tests.unit.test_pipeline import NOW, RecordingStore, make, many_pages, reco
 
 
 def ranking(redis: FakeAggregateStore, site: str = "s") -> Counter[str]:
-    """Views per page in the all-time ranking (stored negated)."""
-    return Counter({page: -n for page, n in
-                    redis.sorted_sets[SiteKeys(site).key(RANKING, ALL_TIME)].items()})
+    """Views per page named in all time (its page facts)."""
+    return redis.page_views(SiteKeys(site))
 
 
 def named(redis: FakeAggregateStore) -> set[str]:
@@ -57,9 +57,9 @@ async def test_pages_past_the_quota_count_under_other_and_totals_stay_exact() ->
     assert over_quota(pipeline.metrics) == 35
     assert {d["page_id"] for d in mongo.docs.values()} == {f"/p{i}" for i in range(40)}
     assert source.committed == {0: 20, 1: 20}
-    # No per-page key of a refused page exists; (other) has its own.
-    pages_with_keys = {k.rsplit(":", 1)[1] for k in redis.sets if ":uvp:t:" in k}
-    assert pages_with_keys == named(redis) | {OVERFLOW_PAGE}
+    # No refused page has facts of its own in any bucket; (other) has.
+    pages_with_facts = {page for name, facts in redis.facts.items() for page in facts}
+    assert pages_with_facts == named(redis) | {OVERFLOW_PAGE}
 
 
 async def test_a_page_named_before_the_quota_filled_keeps_counting_exactly() -> None:
@@ -134,10 +134,9 @@ async def test_sites_have_their_own_quota() -> None:
     pipeline, source, _, redis, _ = make(records)
     pipeline.max_pages = {"small": 2, "big": 100}.__getitem__
     await drain(pipeline, source, batch=5)
-    small = SiteKeys("small").key(RANKING, ALL_TIME)
-    big = SiteKeys("big").key(RANKING, ALL_TIME)
-    assert len(redis.sorted_sets[small]) == 3 and redis.sorted_sets[small][OVERFLOW_PAGE] == -8
-    assert len(redis.sorted_sets[big]) == 10
+    small, big = ranking(redis, "small"), ranking(redis, "big")
+    assert len(small) == 3 and small[OVERFLOW_PAGE] == 8
+    assert len(big) == 10
 
 
 def events(*pages: str) -> list[PageView]:
@@ -146,21 +145,33 @@ def events(*pages: str) -> list[PageView]:
 
 def test_refused_pages_are_aggregated_as_the_overflow_page_in_every_aggregate() -> None:
     delta = aggregate(events("/a", "/b", "/c", "/b"), overflow={"/b", "/c"})
-    assert delta.rankings[(RANKING, ALL_TIME, None)] == Counter({"/a": 1, OVERFLOW_PAGE: 3})
+    facts = delta.pages[ALL_TIME]
+    assert {p: f.views for p, f in facts.items()} == {"/a": 1, OVERFLOW_PAGE: 3}
     assert delta.counters[(VIEWS, ALL_TIME, None)] == 4
-    assert delta.uniques[(PAGE_VISITORS, ALL_TIME, OVERFLOW_PAGE)] == {"u1", "u2", "u3"}
-    assert not any(page in {"/b", "/c"} for _, _, page in delta.uniques)
+    assert facts[OVERFLOW_PAGE].visitors == {"u1", "u2", "u3"}
+    assert not any(page in {"/b", "/c"} for pages in delta.pages.values() for page in pages)
 
 
 def test_the_quota_operation_lists_the_pages_to_name_and_comes_first() -> None:
     site = SiteKeys("s")
     ops = to_ops(site, aggregate(events("/b", "/a", OVERFLOW_PAGE)), Retention(), 7)
     quota = ops.ops[0]
-    assert quota[0] == QUOTA and ops.keys[int(str(quota[1])) - 1] == site.key(RANKING, ALL_TIME)
-    assert quota[3:] == [7, "/a", "/b"]  # (other) is never checked
-    assert not any(op[0] == QUOTA and op[2] == 0 for op in ops.ops[1:])  # pages: 0
-    assert not any(op[0] == QUOTA and op[2] == 0
+
+    def key(at: object) -> str:
+        return ops.keys[int(str(at)) - 1]
+
+    assert quota[0] == PAGE_QUOTA and key(quota[1]) == site.key(NAMED_PAGES, ALL_TIME)
+    assert key(quota[2]) == facts_key(site, OVERFLOW_PAGE)
+    assert quota[3] == 7
+    assert quota[4::2] == ["/a", "/b"]  # (other) is never checked
+    assert [key(k) for k in quota[5::2]] == [facts_key(site, "/a"), facts_key(site, "/b")]
+    assert not any(op[0] == PAGE_QUOTA for op in ops.ops[1:])
+    assert not any(op[0] == PAGE_QUOTA
                    for op in to_ops(site, aggregate(events("/a")), Retention()).ops)
+
+
+def facts_key(site: SiteKeys, page: str, scope: Scope = ALL_TIME) -> str:
+    return site.key(PAGE_FACTS, scope, str(group_of(page, scope.unit)))
 
 
 def test_the_gateway_refuses_the_overflow_page_as_a_page_id() -> None:
@@ -180,13 +191,36 @@ def test_each_sites_quota_comes_from_the_registry_and_unknown_sites_get_the_defa
     assert (max_pages("shop"), max_pages("nobody")) == (500, DEFAULT_MAX_PAGES)
 
 
-RANK_T, RANK_D = "rank:t", f"rank:{Scope('d', 20000).token}"
+DAY = Scope("d", 20000)
 
 
 def snapshot(pages: dict[str, int], views_total: int, uvp: dict[str, int]) -> dict[str, object]:
-    out: dict[str, object] = {RANK_T: pages, RANK_D: pages, "views:t": views_total}
+    """A generation's snapshot (``Generations.snapshot``) holding ``pages`` in all time and
+    one day; the pages in ``uvp`` promoted, their HyperLogLogs counting as given."""
+    out: dict[str, object] = {"views:t": views_total}
+    for scope in (ALL_TIME, DAY):
+        out[f"top:{scope.token}"] = dict(pages)
+        out[f"np:{scope.token}"] = len(pages)
+        for page, n in pages.items():
+            facts = out.setdefault(SiteKeys("s").suffix_of(facts_key(SiteKeys("s"), page, scope)),
+                                   {})
+            facts[page] = (n, None if page in uvp else frozenset())  # type: ignore[index]
     out.update({f"uvp:t:{p}": n for p, n in uvp.items()})
     return out
+
+
+def facts_name(page: str, scope: Scope = ALL_TIME) -> str:
+    return SiteKeys("s").suffix_of(facts_key(SiteKeys("s"), page, scope))
+
+
+def compared(live: dict[str, object], rebuilt: dict[str, object]) -> list[str]:
+    """Every name either side holds, each given an empty value on the side without it."""
+    names = sorted(set(live) | set(rebuilt))
+    for n in names:
+        empty: object = {} if n.startswith(("top", "pf")) else 0
+        live.setdefault(n, empty)
+        rebuilt.setdefault(n, empty)
+    return names
 
 
 def test_verify_accepts_an_over_quota_site_whose_named_pages_differ_by_interleaving() -> None:
@@ -194,36 +228,41 @@ def test_verify_accepts_an_over_quota_site_whose_named_pages_differ_by_interleav
                                                              OVERFLOW_PAGE: 3})
     rebuilt = snapshot({"/a": 5, "/c": 2, OVERFLOW_PAGE: 3}, 10, {"/a": 2, "/c": 2,
                                                                 OVERFLOW_PAGE: 2})
-    names = sorted(set(live) | set(rebuilt))
-    for n in names:
-        live.setdefault(n, {} if n.startswith("rank") else 0)
-        rebuilt.setdefault(n, {} if n.startswith("rank") else 0)
-    assert diff("s", live, rebuilt, names) == []
+    assert diff("s", live, rebuilt, compared(live, rebuilt)) == []
 
 
 def test_verify_still_reports_a_wrong_count_of_a_page_named_on_both_sides() -> None:
     live = snapshot({"/a": 6, "/b": 2, OVERFLOW_PAGE: 2}, 10, {"/a": 2, "/b": 1})
     rebuilt = snapshot({"/a": 5, "/c": 2, OVERFLOW_PAGE: 3}, 10, {"/a": 3, "/c": 1})
-    names = sorted(set(live) | set(rebuilt))
-    for n in names:
-        live.setdefault(n, 0)
-        rebuilt.setdefault(n, 0)
-    found = {(d.aggregate, d.field) for d in diff("s", live, rebuilt, names)}
-    assert found == {(RANK_T, "/a"), (RANK_D, "/a"), ("uvp:t:/a", "")}
+    found = {(d.aggregate, d.field) for d in diff("s", live, rebuilt, compared(live, rebuilt))}
+    assert found == {(facts_name("/a"), "/a"), (facts_name("/a", DAY), "/a"),
+                     ("uvp:t:/a", "")}
 
 
-def test_verify_reports_a_ranking_whose_total_differs() -> None:
-    live = snapshot({"/a": 5, "/b": 2, OVERFLOW_PAGE: 4}, 10, {})
+def test_verify_reports_the_sites_views_when_named_pages_differ() -> None:
+    live = snapshot({"/a": 5, "/b": 2, OVERFLOW_PAGE: 4}, 11, {})
     rebuilt = snapshot({"/a": 5, "/c": 2, OVERFLOW_PAGE: 3}, 10, {})
-    found = {(d.aggregate, d.field) for d in diff("s", live, rebuilt, [RANK_D, RANK_T])}
-    assert found == {(RANK_T, "(total)"), (RANK_D, "(total)")}
+    found = {(d.aggregate, d.field) for d in diff("s", live, rebuilt, compared(live, rebuilt))}
+    assert found == {("views:t", "")}
+
+
+def test_verify_reports_inline_visitors_that_differ() -> None:
+    live, rebuilt = snapshot({"/a": 5}, 5, {}), snapshot({"/a": 5}, 5, {})
+    live[facts_name("/a")] = {"/a": (5, frozenset({"AAAAAAAA", "BBBBBBBB"}))}
+    rebuilt[facts_name("/a")] = {"/a": (5, frozenset({"AAAAAAAA"}))}
+    found = [(d.aggregate, d.field, d.live, d.rebuilt)
+             for d in diff("s", live, rebuilt, compared(live, rebuilt))]
+    assert found == [(facts_name("/a"), "/a visitors", 2, 1)]
 
 
 def test_verify_compares_everything_when_both_sides_name_the_same_pages() -> None:
     live = snapshot({"/a": 5, OVERFLOW_PAGE: 4}, 9, {OVERFLOW_PAGE: 3})
     rebuilt = snapshot({"/a": 5, OVERFLOW_PAGE: 5}, 10, {OVERFLOW_PAGE: 3})
-    found = {(d.aggregate, d.field) for d in diff("s", live, rebuilt, sorted(live))}
-    assert found == {(RANK_T, OVERFLOW_PAGE), (RANK_D, OVERFLOW_PAGE), ("views:t", "")}
+    found = {(d.aggregate, d.field) for d in diff("s", live, rebuilt, compared(live, rebuilt))}
+    assert found == {(facts_name(OVERFLOW_PAGE), OVERFLOW_PAGE),
+                     (facts_name(OVERFLOW_PAGE, DAY), OVERFLOW_PAGE),
+                     ("top:t", OVERFLOW_PAGE), (f"top:{DAY.token}", OVERFLOW_PAGE),
+                     ("views:t", "")}
 
 
 class SwitchingStore(RecordingStore):
@@ -233,11 +272,13 @@ class SwitchingStore(RecordingStore):
     async def apply_ranges(self, ops, ranges, live=True):  # type: ignore[no-untyped-def]
         stored = await super().apply_ranges(ops, ranges, live)
         inner = self._inner
-        folded = OVERFLOW_PAGE in inner.sorted_sets[SiteKeys("s").key(RANKING, ALL_TIME)]
+        folded = OVERFLOW_PAGE in inner.page_views(SiteKeys("s"))
         if stored is None and folded and not inner.pointers:
             rebuilt = SiteKeys("s", "1")
             inner.pointers["s"] = "1"
-            inner.sorted_sets[rebuilt.key(RANKING, ALL_TIME)].update({"/a": -1, "/x": -1})
+            for page in ("/a", "/x"):
+                inner.facts[facts_key(rebuilt, page)][page] = (1, {page})
+            inner.counters[rebuilt.key(NAMED_PAGES, ALL_TIME)] = 2
             inner.offsets[rebuilt.applied_offsets()] = {p: last for p, (_, last) in
                                                         ranges.items()}
             self.switched_after = max(last for _, last in ranges.values())
@@ -252,8 +293,8 @@ async def test_refusals_of_the_old_generation_do_not_follow_a_switch_to_a_new_on
     pipeline.max_script_cost = 12  # a piece of two events each
     pipeline.redis = SwitchingStore(redis)
     await pipeline.process(await source.poll(6, 0))
-    rebuilt = redis.sorted_sets[SiteKeys("s", "1").key(RANKING, ALL_TIME)]
+    rebuilt = redis.page_views(SiteKeys("s", "1"))
     assert redis.pointers == {"s": "1"}
     after = sum(1 for i, p in enumerate(pages) if p == "/x" and i > pipeline.redis.switched_after)
     assert after >= 2
-    assert rebuilt["/x"] == -(1 + after) and OVERFLOW_PAGE not in rebuilt  # /x is named there
+    assert rebuilt["/x"] == 1 + after and OVERFLOW_PAGE not in rebuilt  # /x is named there
