@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.aggregates import Aggregate, Scope, suffix
+from contracts.aggregates import PAGE_FACTS, Aggregate, Scope, suffix
+from contracts.page_facts import GROUPS, group_of
 
 PREFIX = "pv"
 # The layout of the aggregates (``contracts.aggregates``). A Redis whose aggregates were
@@ -81,6 +82,14 @@ class SiteKeys:
     def key(self, aggregate: Aggregate, scope: Scope, page: str | None = None) -> str:
         """Where ``aggregate`` for ``scope`` (and ``page``) lives in this generation."""
         return self.named(suffix(aggregate, scope, page))
+
+    def facts_of(self, scope: Scope, page: str) -> str:
+        """The page facts hash that holds ``page`` in ``scope`` (``contracts.page_facts``)."""
+        return self.key(PAGE_FACTS, scope, str(group_of(page, scope.unit)))
+
+    def facts_hashes(self, scope: Scope) -> list[str]:
+        """Every page facts hash of ``scope``."""
+        return [self.key(PAGE_FACTS, scope, str(g)) for g in range(GROUPS[scope.unit])]
 
     def generation_pointer(self) -> str:
         """Which generation of this site's aggregates is current (a string)."""

@@ -32,7 +32,6 @@ from contracts.aggregates import (
     ALL_TIME,
     DIMENSION_VISITORS,
     NAMED_PAGES,
-    PAGE_FACTS,
     PAGE_VISITORS,
     TOP_PAGES,
     VIEWS,
@@ -43,7 +42,7 @@ from contracts.aggregates import (
 )
 from contracts.keys import SiteKeys, intact_key
 from contracts.markers import Markers
-from contracts.page_facts import GROUPS, LEADERBOARD, group_of, views_of
+from contracts.page_facts import LEADERBOARD, views_of
 from contracts.redis_client import RedisClient
 from query_api import redis_breakdowns
 from query_api.model import RangeTooCostly, Totals
@@ -177,7 +176,7 @@ class RedisReader:
                 views_in, at_views = packer.batch_for(0), -1
                 if page is not None and page_views:
                     views_in = packer.batch_for(len(scopes))
-                    at_views = views_in.add("views", [_facts_of(keys, s, page)
+                    at_views = views_in.add("views", [keys.facts_of(s, page)
                                                       for s in scopes], member=page)
                 count_in, at_count = views_in, -1
                 if not counted:
@@ -439,7 +438,7 @@ class RedisReader:
             whole = attempt == TORN_RETRIES - 1
 
             def plan(current: SiteKeys, whole: bool = whole) -> list[Batch]:
-                hashes = _facts_hashes(current, scope)
+                hashes = current.facts_hashes(scope)
                 per_call = len(hashes) if whole else max(
                     1, len(hashes) * ENTRIES_PER_SLICE // max(size, 1))
                 counter = current.key(VIEWS, scope)
@@ -474,18 +473,6 @@ def _hlls(keys: SiteKeys, scopes: list[Scope], subject: Subject) -> list[Source]
     """Where the subject's visitors are in each scope: a page's are in its facts."""
     aggregate, member = subject
     if aggregate is PAGE_VISITORS and member is not None:
-        return [PageSource(member, _facts_of(keys, s, member), keys.key(aggregate, s, member))
+        return [PageSource(member, keys.facts_of(s, member), keys.key(aggregate, s, member))
                 for s in scopes]
     return [keys.key(aggregate, s, member) for s in scopes]
-
-
-def _facts_of(keys: SiteKeys, scope: Scope, page: str) -> str:
-    """The page facts hash holding ``page`` in ``scope``."""
-    return keys.key(PAGE_FACTS, scope, str(group_of(page, scope.unit)))
-
-
-def _facts_hashes(keys: SiteKeys, scope: Scope) -> list[str]:
-    """Every page facts hash of ``scope``."""
-    return [keys.key(PAGE_FACTS, scope, str(g)) for g in range(GROUPS[scope.unit])]
-
-

@@ -43,7 +43,6 @@ from contracts.aggregates import (
     OPCODES,
     OS,
     OVERFLOW_PAGE,
-    PAGE_FACTS,
     PAGE_VISITORS,
     SOURCE,
     TOP_PAGES,
@@ -62,7 +61,7 @@ from contracts.aggregates import (
 )
 from contracts.event import PageView
 from contracts.keys import SiteKeys
-from contracts.page_facts import group_of, visitor_element
+from contracts.page_facts import visitor_element
 from contracts.settings import Retention
 from contracts.timebuckets import MINUTE_MS
 
@@ -250,9 +249,9 @@ def to_ops(site: SiteKeys, delta: SiteDelta, retention: Retention,
         candidates = sorted(p for p in delta.pages.get(ALL_TIME, ()) if p != OVERFLOW_PAGE)
         if candidates:
             out.ops.append([PAGE_QUOTA, out.key(site.key(NAMED_PAGES, ALL_TIME)),
-                            out.key(_facts_key(site, ALL_TIME, OVERFLOW_PAGE)), max_pages,
+                            out.key(site.facts_of(ALL_TIME, OVERFLOW_PAGE)), max_pages,
                             *(x for p in candidates
-                              for x in (p, out.key(_facts_key(site, ALL_TIME, p))))])
+                              for x in (p, out.key(site.facts_of(ALL_TIME, p))))])
     for dimension in DIMENSIONS:  # each dimension's quota: the script tags what it refuses
         ranking = DIMENSION_RANKINGS[dimension]
         values = delta.rankings.get((ranking, ALL_TIME, None))
@@ -292,10 +291,6 @@ def to_ops(site: SiteKeys, delta: SiteDelta, retention: Retention,
 _element = functools.lru_cache(maxsize=1 << 17)(visitor_element)  # pure: visitors recur
 
 
-def _facts_key(site: SiteKeys, scope: Scope, page: str) -> str:
-    return site.key(PAGE_FACTS, scope, str(group_of(page, scope.unit)))
-
-
 def _facts_ops(out: RedisOps, site: SiteKeys, scope: Scope, facts: dict[str, PageFact],
                retention: Retention) -> None:
     """The page facts operations of one scope: one per hash (and ``FACTS_CHUNK`` pages)."""
@@ -305,7 +300,7 @@ def _facts_ops(out: RedisOps, site: SiteKeys, scope: Scope, facts: dict[str, Pag
     promoted = site.key(PAGE_VISITORS, scope, "")
     by_hash: dict[str, list[str]] = defaultdict(list)
     for page in sorted(facts):
-        by_hash[_facts_key(site, scope, page)].append(page)
+        by_hash[site.facts_of(scope, page)].append(page)
     for name, members in by_hash.items():
         for start in range(0, len(members), FACTS_CHUNK):
             args: list[object] = [OPCODES[Kind.FACTS], out.key(name), at, top, named, promoted]

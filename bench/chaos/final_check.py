@@ -24,11 +24,11 @@ from bench.chaos.exact import ExactReport, HllTruth, RedisSite, check, to_count
 from bench.chaos.ledger import EventRecord, Ledger
 from bench.chaos.target import ChaosTarget
 from bench.kafka import GroupLag
-from contracts.aggregates import PAGE_FACTS, PAGE_VISITORS, VIEWS, VISITORS, Scope, scopes_of
+from contracts.aggregates import PAGE_VISITORS, VIEWS, VISITORS, Scope, scopes_of
 from contracts.generations import GenerationStore
 from contracts.keys import SiteKeys, intact_key
 from contracts.mongo import DATABASE, EVENTS, event_id_of
-from contracts.page_facts import GROUPS, unpack, visitor_element
+from contracts.page_facts import unpack, visitor_element
 from contracts.redis_client import RedisClient, connect_redis
 
 ALL_TIME = Scope()
@@ -116,9 +116,8 @@ async def read_redis(target: ChaosTarget, events: Sequence[EventRecord]
             pages = sorted({r.page for r in mine})
             tokens = sorted({s for r in mine for s in scopes_of(r.ts) if s.unit is not None})
             facts = {_text(page): unpack(_text(value))
-                     for group in range(GROUPS[None])
-                     for page, value in (await redis.hgetall(
-                         keys.key(PAGE_FACTS, ALL_TIME, str(group)))).items()}
+                     for facts_hash in keys.facts_hashes(ALL_TIME)
+                     for page, value in (await redis.hgetall(facts_hash)).items()}
             bucket_values = [await redis.get(keys.key(VIEWS, s)) for s in tokens]
             page_visitors = {p: await _page_visitors(redis, f"{scratch}:{site}:inline", keys,
                                                      p, facts.get(p, (0, ())))

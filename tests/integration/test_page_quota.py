@@ -23,10 +23,9 @@ from aggregator.counting.redis_sink import PagesDenied, RedisSink
 from aggregator.counting.source import InMemorySource, Record
 from aggregator.metrics import AggregatorMetrics
 from aggregator.recovery.rebuild import Builder
-from contracts.aggregates import ALL_TIME, OVERFLOW_PAGE, PAGE_FACTS
+from contracts.aggregates import ALL_TIME, OVERFLOW_PAGE
 from contracts.event import PageView, decode_event, encode_event
 from contracts.keys import SiteKeys
-from contracts.page_facts import GROUPS
 from contracts.page_facts import views_of as facts_views
 from contracts.settings import Retention
 from tests.expectations import assert_redis_matches, recount
@@ -64,9 +63,8 @@ def pipeline_on(redis: Redis, records: list[Record], max_pages: int,
 async def named_pages(redis: Redis, site: SiteKeys) -> dict[str, int]:
     """Views of each page with all-time facts."""
     named = {}
-    for group in range(GROUPS[None]):
-        facts: dict[bytes, bytes] = await redis.hgetall(  # type: ignore[assignment]
-            site.key(PAGE_FACTS, ALL_TIME, str(group)))
+    for facts_hash in site.facts_hashes(ALL_TIME):
+        facts: dict[bytes, bytes] = await redis.hgetall(facts_hash)  # type: ignore[assignment]
         named.update({p.decode(): facts_views(v.decode()) for p, v in facts.items()})
     return named
 

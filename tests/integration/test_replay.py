@@ -31,11 +31,11 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from aggregator.recovery.history import committed_offsets
-from contracts.aggregates import ALL_TIME, HOUR, PAGE_FACTS, VIEWS, Scope
+from contracts.aggregates import ALL_TIME, HOUR, VIEWS, Scope
 from contracts.event import PageView
 from contracts.keys import intact_key, rebuild_lock_key
 from contracts.mongo import event_document, event_id_of
-from contracts.page_facts import group_of, pack, unpack
+from contracts.page_facts import pack, unpack
 from contracts.settings import Retention
 from contracts.timebuckets import HOUR_MS
 from tests.aggregator_harness import produce_events
@@ -391,7 +391,7 @@ async def test_verify_finds_no_difference_on_a_healthy_site_and_finds_a_corrupte
     right = int(await redis.get(keys.key(VIEWS, hour)) or 0)
     await redis.incrby(keys.key(VIEWS, hour), 7)
     page = sent[0].page_id
-    facts = keys.key(PAGE_FACTS, hour, str(group_of(page, hour.unit)))
+    facts = keys.facts_of(hour, page)
     held = str(await redis.hget(facts, page), "utf-8")  # type: ignore[arg-type]
     views, inline = unpack(held)
     await redis.hset(facts, page, pack(views + 1, None if inline is None else list(inline)))

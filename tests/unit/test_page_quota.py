@@ -14,11 +14,10 @@ from aggregator.counting.aggregate import PAGE_QUOTA, aggregate, to_ops
 from aggregator.counting.source import InMemorySource
 from aggregator.page_quota import quota_of
 from aggregator.recovery.rebuild import diff
-from contracts.aggregates import ALL_TIME, NAMED_PAGES, OVERFLOW_PAGE, PAGE_FACTS, VIEWS, Scope
+from contracts.aggregates import ALL_TIME, NAMED_PAGES, OVERFLOW_PAGE, VIEWS, Scope
 from contracts.event import InvalidEvent, PageView, ValidationPolicy, validate_event
 from contracts.fast_events import accept_json
 from contracts.keys import SiteKeys
-from contracts.page_facts import group_of
 from contracts.registry import FixedRegistry
 from contracts.settings import Retention
 from contracts.tenancy import DEFAULT_MAX_PAGES, Registry, Site
@@ -171,7 +170,7 @@ def test_the_quota_operation_lists_the_pages_to_name_and_comes_first() -> None:
 
 
 def facts_key(site: SiteKeys, page: str, scope: Scope = ALL_TIME) -> str:
-    return site.key(PAGE_FACTS, scope, str(group_of(page, scope.unit)))
+    return site.facts_of(scope, page)
 
 
 def test_the_gateway_refuses_the_overflow_page_as_a_page_id() -> None:
