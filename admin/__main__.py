@@ -3,6 +3,7 @@
     python -m admin sites add shop [--max-pages N] [--max-events-per-s N] [--burst N]
                                    [--origin https://shop.example ...]
     python -m admin sites set shop [--max-pages N] [--max-events-per-s N] [--burst N]
+                                   [--shards N]
     python -m admin sites list
     python -m admin sites remove shop
     python -m admin tokens add --sites shop,blog     (or --admin: every site)
@@ -11,7 +12,9 @@
     python -m admin init [--admin-token-env VAR]
 
 ``add`` replaces every setting of a registered site (the ones not given get their defaults);
-``set`` changes only the ones given. ``make sites ARGS="..."`` and ``make tokens ARGS="..."``
+``set`` changes only the ones given. ``--shards N`` splits a hot site's counting over N Redis
+units (``contracts.keys.unit_of``); it can only grow, as each unit keeps what it counted.
+``make sites ARGS="..."`` and ``make tokens ARGS="..."``
 run it with the stack's settings
 (``.run/stack.env``); elsewhere it reads ``MONGO_URL`` and ``MONGO_DB`` from the
 environment like the services. A new token is printed once and stored only as its SHA-256.
@@ -30,7 +33,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from admin.store import AdminStore, UnknownSites, WebsiteTaken
+from admin.store import AdminStore, ShardsLowered, UnknownSites, WebsiteTaken
+from contracts.event import MAX_SHARDS
 from contracts.settings import Backends
 from contracts.tenancy import (
     DEFAULT_MAX_EVENTS_PER_S,
@@ -72,6 +76,13 @@ def _at_least_one(value: str) -> int:
     return number
 
 
+def _shards(value: str) -> int:
+    number = _at_least_one(value)
+    if number > MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SHARDS}")
+    return number
+
+
 def _limit_options(command: argparse.ArgumentParser, defaults: bool) -> None:
     """The per-site limits, shared by ``add`` (with defaults) and ``set`` (only those given)."""
     def default(value: int | str) -> str:
@@ -86,6 +97,9 @@ def _limit_options(command: argparse.ArgumentParser, defaults: bool) -> None:
     command.add_argument("--burst", type=_at_least_one, default=None,
                          help="events admitted at once after a quiet spell"
                          + default("one second of --max-events-per-s"))
+    command.add_argument("--shards", type=_shards, default=None,
+                         help="Redis units a hot site's counting is split over, up to "
+                         f"{MAX_SHARDS}; only ever raised" + default(1))
     command.add_argument("--umami-website", type=_umami_website, default=None,
                          help="the Umami website id (UUID) whose /api/send events are this "
                          "site's")
@@ -143,20 +157,21 @@ async def run(args: argparse.Namespace, store: AdminStore) -> int:
             try:
                 _print(await store.add_site(Site(args.site, args.max_pages, tuple(args.origin),
                                                  args.max_events_per_s, args.burst,
-                                                 args.umami_website)))
-            except WebsiteTaken as exc:
+                                                 args.umami_website, args.shards or 1)))
+            except (WebsiteTaken, ShardsLowered) as exc:
                 sys.exit(str(exc))
         elif args.action == "set":
             changes: dict[str, int | str] = {name: value for name, value in (
                 ("max_pages", args.max_pages), ("max_events_per_s", args.max_events_per_s),
-                ("burst_events", args.burst), ("umami_website", args.umami_website))
+                ("burst_events", args.burst), ("umami_website", args.umami_website),
+                ("shards", args.shards))
                 if value is not None}
             if not changes:
-                sys.exit("nothing to set: give --max-pages, --max-events-per-s, --burst or "
-                         "--umami-website")
+                sys.exit("nothing to set: give --max-pages, --max-events-per-s, --burst, "
+                         "--shards or --umami-website")
             try:
                 found = await store.set_site(args.site, changes)
-            except WebsiteTaken as exc:
+            except (WebsiteTaken, ShardsLowered) as exc:
                 sys.exit(str(exc))
             if found is None:
                 print(f"no site {args.site!r}", file=sys.stderr)

@@ -7,6 +7,8 @@ and nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,7 +22,9 @@ from contracts.tenancy import (
     Site,
     new_token,
     new_token_id,
+    shard_fields,
     site_document,
+    site_of,
     token_digest,
     token_document,
 )
@@ -37,6 +41,10 @@ class UnknownSites(ValueError):
 class WebsiteTaken(ValueError):
     def __init__(self, website: str, site_id: str) -> None:
         super().__init__(f"Umami website {website} is already mapped to site {site_id!r}")
+
+
+class ShardsLowered(ValueError):
+    """A site's shard count only grows (``contracts.tenancy.shard_fields``)."""
 
 
 class AdminStore:
@@ -62,11 +70,21 @@ class AdminStore:
         if other is not None:
             raise WebsiteTaken(str(website), str(other["_id"]))
 
+    async def _shard_fields(self, site_id: str, asked: int) -> dict[str, int]:
+        found = await self._db[SITES].find_one({"_id": site_id})
+        try:
+            return shard_fields(None if found is None else site_of(found), asked,
+                                int(time.time() * 1000))
+        except ValueError as exc:
+            raise ShardsLowered(f"{site_id}: {exc}") from None
+
     async def add_site(self, site: Site) -> dict[str, Any]:
         """Register a site, or replace the settings of a registered one (its creation time
-        stays)."""
+        and a shard count above the one given stay)."""
         await self._check_website_free(site.site_id, site.umami_website)
         doc = site_document(site)
+        with contextlib.suppress(ShardsLowered):  # ``add`` keeps a higher count
+            doc |= await self._shard_fields(site.site_id, site.shards)
         created = doc.pop("created_at")
         await self._db[SITES].update_one({"_id": site.site_id},
                                          {"$set": {k: v for k, v in doc.items() if k != "_id"},
@@ -81,9 +99,14 @@ class AdminStore:
         """Change some settings of a registered site (``contracts.tenancy.site_document``'s
         field names); None when there is no such site."""
         await self._check_website_free(site_id, changes.get("umami_website"))
-        result = await self._db[SITES].update_one({"_id": site_id}, {"$set": changes})
-        if result.matched_count == 0:
-            return None
+        shards = changes.get("shards")
+        if isinstance(shards, int):
+            changes = {k: v for k, v in changes.items() if k != "shards"}
+            changes |= await self._shard_fields(site_id, shards)
+        if changes:  # (none left when the shard count is already the one asked for)
+            result = await self._db[SITES].update_one({"_id": site_id}, {"$set": changes})
+            if result.matched_count == 0:
+                return None
         return await self._db[SITES].find_one({"_id": site_id})
 
     async def sites(self) -> list[dict[str, Any]]:

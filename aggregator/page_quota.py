@@ -21,16 +21,19 @@ from prometheus_client import Gauge
 from pymongo.asynchronous.database import AsyncDatabase
 
 from aggregator.counting.pipeline import MaxPages
+from contracts.keys import site_of_unit
 from contracts.registry import REFRESH_S, RegistryCache, RegistrySource
 from contracts.tenancy import DEFAULT_MAX_PAGES
 
 
 def quota_of(registry: RegistrySource) -> MaxPages:
-    """site id -> its ``max_pages`` in the registry's latest snapshot."""
+    """site id -> its ``max_pages`` in the registry's latest snapshot. A hot site's unit
+    (``contracts.keys.unit_of``) gets its share: each unit holds the pages of its hash, so
+    the site names about ``max_pages`` pages in all."""
 
-    def max_pages(site_id: str) -> int:
-        site = registry.current().sites.get(site_id)
-        return DEFAULT_MAX_PAGES if site is None else site.max_pages
+    def max_pages(unit: str) -> int:
+        site = registry.current().sites.get(site_of_unit(unit))
+        return DEFAULT_MAX_PAGES if site is None else -(-site.max_pages // site.shards)
 
     return max_pages
 

@@ -64,6 +64,7 @@ MAX_UTM = 200
 MAX_PROPS = 30
 MAX_PROP_KEY = 300
 MAX_PROP_VALUE = 2000
+MAX_SHARDS = 16  # slots one hot site's aggregates may be split over (``contracts.keys``)
 PAGEVIEW_NAME = "pageview"  # the trackers' name for a page view; stored as ``name`` None
 VIA_FORMATS = frozenset({"plausible", "umami"})
 # Text fields of version 2 with their limits, in record order.
@@ -99,6 +100,10 @@ class PageView:
     utm_campaign: str | None = None
     props: Props | None = None
     via: str | None = None
+    # How many shards the site's aggregates were split over when the gateway accepted the
+    # event (``contracts.keys.unit_of``): stamped once, so a redelivery or a rebuild routes
+    # the event exactly where live counting did, whatever the registry says by then.
+    shards: int = 1
 
     @property
     def is_pageview(self) -> bool:
@@ -321,6 +326,12 @@ def _check_extras(raw: Mapping[str, Any], errors: list[FieldError]) -> dict[str,
             errors.append(FieldError("via", f"must be one of {sorted(VIA_FORMATS)}"))
     if raw.get("props") is not None:
         extras["props"] = check_props(raw["props"], errors)
+    shards = raw.get("shards")
+    if shards is not None:
+        if type(shards) is int and 1 <= shards <= MAX_SHARDS:
+            extras["shards"] = shards
+        else:
+            errors.append(FieldError("shards", f"must be an integer from 1 to {MAX_SHARDS}"))
     return extras
 
 
@@ -368,6 +379,8 @@ def v2_fields(event: PageView) -> dict[str, Any]:
         fields["props"] = dict(event.props)
     if event.via is not None:
         fields["via"] = event.via
+    if event.shards != 1:
+        fields["shards"] = event.shards
     return fields
 
 

@@ -9,6 +9,7 @@ the aggregates inside a generation come from the catalog (``contracts.aggregates
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from contracts.aggregates import PAGE_FACTS, Aggregate, Scope, suffix
@@ -27,6 +28,41 @@ DEFAULT_GENERATION = "0"
 # Keys about Redis as a whole share a hash tag no site id can take (site ids are
 # [A-Za-z0-9._-]), so a script may touch them together on a cluster.
 _META = f"{PREFIX}:{{!meta}}"
+
+
+# A hot site's aggregates are split over ``shards`` *units* (``make sites ARGS="set shop
+# --shards 4"``): unit 0 is the site id itself, so a site that becomes hot keeps what it had
+# there, and unit k > 0 is ``site#k`` (``#`` is not a site id character), each its own hash
+# tag, so its own Redis Cluster slot. Every event goes whole to the unit of its page, so a
+# page's facts, leaderboard entry and visitors live in one unit, and the aggregators apply
+# each unit like a site of its own: its own atomic step, applied offsets and generation. The
+# query API adds the units up (``query_api.sharded_reader``).
+UNIT_MARK = "#"
+
+
+def shard_of(page_id: str, shards: int) -> int:
+    """Which of ``shards`` units counts a page; independent of the page facts' own groups
+    (``page_facts.group_of``, a CRC), so each unit still fills all of its hashes."""
+    if shards <= 1:
+        return 0
+    digest = hashlib.blake2b(page_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def unit_of(site_id: str, page_id: str, shards: int) -> str:
+    """The unit whose keys count an event of ``page_id`` (the site id when unsharded)."""
+    shard = shard_of(page_id, shards)
+    return site_id if shard == 0 else f"{site_id}{UNIT_MARK}{shard}"
+
+
+def units_of(site_id: str, shards: int) -> list[str]:
+    """Every unit of a site split over ``shards`` (shard counts only grow, so these hold
+    everything it ever counted)."""
+    return [site_id, *(f"{site_id}{UNIT_MARK}{k}" for k in range(1, max(shards, 1)))]
+
+
+def site_of_unit(unit: str) -> str:
+    return unit.partition(UNIT_MARK)[0]
 
 
 def sites_key() -> str:

@@ -74,7 +74,8 @@ def event_document(event: PageView, partition: int, offset: int) -> dict[str, An
 # buckets, the classification the aggregator added (``dims``) or where it was in the topic.
 EVENT_FIELDS: dict[str, int] = {
     "_id": 1, "site_id": 1, "page_id": 1, "user_id": 1, "ts": 1, "received_at": 1,
-    **{field: 1 for field, _ in EXTRA_TEXT_FIELDS}, "props": 1, "via": 1}
+    **{field: 1 for field, _ in EXTRA_TEXT_FIELDS}, "props": 1, "via": 1,
+    "shards": 1}
 
 
 def page_view_of(document: dict[str, Any]) -> PageView:
@@ -87,4 +88,5 @@ def page_view_of(document: dict[str, Any]) -> PageView:
         event_id_of(document["_id"]), document["site_id"], document["page_id"],
         document["user_id"], ts, ts if received is None else datetime_to_ms(received),
         props=None if props is None else tuple(props.items()), via=document.get("via"),
+        shards=document.get("shards", 1),
         **{field: document.get(field) for field, _ in EXTRA_TEXT_FIELDS})

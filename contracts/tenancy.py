@@ -10,6 +10,8 @@ Two MongoDB collections in the events database hold the facts, managed with
   ``site_not_allowed``). A site fed by Umami's tracker names its Umami website id
   (``umami_website``, a lowercase UUID, unique across sites): Umami's ``/api/send`` names
   the website, not the site.
+  A hot site's aggregates are split over ``shards`` Redis units (``contracts.keys.
+  unit_of``; only ever raised: each unit keeps what it counted).
 - ``tokens``: one document per stats token, ``_id`` = a short random id that names it in
   ``list`` and ``revoke``, ``sha256`` = the hex SHA-256 of the token (the token itself is
   never stored: it is printed once, when created), and either ``admin: true`` (every site)
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts.event import SITE_ID_RE
+from contracts.event import MAX_SHARDS, SITE_ID_RE
 
 SITES = "sites"
 TOKENS = "tokens"
@@ -43,6 +45,10 @@ DEFAULT_MAX_PAGES = 10_000  # distinct page ids a site may count (enforced elsew
 DEFAULT_MAX_EVENTS_PER_S = 20_000
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 TOKEN_BYTES = 32  # 256 random bits, URL-safe base64: 43 characters
+# Every process re-reads the registry every 2 s (``contracts.registry.REFRESH_S``): a raised
+# shard count is stamped on events only this long after it was stored, once every query API
+# reads the new units too.
+SHARDS_SETTLE_MS = 10_000
 UMAMI_WEBSITE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -54,6 +60,16 @@ class Site:
     max_events_per_s: int = DEFAULT_MAX_EVENTS_PER_S
     burst_events: int | None = None  # None: one second's worth of max_events_per_s
     umami_website: str | None = None  # Umami's website id (lowercase UUID) for this site
+    shards: int = 1  # units its aggregates are split over (``contracts.keys.unit_of``)
+    shards_from: int = 1  # the count before it was last raised
+    shards_raised_ms: int = 0  # when (epoch ms)
+
+    def shards_to_stamp(self, now_ms: int) -> int:
+        """The count a gateway stamps on the site's events (``PageView.shards``): a raised
+        count only once every query API has surely read it (``SHARDS_SETTLE_MS``), so
+        none ever misses a unit that holds events."""
+        return self.shards if now_ms >= self.shards_raised_ms + SHARDS_SETTLE_MS \
+            else self.shards_from
 
     @property
     def burst(self) -> int:
@@ -141,6 +157,19 @@ def site_document(site: Site, now: datetime | None = None) -> dict[str, Any]:
             "umami_website": site.umami_website, "created_at": now or datetime.now(UTC)}
 
 
+def shard_fields(now: Site | None, asked: int, now_ms: int) -> dict[str, int]:
+    """What raising a site's shard count to ``asked`` stores (nothing when it is already
+    there); ValueError when ``asked`` is lower: a unit dropped would still hold counts
+    nobody reads."""
+    current = 1 if now is None else now.shards
+    if asked < current:
+        raise ValueError(f"site is split over {current} shards; the count can only grow "
+                         f"(asked for {asked})")
+    if asked == current:
+        return {}
+    return {"shards": asked, "shards_from": current, "shards_raised_ms": now_ms}
+
+
 def _positive(value: Any) -> int | None:
     """A stored limit, or None when it is missing or not a positive integer (then the
     default applies: a document written by hand must not switch a limit off or stop a
@@ -171,7 +200,10 @@ def site_of(doc: Mapping[str, Any]) -> Site | None:
                 or DEFAULT_MAX_EVENTS_PER_S,
                 burst_events=_positive(doc.get("burst_events")),
                 umami_website=website.lower() if isinstance(website, str)
-                and valid_umami_website(website.lower()) else None)
+                and valid_umami_website(website.lower()) else None,
+                shards=min(_positive(doc.get("shards")) or 1, MAX_SHARDS),
+                shards_from=min(_positive(doc.get("shards_from")) or 1, MAX_SHARDS),
+                shards_raised_ms=_positive(doc.get("shards_raised_ms")) or 0)
 
 
 def grant_of(doc: Mapping[str, Any]) -> tuple[str, Grant] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -128,6 +128,17 @@ def _rate_limited(events: Sequence[PageView], refusals: list[Refusal],
                     retry_after=retry_after)
 
 
+def stamp_shards(events: list[PageView], registry: Registry, now_ms: int) -> list[PageView]:
+    """Events of hot sites carry their site's shard count: the record, not the registry at
+    counting time, decides which unit counts it (``contracts.keys.unit_of``)."""
+    hot = {site_id: n for site_id in {e.site_id for e in events}
+           if (site := registry.sites.get(site_id)) is not None
+           and (n := site.shards_to_stamp(now_ms)) > 1}
+    if not hot:
+        return events
+    return [replace(e, shards=hot[e.site_id]) if e.site_id in hot else e for e in events]
+
+
 async def publish(deps: GatewayDeps, registry: Registry, events: list[PageView]
                   ) -> Accepted | Rejected:
     """Rate-limit, pseudonymise and publish events of served sites (``check_sites`` first):
@@ -136,6 +147,7 @@ async def publish(deps: GatewayDeps, registry: Registry, events: list[PageView]
         return _rate_limited(events, refusals, deps)
     if deps.pseudonym is not None:  # nothing after the gateway sees the raw id
         events = pseudonymise(events, deps.pseudonym)
+    events = stamp_shards(events, registry, int(time.time() * 1000))
     event_ids = [e.event_id for e in events]
     started = time.perf_counter()
     outcome = "error"

@@ -42,6 +42,7 @@ from query_api.openapi import openapi_document
 from query_api.redis_reader import RedisReader
 from query_api.routes import DEPS, REGISTRY, Answer, QueryDeps, add_routes
 from query_api.service import FallbackGate, StatsService
+from query_api.sharded_reader import ShardedReader, shards_of
 from query_api.sites import SITES, FixedSites, SiteDirectory, SiteLister
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,9 @@ def create_app(settings: QuerySettings, clock_ms: Callable[[], int] = system_clo
             connectTimeoutMS=MONGO_TIMEOUT_MS)
         events = mongo[settings.backends.mongo_db][EVENTS]
         fallback = MongoReader(events, settings.mongo_query_timeout_ms)
-        service = StatsService(RedisReader(redis, settings.max_ranking_entries), fallback,
-                               clock_ms, settings.retention, gate)
+        reader = ShardedReader(redis, RedisReader(redis, settings.max_ranking_entries),
+                               shards_of(tokens))
+        service = StatsService(reader, fallback, clock_ms, settings.retention, gate)
         app[DEPS] = QueryDeps(settings=settings, service=service, answers=answers)
         app[SITES] = SiteDirectory(redis, events, settings.mongo_query_timeout_ms)
         yield

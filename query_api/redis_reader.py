@@ -148,6 +148,10 @@ class RedisReader:
         found = await self._totals(site_id, [(scopes, p) for p in pages], page_views=False)
         return {p: t.unique_visitors for p, t in zip(pages, found, strict=True)}
 
+    async def scoped_totals(self, site_id: str, queries: list[Query]) -> list[Totals]:
+        """Views and visitors of each (scopes, page) question (a hot site's unit's share)."""
+        return await self._totals(site_id, queries)
+
     async def _totals(self, site_id: str, queries: list[Query], page_views: bool = True
                       ) -> list[Totals]:
         """Views and visitors of each query, in one round trip (two when visitors of a
@@ -361,6 +365,39 @@ class RedisReader:
                 merged.swap(scope, *redis_breakdowns.bucket_of(reply))
         self._keep_merged(ident, merged)
         return merged
+
+    # -- a hot site's units (``query_api.sharded_reader``) -------------------------------
+
+    async def union_dumps(self, unit: str, unions: list[tuple[list[Scope], Subject]]
+                          ) -> list[bytes]:
+        """Each union of one unit's HyperLogLogs as the bytes of one HyperLogLog (empty:
+        none), in one round trip: the units of a site are counted together elsewhere."""
+        spots: list[tuple[Batch, int]] = []
+        made: list[Batch] = []
+
+        def plan(keys: SiteKeys) -> list[Batch]:
+            packer = Packer()
+            spots[:] = [packer.add_dump(keys, _hlls(keys, scopes, subject))
+                        for scopes, subject in unions]
+            made[:] = packer.batches
+            return packer.batches
+
+        _, replies = await self._reads.run(unit, plan)
+        reply_of = {id(b): r for b, r in zip(made, replies, strict=True)}
+        return [bytes(reply_of[id(batch)][at]) for batch, at in spots]
+
+    async def page_views(self, unit: str, rng: TimeRange) -> dict[str, int]:
+        """Every page's views in the range (one unit's share of a hot site)."""
+        return (await self._merged_ranking(unit, scopes_of_range(rng))).counts
+
+    async def value_views(self, unit: str, rng: TimeRange, dimension: Dimension
+                          ) -> dict[str, int]:
+        """Every value's views of a dimension in the range (one unit's share)."""
+        scopes = scopes_of_range(rng)
+        keys, replies = await self._reads.run(
+            unit, lambda keys: redis_breakdowns.plan_versions(keys, scopes, dimension))
+        version = redis_breakdowns.versions_of(replies)
+        return (await self._merged_members(unit, keys, scopes, version, dimension)).counts
 
     # -- rankings -----------------------------------------------------------------------
 

@@ -51,6 +51,8 @@ SCRATCH_TTL_MS = 30_000  # a scratch union outlives a process that died holding 
 #   ["facts", k...]        every field and value of the page facts hashes, flat
 #   ["merge", dest, s...]  add the sources into the scratch HyperLogLog dest
 #   ["take", dest]         the count of scratch key dest, which is then deleted
+#   ["dump", dest]         the bytes of scratch key dest (a HyperLogLog), which is then
+#                          deleted: a hot site's units are added up elsewhere
 #   ["based", base, s...]  the count of the union of scratch key base (kept, its expiry
 #                          renewed) and the sources; -1 when base is gone (expired)
 # Inline elements are counted by adding them to a HyperLogLog, so a union counts what one
@@ -135,6 +137,9 @@ for _, r in ipairs(reads) do
     reply = 0
   elseif op == 'take' then
     reply = redis.call('PFCOUNT', KEYS[r[2]])
+    redis.call('DEL', KEYS[r[2]])
+  elseif op == 'dump' then
+    reply = redis.call('GET', KEYS[r[2]]) or ''
     redis.call('DEL', KEYS[r[2]])
   elseif op == 'based' then
     if redis.call('PEXPIRE', KEYS[r[2]], ARGV[3]) == 0 then
@@ -226,6 +231,13 @@ class Packer:
         scratch = self._merge(keys, names)
         batch = self.batch_for(1, hll_work=1)
         return batch, batch.add("take", [scratch])
+
+    def add_dump(self, keys: SiteKeys, names: Sequence[Source]) -> tuple[Batch, int]:
+        """The union of the sources as HyperLogLog bytes (merged into a scratch key, read,
+        deleted). Returns the batch and index of the reply with the bytes."""
+        scratch = self._merge(keys, names)
+        batch = self.batch_for(1, hll_work=1)
+        return batch, batch.add("dump", [scratch])
 
     def add_new_base(self, keys: SiteKeys, settled: Sequence[Source], rest: Sequence[Source]
                      ) -> tuple[str, Batch, int]:

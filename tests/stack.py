@@ -386,6 +386,14 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 20.0,
     return last
 
 
+def admin(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m admin …`` with the private stack's settings, as ``make`` runs it with
+    ``.run/stack.env``."""
+    return subprocess.run([sys.executable, "-m", "admin", *args], cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, **stack.env(), **env},
+                          timeout=60)
+
+
 async def drop_database(client: Any, name: str) -> None:
     """Drop a test's scratch database. FerretDB on PostgreSQL can refuse with "tuple
     concurrently updated" while its lookup-index helper is indexing the new tables: retry."""

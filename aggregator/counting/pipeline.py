@@ -68,7 +68,7 @@ from aggregator.counting.redis_sink import (
 from aggregator.counting.source import Record, RecordSource
 from aggregator.health import StoreHealth
 from aggregator.metrics import AggregatorMetrics
-from contracts.event import UndecodableRecord, decode_event
+from contracts.event import PageView, UndecodableRecord, decode_event
 from contracts.failpoints import (
     AFTER_MONGO,
     AFTER_REDIS,
@@ -76,7 +76,7 @@ from contracts.failpoints import (
     MONGO_AHEAD,
     Failpoint,
 )
-from contracts.keys import SiteKeys
+from contracts.keys import SiteKeys, site_of_unit, unit_of
 from contracts.mongo import event_document
 from contracts.settings import Retention
 from contracts.tenancy import DEFAULT_MAX_PAGES
@@ -259,13 +259,13 @@ class Pipeline:
             log.warning("dead_lettered", extra={"fields": {
                 "records": len(poison), "first_reason": poison[0].reason}})
 
-        site_ids = {r.event.site_id for r in located}
+        site_ids = {unit_of_event(r.event) for r in located}
         sites = await self._retry("redis", lambda: self.redis.current(site_ids))
         applied = await self._retry("redis", lambda: self.redis.applied_offsets(sites.values()))
         fresh: list[Located] = []
         settled: list[Located] = []
         for one in located:
-            applied_at = applied.get((one.event.site_id, one.partition), -1)
+            applied_at = applied.get((unit_of_event(one.event), one.partition), -1)
             (fresh if one.offset > applied_at else settled).append(one)
         self.metrics.skipped.labels("already_applied").inc(len(settled))
 
@@ -280,7 +280,8 @@ class Pipeline:
                       {(r.partition, r.offset) for r in counting}, next_offsets)
 
     async def apply(self, batch: Stored) -> None:
-        """Step 4: one script per site, covering all of the site's partitions."""
+        """Step 4: one script per site (per unit of a hot site: ``contracts.keys.unit_of``),
+        covering all of its partitions."""
         new_sites = {r.event.site_id for r in batch.fresh} - self.known_sites
         if new_sites:
             await self._retry("redis", lambda: self.redis.remember_sites(new_sites), WRITES)
@@ -345,14 +346,14 @@ class Pipeline:
                 self.metrics.applied.inc(len(events))
                 bots = count_bots(events)
                 if bots:
-                    self.metrics.filtered.labels(site_id, "bot").inc(bots)
+                    self.metrics.filtered.labels(site_of_unit(site_id), "bot").inc(bots)
                 classifier = default_classifier()
                 self.metrics.ua_cache.labels("hit").set(classifier.hits)
                 self.metrics.ua_cache.labels("miss").set(classifier.misses)
                 if overflow:
                     folded = sum(1 for e in events if e.page_id in overflow)
                     if folded:
-                        self.metrics.over_quota.labels(site_id).inc(folded)
+                        self.metrics.over_quota.labels(site_of_unit(site_id)).inc(folded)
                 return
             for partition, offset in stored.items():
                 group = groups[partition]
@@ -453,8 +454,16 @@ def by_cost(items: Sequence[T], ops_of: Callable[[Sequence[T]], RedisOps],
 
 
 def group_by_site(records: list[Located]) -> dict[str, dict[int, list[Located]]]:
-    """site -> partition -> its records in offset order."""
+    """site (a hot site's unit) -> partition -> its records in offset order."""
     groups: dict[str, dict[int, list[Located]]] = defaultdict(lambda: defaultdict(list))
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        groups[r.event.site_id][r.partition].append(r)
+        groups[unit_of_event(r.event)][r.partition].append(r)
     return groups
+
+
+def unit_of_event(event: PageView) -> str:
+    """Where an event is counted: its site, or the unit of its page when the gateway
+    stamped the site as hot (``contracts.keys.unit_of``)."""
+    if event.shards == 1:
+        return event.site_id
+    return unit_of(event.site_id, event.page_id, event.shards)

@@ -45,6 +45,7 @@ from aggregator.counting.pipeline import (
     default_max_pages,
     group_by_site,
     pieces,
+    unit_of_event,
 )
 from aggregator.counting.redis_sink import PagesDenied, Ranges, RedisSink
 from aggregator.counting.source import Record
@@ -61,7 +62,7 @@ from contracts.aggregates import (
     parse_suffix,
 )
 from contracts.event import PageView
-from contracts.keys import SiteKeys, build_marker_key, sites_key
+from contracts.keys import SiteKeys, build_marker_key, site_of_unit, sites_key
 from contracts.markers import Markers
 from contracts.redis_client import RedisClient
 from contracts.settings import Retention
@@ -129,11 +130,11 @@ class Builder:
     async def add_stored(self, events: list[PageView]) -> None:
         """Stored events are each a first occurrence; they are applied under partition -1
         (a counter no live partition uses), as their offsets come in no particular order."""
-        by_site: dict[str, list[PageView]] = defaultdict(list)
+        by_site: dict[str, list[PageView]] = defaultdict(list)  # by unit, for a hot site
         for e in events:
             if self._only_site is None or e.site_id == self._only_site:
                 self._seen.add((e.site_id, e.event_id))
-                by_site[e.site_id].append(e)
+                by_site[unit_of_event(e)].append(e)
         for site_id, group in by_site.items():
             site = self.sites.setdefault(site_id, SiteKeys(site_id, self.generation))
             self.counted += len(group)
@@ -160,7 +161,7 @@ class Builder:
             counted: set[tuple[int, int]] = set()  # first occurrences of their event ids
             for partition, group in groups.items():
                 for r in group:
-                    identity = (site_id, r.event.event_id)
+                    identity = (r.event.site_id, r.event.event_id)  # not the unit's
                     if identity not in self._seen:
                         self._seen.add(identity)
                         counted.add((r.partition, r.offset))
@@ -227,7 +228,8 @@ class Rebuild:
                 else:
                     await self._switch(site_id)
             if self._builder.sites and not self._verify:
-                await self._redis.sadd(sites_key(), *self._builder.sites)
+                await self._redis.sadd(sites_key(), *{site_of_unit(unit)
+                                                      for unit in self._builder.sites})
         except RebuildLost:
             await self._discard_unswitched()
             raise

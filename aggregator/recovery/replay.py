@@ -28,6 +28,7 @@ from aggregator.recovery.history import committed_offsets
 from aggregator.recovery.rebuild import MongoHistory, Outcome, Rebuild, RebuildLost
 from aggregator.recovery.topic_reader import TopicReader
 from contracts.event import SITE_ID_RE
+from contracts.keys import site_of_unit
 from contracts.mongo import EVENTS
 from contracts.redis_client import connect_redis_client
 from contracts.registry import RegistryCache
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "records": outcome.records, "counted": outcome.counted,
         "seconds": round(outcome.seconds, 3),
         "records_per_s": round(outcome.records / outcome.seconds) if outcome.seconds else 0,
-        "sites": len(outcome.switched) if not args.verify else None,
+        # A hot site's units switch one by one (``contracts.keys.unit_of``): sites, not units.
+        "sites": len({site_of_unit(u) for u in outcome.switched}) if not args.verify else None,
         "differences": len(outcome.differences), "unsettled": outcome.unsettled,
         "status": status,
     }

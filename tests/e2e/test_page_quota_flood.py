@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from contracts.aggregates import OVERFLOW_PAGE
-from tests.e2e.test_tenancy import CHANGE_S, admin
-from tests.stack import Stack, eventually
+from tests.e2e.test_tenancy import CHANGE_S
+from tests.stack import Stack, admin, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -22,8 +22,7 @@ import pytest
 from pymongo.asynchronous.collection import AsyncCollection
 
 from tests.e2e.test_hostile_input import assert_error_shape
-from tests.e2e.test_tenancy import admin
-from tests.stack import SitePool, Stack, eventually, register_sites
+from tests.stack import SitePool, Stack, admin, eventually, register_sites
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 RATE, BURST = 1, 5  # the limited site's events/s and burst, in each gateway

@@ -6,9 +6,6 @@ deadline (the services re-read the registry every 2 s), never waited out with a 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -19,18 +16,10 @@ from pymongo import AsyncMongoClient
 
 from contracts.mongo import DATABASE
 from contracts.tenancy import TOKENS, token_digest
-from tests.stack import ROOT, Stack, eventually
+from tests.stack import Stack, admin, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 CHANGE_S = 20.0  # "within seconds": the refresh is every 2 s; generous for a loaded machine
-
-
-def admin(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m admin …`` with the private stack's settings, as ``make`` runs it with
-    ``.run/stack.env``."""
-    return subprocess.run([sys.executable, "-m", "admin", *args], cwd=ROOT, text=True,
-                          capture_output=True, env={**os.environ, **stack.env(), **env},
-                          timeout=60)
 
 
 def new_site() -> str:

@@ -25,13 +25,14 @@ from contracts.aggregates import (
     UTM_CAMPAIGN,
 )
 from contracts.event import PageView, encode_event
-from contracts.keys import SiteKeys
+from contracts.keys import SiteKeys, unit_of, units_of
+from contracts.tenancy import SITES
 from query_api.mongo_reader import MongoReader
 from query_api.ranges import TimeRange
 from tests.aggregator_harness import produce_events, scrape
 from tests.expectations import assert_redis_matches, recount
 from tests.integration.test_page_quota import pipeline_on
-from tests.integration.test_replay import counted, replay
+from tests.integration.test_replay import replay
 from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.integration
@@ -112,13 +113,34 @@ async def stats(http: aiohttp.ClientSession, stack: Stack, site_id: str) -> dict
         return body
 
 
+async def assert_units_match(redis: Redis, site_id: str, shards: int,
+                             events: list[PageView]) -> None:
+    """Each unit of the site (the site itself when it is not hot) holds exactly the
+    aggregates of its own events."""
+    for unit in units_of(site_id, shards):
+        await assert_redis_matches(redis, unit, recount(
+            e for e in events if unit_of(site_id, e.page_id, e.shards) == unit))
+
+
 @pytest.mark.smoke
+@pytest.mark.parametrize("shards", [1, 4], ids=["normal", "hot"])
 async def test_breakdowns_count_exactly_bots_only_as_filtered_and_a_replay_recomputes_them(
         stack: Stack, site_id: str, http: aiohttp.ClientSession, redis: Redis,
-        mongo_events: AsyncCollection[dict[str, Any]]) -> None:
-    events = make_events(site_id)
+        mongo_events: AsyncCollection[dict[str, Any]], shards: int) -> None:
+    """A hot site (its events stamped with 4 shards, so spread over 4 units) answers the
+    same figures as a normal one."""
+    events = [dataclasses.replace(e, shards=shards) for e in make_events(site_id)]
+    if shards > 1:
+        await mongo_events.database[SITES].update_one({"_id": site_id},
+                                                      {"$set": {"shards": shards}})
+        assert len({unit_of(site_id, e.page_id, shards) for e in events}) > 1
     await produce_events(stack, stack.topic, events)
-    await counted(redis, site_id, VIEWS)
+
+    async def all_counted() -> bool:
+        return bool((await stats(http, stack, site_id))["total_views"] == VIEWS)
+
+    await eventually(all_counted, timeout_s=60, interval_s=0.2,
+                     message="every view counted (and every unit read)")
 
     async def bots_counted() -> bool:
         return bool((await stats(http, stack, site_id))["filtered_bots"] == BOTS)
@@ -140,7 +162,7 @@ async def test_breakdowns_count_exactly_bots_only_as_filtered_and_a_replay_recom
     found, sources = await breakdowns(http, stack, site_id)
     assert sources == {"redis"}
     assert found == EXPECTED
-    await assert_redis_matches(redis, site_id, recount(events))
+    await assert_units_match(redis, site_id, shards, events)
 
     # The MongoDB fallback, from what the aggregator stored with each raw event.
     mongo = MongoReader(mongo_events)
@@ -172,7 +194,7 @@ async def test_breakdowns_count_exactly_bots_only_as_filtered_and_a_replay_recom
     found_again, _ = await breakdowns(http, stack, site_id)
     assert found_again == EXPECTED
     assert (await stats(http, stack, site_id))["filtered_bots"] == BOTS
-    await assert_redis_matches(redis, site_id, recount(events))
+    await assert_units_match(redis, site_id, shards, events)
 
 
 async def test_the_apply_script_folds_values_past_a_dimensions_quota_into_other(
