@@ -4,7 +4,7 @@ PY := .venv/bin/python
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 
 .PHONY: help venv up down status sites tokens test test-cluster test-unit test-integration lint typecheck replay chaos \
-        capacity bench bench-ingest bench-query bench-memory bench-e2e bench-aggregator bench-replay bench-fallback bench-report
+        capacity bench bench-ingest bench-query bench-memory bench-e2e bench-aggregator bench-hot bench-replay bench-fallback bench-report
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,7 +28,7 @@ status: ## Which parts of the stack run
 replay: venv ## Rebuild the Redis aggregates from Kafka with no downtime (ARGS="--verify", "--site S", "--help")
 	@set -a && . .run/stack.env && set +a && $(PY) -m aggregator.recovery.replay $(ARGS)
 
-sites: venv ## The sites this stack serves (ARGS="add shop [--max-pages N] [--max-events-per-s N] [--burst N] [--origin URL] [--umami-website UUID]", "set shop --max-events-per-s N", "list", "remove shop")
+sites: venv ## The sites this stack serves (ARGS="add shop [--max-pages N] [--max-events-per-s N] [--burst N] [--origin URL] [--umami-website UUID]", "set shop --max-events-per-s N", "set shop --shards N" (a hot site over N Redis units), "list", "remove shop")
 	@set -a && . .run/stack.env && set +a && $(PY) -m admin sites $(ARGS)
 
 tokens: venv ## Stats tokens (ARGS="add --sites shop,blog", "add --admin", "list", "revoke ID")
@@ -65,6 +65,8 @@ bench-e2e: venv ## The highest sustained rate end to end (searched), freshness a
 	$(BENCH) e2e
 bench-aggregator: venv ## Drain rate with one and two aggregators vs the insert ceiling; exactly-once checked
 	$(BENCH) aggregator
+bench-hot: venv ## One site split over BENCH_HOT_SHARDS (4) against the same unsplit, on Redis Cluster (REDIS_CLUSTER=3 make up): drain and each master's CPU; exactly-once checked
+	$(BENCH) hot
 bench-replay: venv ## Rate of python -m aggregator.recovery.replay rebuilding from the topic
 	$(BENCH) replay
 bench-fallback: venv ## /stats answered from MongoDB (1,000,000 events over 1,000 sites, seeded once)

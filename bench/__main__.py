@@ -1,7 +1,7 @@
 """``python -m bench SUITE...``: run benchmark suites, save JSON, print the table.
 
-Suites: ingest, query, memory, e2e, aggregator, replay, or ``all``; ``report`` draws the charts of
-the latest results instead. The limits each chosen suite is compared with are measured
+Suites: ingest, query, memory, e2e, aggregator, hot, replay, or ``all``; ``report`` draws the
+charts of the latest results instead. The limits each chosen suite is compared with are measured
 first, in the same run, while the machine is otherwise as quiet as it gets.
 """
 
@@ -19,6 +19,7 @@ from bench import (
     e2e,
     fallback,
     goals,
+    hot,
     ingest,
     limits,
     memory,
@@ -32,16 +33,19 @@ from bench.results import Run, save
 from bench.settings import BenchSettings
 
 Step = Callable[[BenchSettings, Run], Awaitable[None]]
-ORDER = ("query", "memory", "e2e", "ingest", "aggregator", "replay")  # quiet first, backlog last
+# Quiet first, backlog last.
+ORDER = ("query", "memory", "e2e", "ingest", "aggregator", "hot", "replay")
 SUITES: dict[str, Step] = {"ingest": ingest.run_suite, "query": query.run_suite,
                            "memory": memory.run_suite, "e2e": e2e.run_suite,
-                           "aggregator": aggregator.run_suite, "replay": replay.run_suite}
+                           "aggregator": aggregator.run_suite, "hot": hot.run_suite,
+                           "replay": replay.run_suite}
 LIMITS: dict[str, tuple[Step, ...]] = {
     "ingest": (limits.nginx_static, limits.aiohttp_trivial, limits.kafka_producer),
     "query": (limits.nginx_static, limits.aiohttp_trivial, limits.redis_limits),
     "memory": (),
     "e2e": (),
     "aggregator": (limits.mongo_insert, limits.redis_limits),
+    "hot": (),
     "replay": (limits.kafka_producer,),
 }
 

@@ -47,7 +47,7 @@ SUITE = "aggregator"
 SITES = 10
 
 
-def _aggregator(s: BenchSettings, topic: BenchTopic, index: int) -> tuple[Helper, str]:
+def aggregator_process(s: BenchSettings, topic: BenchTopic, index: int) -> tuple[Helper, str]:
     port = spare_port()
     env = {**os.environ, "KAFKA_BOOTSTRAP": s.kafka_bootstrap, "KAFKA_TOPIC": topic.name,
            "KAFKA_DEAD_LETTER_TOPIC": topic.dead_letters, "AGGREGATOR_GROUP": topic.group,
@@ -61,7 +61,7 @@ def _aggregator(s: BenchSettings, topic: BenchTopic, index: int) -> tuple[Helper
     return helper, f"http://127.0.0.1:{port}/healthz"
 
 
-async def _drain(s: BenchSettings, topic: BenchTopic, total: int, started: list[Helper]
+async def drain_rate(s: BenchSettings, topic: BenchTopic, total: int, started: list[Helper]
                  ) -> tuple[float, float, int]:
     """(events/s from first to last commit, seconds, records drained in that time)."""
     async with GroupLag(s.kafka_bootstrap, topic.name, topic.group) as group:
@@ -83,7 +83,7 @@ async def _drain(s: BenchSettings, topic: BenchTopic, total: int, started: list[
         return (done - first_done) / seconds if seconds else 0.0, seconds, done - first_done
 
 
-def _counted(events: Iterator[PageView], expected: dict[str, Expected]
+def counted_into(events: Iterator[PageView], expected: dict[str, Expected]
              ) -> Iterator[PageView]:
     """The events, each also counted into its site's expectation as it goes by."""
     pages: dict[str, Counter[str]] = {site: Counter() for site in expected}
@@ -101,7 +101,7 @@ async def _one(s: BenchSettings, run: Run, aggregators: int, sites: list[str],
     async with private_topic(s.kafka_bootstrap, "agg") as topic:
         say(SUITE, f"pre-loading {count:,} events into {topic.name}")
         t0 = time.monotonic()
-        produced = await produce(s.kafka_bootstrap, topic.name, _counted(
+        produced = await produce(s.kafka_bootstrap, topic.name, counted_into(
             page_views(count, sites, int(time.time() * 1000), seed=aggregators,
                        tracker=tracker), expected))
         preload_s = time.monotonic() - t0
@@ -112,7 +112,7 @@ async def _one(s: BenchSettings, run: Run, aggregators: int, sites: list[str],
         with helpers() as started:
             urls = []
             for i in range(aggregators):
-                helper, url = _aggregator(s, topic, i + 1)
+                helper, url = aggregator_process(s, topic, i + 1)
                 started.append(helper)
                 urls.append(url)
             for helper, url in zip(started, urls, strict=True):
@@ -120,7 +120,7 @@ async def _one(s: BenchSettings, run: Run, aggregators: int, sites: list[str],
             window = CpuWindow({**stack_groups(), "bench aggregators":
                                 [h.proc.pid for h in started]})
             window.start()
-            events_per_s, seconds, drained = await _drain(s, topic, count, started)
+            events_per_s, seconds, drained = await drain_rate(s, topic, count, started)
             cpu = window.stop()
             verdict = await exact_check.verify(s, run, f"{SUITE} x{aggregators}",
                                                list(expected.values()), s.bench_mongo_db)
