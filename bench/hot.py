@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from redis.crc import key_slot
 
 from bench import exact_check
 from bench.aggregator import aggregator_process, counted_into, drain_rate
@@ -79,9 +80,27 @@ def _stamped(events: Iterator[PageView], shards: int) -> Iterator[PageView]:
         yield dataclasses.replace(event, shards=shards) if shards > 1 else event
 
 
+async def _placement(s: BenchSettings, site: str, shards: int) -> dict[str, int]:
+    """How many of the site's units each master holds (by port): slots are placed by the
+    hash of each unit's tag, so a few units may share a master."""
+    redis = connect_redis_client(s.redis_url)
+    try:
+        ranges = await redis.cluster_slots()  # type: ignore[union-attr]
+    finally:
+        await redis.aclose()
+    per_master: dict[str, int] = {}
+    for unit in units_of(site, shards):
+        slot = key_slot(SiteKeys(unit).generation_pointer().encode())
+        port = next(str(owner["primary"][1]) for (lo, hi), owner in ranges.items()
+                    if lo <= slot <= hi)
+        per_master[port] = per_master.get(port, 0) + 1
+    return dict(sorted(per_master.items()))
+
+
 async def _one(s: BenchSettings, run: Run, shards: int, site: str) -> dict[str, float]:
     count = s.aggregator_event_count()
     await _register(s, site, shards)
+    placement = await _placement(s, site, shards)
     expected = {site: Expected(site)}
     async with private_topic(s.kafka_bootstrap, "hot") as topic:
         say(SUITE, f"pre-loading {count:,} events of one site, {shards} shard(s)")
@@ -109,13 +128,14 @@ async def _one(s: BenchSettings, run: Run, shards: int, site: str) -> dict[str, 
     top = max(redis_cpu.values(), default=0.0)
     ceiling = events_per_s / top if top else 0.0
     say(SUITE, f"  {shards} shard(s): {events_per_s:,.0f} events/s over {seconds:.1f}s; "
-               f"Redis masters {redis_cpu}; ceiling {ceiling:,.0f} events/s; "
-               f"busiest: {busiest(cpu)}")
+               f"units per master port {placement}; Redis masters {redis_cpu}; "
+               f"ceiling {ceiling:,.0f} events/s; busiest: {busiest(cpu)}")
     label = "unsplit" if shards == 1 else f"{shards} shards"
     common = {"events": count, "shards": shards, "aggregators": AGGREGATORS, "pages": PAGES,
               "users": USERS, "seconds": round(seconds, 1), "drained_timed": drained,
               "exactly_once": verdict.ok, "redis_master_cores": redis_cpu,
-              "cpu_cores": cpu, "busiest": busiest(cpu), "partitions": topic.partitions}
+              "cpu_cores": cpu, "busiest": busiest(cpu), "partitions": topic.partitions,
+              "units_per_master_port": placement}
     run.add(Figure(SUITE, f"one site {label}: drain", events_per_s, "events/s", None,
                    0 if drained else 1, extra=common))
     run.add(Figure(SUITE, f"one site {label}: busiest Redis master's ceiling", ceiling,

@@ -9,8 +9,12 @@ the aggregates inside a generation come from the catalog (``contracts.aggregates
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 from dataclasses import dataclass
+
+from redis.crc import key_slot
 
 from contracts.aggregates import PAGE_FACTS, Aggregate, Scope, suffix
 from contracts.page_facts import GROUPS, group_of
@@ -32,12 +36,15 @@ _META = f"{PREFIX}:{{!meta}}"
 
 # A hot site's aggregates are split over ``shards`` *units* (``make sites ARGS="set shop
 # --shards 4"``): unit 0 is the site id itself, so a site that becomes hot keeps what it had
-# there, and unit k > 0 is ``site#k`` (``#`` is not a site id character), each its own hash
-# tag, so its own Redis Cluster slot. Every event goes whole to the unit of its page, so a
-# page's facts, leaderboard entry and visitors live in one unit, and the aggregators apply
+# there, and unit k > 0 is ``site#k.salt`` (``#`` is not a site id character), each its own
+# hash tag, so its own Redis Cluster slot. Every event goes whole to the unit of its page, so
+# a page's facts, leaderboard entry and visitors live in one unit, and the aggregators apply
 # each unit like a site of its own: its own atomic step, applied offsets and generation. The
 # query API adds the units up (``query_api.sharded_reader``).
 UNIT_MARK = "#"
+CLUSTER_SLOTS = 16384
+_PLACES = 16  # MAX_SHARDS: unit k's place on the slot ring is k's 4 bits reversed, / 16
+_PLACE_WINDOW = CLUSTER_SLOTS // 64
 
 
 def shard_of(page_id: str, shards: int) -> int:
@@ -49,16 +56,35 @@ def shard_of(page_id: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+@functools.lru_cache(maxsize=4096)
+def unit_name(site_id: str, shard: int) -> str:
+    """Unit ``shard`` of a site. Its slot is placed, not left to the hash: the first salt
+    whose slot lies within 1/64 of the ring after the place of the unit (the site's own slot,
+    plus the shard's bits reversed, in sixteenths of the ring: 0, 1/2, 1/4, 3/4, 1/8 ...).
+    The first N units are then spread about evenly over the slots for any N, so over the
+    masters of a cluster whose masters own equal slot ranges (what ``redis-cli --cluster
+    create`` makes): 4 units on 3 masters put at most 2 on one, 8 at most 3. The names do
+    not depend on the shard count, so a count that grows keeps its units."""
+    if shard == 0:
+        return site_id
+    place = int(f"{shard:04b}"[::-1], 2) * CLUSTER_SLOTS // _PLACES
+    target = (key_slot(site_id.encode()) + place) % CLUSTER_SLOTS
+    for salt in itertools.count():
+        name = f"{site_id}{UNIT_MARK}{shard}.{salt}"
+        if (key_slot(name.encode()) - target) % CLUSTER_SLOTS < _PLACE_WINDOW:
+            return name
+    raise AssertionError("unreachable")
+
+
 def unit_of(site_id: str, page_id: str, shards: int) -> str:
     """The unit whose keys count an event of ``page_id`` (the site id when unsharded)."""
-    shard = shard_of(page_id, shards)
-    return site_id if shard == 0 else f"{site_id}{UNIT_MARK}{shard}"
+    return unit_name(site_id, shard_of(page_id, shards))
 
 
 def units_of(site_id: str, shards: int) -> list[str]:
     """Every unit of a site split over ``shards`` (shard counts only grow, so these hold
     everything it ever counted)."""
-    return [site_id, *(f"{site_id}{UNIT_MARK}{k}" for k in range(1, max(shards, 1)))]
+    return [unit_name(site_id, k) for k in range(max(shards, 1))]
 
 
 def site_of_unit(unit: str) -> str:

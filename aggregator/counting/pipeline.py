@@ -14,7 +14,7 @@ Effectively-once, step by step (a crash between any two steps is safe):
    own are our earlier write: they count. Others are client retries: they don't, but their
    offsets still advance the marker.
 4. For each site, one atomic Redis script adds the counts and stores the last offset it
-   covers in each of the batch's partitions. If a stored offset shows that part was already
+   covers in each of the batch's partitions (a few sites' scripts in flight at once). If a stored offset shows that part was already
    applied (another aggregator after a rebalance), re-filter and apply only the rest.
 5. Commit the Kafka offsets. Nothing is committed before both stores hold the batch.
 
@@ -126,6 +126,8 @@ class AggregateStore(Protocol):
     async def remember_sites(self, site_ids: Iterable[str]) -> None: ...
 
 
+# Sites' apply scripts one aggregator keeps in flight at once (``Pipeline.apply``).
+APPLY_CONCURRENCY = 8
 MaxPages = Callable[[str], int | None]  # site -> its page quota (None: no quota)
 
 
@@ -187,6 +189,7 @@ class Pipeline:
     crash: CrashHook = field(default_factory=CrashHook)
     health: StoreHealth = field(default_factory=StoreHealth)
     max_pages: MaxPages = default_max_pages  # read once per site and batch
+    apply_concurrency: int = APPLY_CONCURRENCY
     batches: int = 0
     known_sites: set[str] = field(default_factory=set)  # already in ``sites_key()``
     in_flight: int = 0  # batches polled and not yet committed
@@ -286,8 +289,17 @@ class Pipeline:
         if new_sites:
             await self._retry("redis", lambda: self.redis.remember_sites(new_sites), WRITES)
             self.known_sites |= new_sites
-        for site_id, groups in group_by_site(batch.fresh).items():
-            await self._apply_site(batch.sites, site_id, groups, batch.counted)
+        turns = asyncio.Semaphore(self.apply_concurrency)
+
+        async def apply_site(site_id: str, groups: dict[int, list[Located]]) -> None:
+            async with turns:
+                await self._apply_site(batch.sites, site_id, groups, batch.counted)
+
+        # Sites are independent steps (each its own offsets and generation): their scripts
+        # are in flight together, a few at a time, so a batch of many sites (or a hot
+        # site's units, on several cluster masters) does not wait one round trip per site.
+        await asyncio.gather(*(apply_site(site_id, groups)
+                               for site_id, groups in group_by_site(batch.fresh).items()))
         self.crash.maybe_crash(AFTER_REDIS, batch.number)
 
     async def commit(self, batch: Stored) -> None:

@@ -105,9 +105,9 @@ def test_a_run_is_exact_only_when_every_check_passed() -> None:
 
 
 def test_the_aggregator_bench_expects_per_site_and_page_what_it_produced() -> None:
-    from bench.aggregator import _counted
+    from bench.aggregator import counted_into
     from bench.events import page_views
     expected = {site: Expected(site) for site in ("a", "b")}
-    events = list(_counted(page_views(50, ["a", "b"], 1_780_000_000_000), expected))
+    events = list(counted_into(page_views(50, ["a", "b"], 1_780_000_000_000), expected))
     assert expected["a"].acked + expected["b"].acked == len(events) == 50
     assert sum(expected["a"].pages.values()) == expected["a"].acked

@@ -9,13 +9,14 @@ from collections import Counter
 
 import bson
 import pytest
+from redis.crc import key_slot
 
 from aggregator.counting.pipeline import decode_all, group_by_site, unit_of_event
 from aggregator.counting.source import Record
 from aggregator.page_quota import quota_of
 from contracts.aggregates import ALL_TIME, VIEWS
 from contracts.event import MAX_SHARDS, PageView, UndecodableRecord, decode_event, encode_event
-from contracts.keys import SiteKeys, shard_of, site_of_unit, unit_of, units_of
+from contracts.keys import CLUSTER_SLOTS, SiteKeys, shard_of, site_of_unit, unit_of, units_of
 from contracts.mongo import event_document, page_view_of
 from contracts.page_facts import GROUPS, group_of
 from contracts.registry import FixedRegistry
@@ -33,11 +34,23 @@ def hot(event_id: str, page: str, shards: int = 4, site: str = "shop") -> PageVi
 
 def test_units_are_the_site_itself_and_numbered_tags_of_their_own() -> None:
     assert units_of("shop", 1) == ["shop"]
-    assert units_of("shop", 4) == ["shop", "shop#1", "shop#2", "shop#3"]
-    assert {site_of_unit(u) for u in units_of("shop", 4)} == {"shop"}
-    assert {SiteKeys(u).key(VIEWS, ALL_TIME).split("}")[0] for u in units_of("shop", 3)} == {
-        "pv:{shop", "pv:{shop#1", "pv:{shop#2"}  # three hash tags: three cluster slots
+    units = units_of("shop", 4)
+    assert units[0] == "shop" and [u.split(".")[0] for u in units[1:]] == [
+        "shop#1", "shop#2", "shop#3"]
+    assert units_of("shop", 8)[:4] == units  # a count that grows keeps its units
+    assert {site_of_unit(u) for u in units} == {"shop"}
+    assert len({key_slot(u.encode()) for u in units}) == 4  # four cluster slots
     assert all(unit_of("shop", p, 1) == "shop" for p in PAGES[:50])
+
+
+@pytest.mark.parametrize(("shards", "most"), [(2, 1), (3, 2), (4, 2), (8, 3), (16, 6)])
+def test_units_are_placed_about_evenly_over_three_masters(shards: int, most: int) -> None:
+    """Three masters owning equal slot ranges (as ``redis-cli --cluster create`` makes):
+    however the site id hashes, no master holds more than its share, rounded up, plus one."""
+    for i in range(200):
+        per_master = Counter(key_slot(u.encode()) * 3 // CLUSTER_SLOTS
+                             for u in units_of(f"site-{i}", shards))
+        assert max(per_master.values()) <= most, (i, per_master)
 
 
 def test_pages_spread_evenly_and_each_unit_still_fills_every_facts_hash() -> None:
