@@ -19,16 +19,20 @@ on the same server and the suite says so and skips.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 from pymongo import AsyncMongoClient
 from redis.crc import key_slot
 
+from aggregator.counting.aggregate import aggregate, to_ops
+from aggregator.counting.redis_sink import RedisSink
 from bench import exact_check
 from bench.aggregator import aggregator_process, counted_into, drain_rate
 from bench.cpu import PIDS_DIR, CpuWindow, busiest
@@ -41,12 +45,14 @@ from bench.progress import say
 from bench.results import Figure, Run
 from bench.settings import BenchSettings
 from contracts.event import PageView
-from contracts.keys import SiteKeys, sites_key, units_of
+from contracts.keys import SiteKeys, sites_key, unit_of, units_of
 from contracts.mongo import DATABASE
 from contracts.redis_client import connect_redis_client
+from contracts.settings import Retention
 from contracts.tenancy import SITES, Site, site_document
 
 SUITE = "hot"
+STEP = 500  # events an apply step of ``_apply_rate`` counts (a batch of one site, roughly)
 AGGREGATORS = 2
 PAGES = 2_000
 USERS = 50_000
@@ -85,7 +91,7 @@ async def _placement(s: BenchSettings, site: str, shards: int) -> dict[str, int]
     hash of each unit's tag, so a few units may share a master."""
     redis = connect_redis_client(s.redis_url)
     try:
-        ranges = await redis.cluster_slots()  # type: ignore[union-attr]
+        ranges: dict[tuple[int, int], Any] = await redis.cluster_slots()  # type: ignore[union-attr,assignment]
     finally:
         await redis.aclose()
     per_master: dict[str, int] = {}
@@ -140,7 +146,48 @@ async def _one(s: BenchSettings, run: Run, shards: int, site: str) -> dict[str, 
                    0 if drained else 1, extra=common))
     run.add(Figure(SUITE, f"one site {label}: busiest Redis master's ceiling", ceiling,
                    "events/s", extra={**common, "how": "drain rate / that master's cores"}))
-    return {"rate": events_per_s, "ceiling": ceiling, "top": top}
+    direct = [e for e in _stamped(page_views(count, [f"{site}-direct"], int(time.time() * 1000),
+                                             seed=shards, pages=PAGES, users=USERS), shards)]
+    applied, masters_cores = await _apply_rate(s, f"{site}-direct", shards, direct)
+    say(SUITE, f"  {shards} shard(s): Redis applied {applied:,.0f} events/s straight from "
+               f"the apply steps; masters {masters_cores}")
+    run.add(Figure(SUITE, f"one site {label}: Redis apply rate", applied, "events/s",
+                   extra={**common, "redis_master_cores": masters_cores,
+                          "how": f"the aggregator's apply steps ({STEP} events each), "
+                                 "planned first, units applied concurrently"}))
+    return {"rate": events_per_s, "ceiling": ceiling, "top": top, "applied": applied}
+
+
+async def _apply_rate(s: BenchSettings, site: str, shards: int, events: list[PageView]
+                      ) -> tuple[float, dict[str, float]]:
+    """The rate Redis itself takes the site's counts at: the aggregator's own apply steps
+    (``aggregate``, ``to_ops``, ``RedisSink.apply_ranges``) for ``events``, 500 a step,
+    planned first (not timed), then sent with each unit's steps in order and the units'
+    at once, as several aggregators would. Returns (events/s, cores of each master)."""
+    per_unit: dict[str, list[PageView]] = defaultdict(list)
+    for event in events:
+        per_unit[unit_of(site, event.page_id, shards)].append(event)
+    steps = {unit: [(to_ops(SiteKeys(unit), aggregate(mine[at:at + STEP]), Retention()),
+                     {0: (at, at + len(mine[at:at + STEP]) - 1)})
+                    for at in range(0, len(mine), STEP)]
+             for unit, mine in per_unit.items()}
+    redis = connect_redis_client(s.redis_url)
+    sink = RedisSink(redis)
+
+    async def apply_unit(unit: str) -> None:
+        for ops, ranges in steps[unit]:
+            await sink.apply_ranges(ops, ranges, live=False)
+
+    try:
+        window = CpuWindow(redis_masters())
+        window.start()
+        started = time.perf_counter()
+        await asyncio.gather(*(apply_unit(unit) for unit in steps))
+        seconds = time.perf_counter() - started
+        cores = window.stop()
+    finally:
+        await redis.aclose()
+    return len(events) / seconds, cores
 
 
 async def _cleanup(s: BenchSettings, sites: dict[str, int]) -> None:
@@ -178,7 +225,7 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
     try:
         for n in (1, shards):
             site = f"bench-hot-{uuid.uuid4().hex[:8]}"
-            used[site] = n
+            used[site] = used[f"{site}-direct"] = n
             found[n] = await _one(s, run, n, site)
     finally:
         await _cleanup(s, used)
@@ -191,5 +238,10 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
             "unsplit": round(one["ceiling"]), "split": round(many["ceiling"]),
             "drain_ratio": round(many["rate"] / one["rate"], 2) if one["rate"] else None,
             "masters": len(masters)}))
+        run.add(Figure(SUITE, f"Redis apply rate, {shards} shards / unsplit",
+                       many["applied"] / one["applied"], "x", extra={
+                           "unsplit": round(one["applied"]), "split": round(many["applied"]),
+                           "masters": len(masters), "cores": os.cpu_count()}))
         say(SUITE, f"the split site's Redis ceiling is {ratio:.2f}x the unsplit one's "
-                   f"(drain {many['rate']:,.0f} vs {one['rate']:,.0f} events/s)")
+                   f"(drain {many['rate']:,.0f} vs {one['rate']:,.0f} events/s; Redis "
+                   f"applied {many['applied']:,.0f} vs {one['applied']:,.0f} events/s)")
