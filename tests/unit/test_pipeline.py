@@ -367,3 +367,37 @@ async def test_index_creation_is_tried_again_after_a_deadlock_and_other_errors_r
     assert events.created >= 1
     with pytest.raises(OperationFailure):
         await DeadlockingIndexes(deadlocks=1, message="some other failure").sink().ensure_indexes()
+
+
+class SlowStore:
+    """Applies like ``inner`` after a yield, recording how many applies were in flight."""
+
+    def __init__(self, inner: FakeAggregateStore) -> None:
+        self._inner = inner
+        self.in_flight = 0
+        self.most = 0
+
+    async def apply_ranges(self, ops: RedisOps, ranges: Mapping[int, tuple[int, int]],
+                           live: bool = True) -> dict[int, int] | None:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.001)  # a round trip
+            return await self._inner.apply_ranges(ops, ranges, live)
+        finally:
+            self.in_flight -= 1
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
+
+
+async def test_a_batchs_sites_are_applied_a_few_at_a_time_and_each_exactly() -> None:
+    sites = [f"site-{i}" for i in range(20)]
+    records = [record(i, f"e{i}", site=sites[i % 20]) for i in range(100)]
+    pipeline, source, _, redis, _ = make(records)
+    slow = SlowStore(redis)
+    pipeline.redis = slow
+    pipeline.apply_concurrency = 4
+    await drain(pipeline, source, batch=100)
+    assert slow.most == 4  # in flight together, never more than allowed
+    assert [views(redis, site) for site in sites] == [5] * 20
