@@ -14,8 +14,9 @@ Effectively-once, step by step (a crash between any two steps is safe):
    own are our earlier write: they count. Others are client retries: they don't, but their
    offsets still advance the marker.
 4. For each site, one atomic Redis script adds the counts and stores the last offset it
-   covers in each of the batch's partitions (a few sites' scripts in flight at once). If a stored offset shows that part was already
-   applied (another aggregator after a rebalance), re-filter and apply only the rest.
+   covers in each of the batch's partitions (a few sites' scripts in flight at once). If a
+   stored offset shows that part was already applied (another aggregator after a
+   rebalance), re-filter and apply only the rest.
 5. Commit the Kafka offsets. Nothing is committed before both stores hold the batch.
 
 The page quota (``redis_sink``): when the script refuses pages of a piece, those pages count
