@@ -149,10 +149,13 @@ async def _one(s: BenchSettings, run: Run, shards: int, site: str) -> dict[str, 
     direct = [e for e in _stamped(page_views(count, [f"{site}-direct"], int(time.time() * 1000),
                                              seed=shards, pages=PAGES, users=USERS), shards)]
     applied, masters_cores = await _apply_rate(s, f"{site}-direct", shards, direct)
+    direct_placement = await _placement(s, f"{site}-direct", shards)
     say(SUITE, f"  {shards} shard(s): Redis applied {applied:,.0f} events/s straight from "
-               f"the apply steps; masters {masters_cores}")
+               f"the apply steps; units per master port {direct_placement}; masters "
+               f"{masters_cores}")
     run.add(Figure(SUITE, f"one site {label}: Redis apply rate", applied, "events/s",
                    extra={**common, "redis_master_cores": masters_cores,
+                          "units_per_master_port": direct_placement,
                           "how": f"the aggregator's apply steps ({STEP} events each), "
                                  "planned first, units applied concurrently"}))
     return {"rate": events_per_s, "ceiling": ceiling, "top": top, "applied": applied}

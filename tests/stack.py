@@ -396,7 +396,8 @@ def admin(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[s
 
 async def drop_database(client: Any, name: str) -> None:
     """Drop a test's scratch database. FerretDB on PostgreSQL can refuse with "tuple
-    concurrently updated" while its lookup-index helper is indexing the new tables: retry."""
+    concurrently updated" while its lookup-index helper is indexing the new tables, or with
+    a deadlock on a busy machine: retry."""
     async def dropped() -> bool:
         try:
             await client.drop_database(name)

@@ -41,7 +41,7 @@ from query_api.mongo_reader import MongoReader
 from query_api.ranges import TimeRange
 from query_api.routes import DEPS
 from tests.expectations import hll_estimate
-from tests.stack import Stack, eventually
+from tests.stack import Stack, drop_database, eventually
 
 pytestmark = pytest.mark.integration
 Client = TestClient[web.Request, web.Application]
@@ -110,9 +110,11 @@ async def mongo_db(stack: Stack) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]
     """
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
     db = client[f"qtest_{uuid.uuid4().hex[:12]}"]
-    yield db
-    await client.drop_database(db.name)
-    await client.close()
+    try:
+        yield db
+        await drop_database(client, db.name)  # retried: FerretDB can refuse with a deadlock
+    finally:
+        await client.close()
 
 
 @pytest.fixture
