@@ -61,6 +61,18 @@ def aggregator_process(s: BenchSettings, topic: BenchTopic, index: int) -> tuple
     return helper, f"http://127.0.0.1:{port}/healthz"
 
 
+async def start_aggregators(s: BenchSettings, topic: BenchTopic, count: int,
+                            started: list[Helper]) -> None:
+    """``count`` aggregators of the benchmark's own on ``topic``, each answering /healthz."""
+    urls = []
+    for i in range(count):
+        helper, url = aggregator_process(s, topic, i + 1)
+        started.append(helper)
+        urls.append(url)
+    for helper, url in zip(started, urls, strict=True):
+        await wait_http(url, helper=helper)
+
+
 async def drain_rate(s: BenchSettings, topic: BenchTopic, total: int, started: list[Helper]
                  ) -> tuple[float, float, int]:
     """(events/s from first to last commit, seconds, records drained in that time)."""
@@ -110,13 +122,7 @@ async def _one(s: BenchSettings, run: Run, aggregators: int, sites: list[str],
         say(SUITE, f"  {count / preload_s:,.0f} events/s pre-loaded; starting "
                    f"{aggregators} aggregator(s)")
         with helpers() as started:
-            urls = []
-            for i in range(aggregators):
-                helper, url = aggregator_process(s, topic, i + 1)
-                started.append(helper)
-                urls.append(url)
-            for helper, url in zip(started, urls, strict=True):
-                await wait_http(url, helper=helper)
+            await start_aggregators(s, topic, aggregators, started)
             window = CpuWindow({**stack_groups(), "bench aggregators":
                                 [h.proc.pid for h in started]})
             window.start()

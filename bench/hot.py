@@ -34,13 +34,13 @@ from redis.crc import key_slot
 from aggregator.counting.aggregate import aggregate, to_ops
 from aggregator.counting.redis_sink import RedisSink
 from bench import exact_check
-from bench.aggregator import aggregator_process, counted_into, drain_rate
+from bench.aggregator import counted_into, drain_rate, start_aggregators
 from bench.cpu import PIDS_DIR, CpuWindow, busiest
 from bench.drain import wait_for_stack
 from bench.events import page_views
 from bench.exactness import Expected
 from bench.kafka import private_topic, produce
-from bench.procs import helpers, wait_http
+from bench.procs import helpers
 from bench.progress import say
 from bench.results import Figure, Run
 from bench.settings import BenchSettings
@@ -116,13 +116,7 @@ async def _one(s: BenchSettings, run: Run, shards: int, site: str) -> dict[str, 
         if produced != count:
             raise RuntimeError(f"pre-loaded {produced} events, not {count}")
         with helpers() as started:
-            urls = []
-            for i in range(AGGREGATORS):
-                helper, url = aggregator_process(s, topic, i + 1)
-                started.append(helper)
-                urls.append(url)
-            for helper, url in zip(started, urls, strict=True):
-                await wait_http(url, helper=helper)
+            await start_aggregators(s, topic, AGGREGATORS, started)
             masters = redis_masters()
             window = CpuWindow({**masters, "bench aggregators": [h.proc.pid for h in started]})
             window.start()
