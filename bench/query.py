@@ -35,7 +35,7 @@ from bench.progress import say
 from bench.redis_watch import RedisWatch
 from bench.results import Figure, Run
 from bench.seed import SeedInfo, SeedSpec, ensure_seeded, seed_timeout_s
-from bench.settings import BenchSettings
+from bench.settings import BenchSettings, BenchSettingsError
 from bench.sites import register_sites
 from bench.steady import SteadyIngest, seeded_site_batches
 from bench.table import number, percent, render
@@ -97,10 +97,21 @@ def cpu_ms_per_request(cores: float, rps: float) -> float | None:
 @dataclass(frozen=True)
 class QueryConfig:
     ingest_rate: int = INGEST_RATE
+    only: tuple[str, ...] = ()  # endpoint names to measure (empty: all), for an A/B of a few
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> QueryConfig:
-        return cls(int(env.get("BENCH_QUERY_INGEST_RATE", "") or INGEST_RATE))
+        only = tuple(n.strip() for n in env.get("BENCH_QUERY_ENDPOINTS", "").split(",")
+                     if n.strip())
+        return cls(int(env.get("BENCH_QUERY_INGEST_RATE", "") or INGEST_RATE), only)
+
+    def chosen(self, paths: Mapping[str, str]) -> dict[str, str]:
+        """The endpoints ``BENCH_QUERY_ENDPOINTS`` names, in the usual order."""
+        unknown = [n for n in self.only if n not in paths]
+        if unknown:
+            raise BenchSettingsError(f"BENCH_QUERY_ENDPOINTS names no endpoint {unknown}; "
+                                     f"the endpoints are: {', '.join(paths)}")
+        return {n: p for n, p in paths.items() if not self.only or n in self.only}
 
 
 async def _sources(s: BenchSettings, paths: Mapping[str, str]) -> dict[str, str]:
@@ -196,10 +207,11 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
         return
     spec = SeedSpec.from_env(os.environ)
     cfg = QueryConfig.from_env(os.environ)
+    paths = cfg.chosen(endpoints(spec.site, spec.page(0), int(time.time() * 1000)))
     await asyncio.to_thread(ensure_vegeta)  # the open-loop generator; built the first time
     info: SeedInfo = await ensure_seeded(s, spec, seed_timeout_s(os.environ))
     await wait_for_stack(s, SUITE)
-    paths = endpoints(spec.site, spec.page(0), int(time.time() * 1000))
+    paths = cfg.chosen(endpoints(spec.site, spec.page(0), int(time.time() * 1000)))
     sources = await _sources(s, paths)
     run.settings["query_seed"] = info.as_json()
     run.settings["query_endpoints"] = dict(paths)

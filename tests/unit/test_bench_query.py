@@ -12,7 +12,13 @@ import orjson
 import pytest
 
 from aggregator.counting.redis_sink import APPLY_SCRIPT
-from bench.query import cpu_ms_per_request, endpoints, odd_minute_range, summary_rows
+from bench.query import (
+    QueryConfig,
+    cpu_ms_per_request,
+    endpoints,
+    odd_minute_range,
+    summary_rows,
+)
 from bench.redis_watch import SlowSummary, command_costs, command_name, script_names
 from bench.seed import SeedSpec, big_site_events, seed_range, small_site_events, zipf_cumulative
 from bench.settings import BenchSettingsError
@@ -96,6 +102,17 @@ def test_every_endpoint_uses_only_parameters_its_route_accepts() -> None:
         route = "/stats/pages/{page_id}" if parts.path.startswith("/stats/pages/") else parts.path
         names = {k for k, _ in parse_qsl(parts.query)}
         assert names <= ENDPOINT_PARAMS[route], name
+
+
+def test_bench_query_endpoints_picks_named_endpoints_in_order_and_refuses_unknown() -> None:
+    paths = endpoints("site", "page-00000", ANCHOR)
+    assert QueryConfig.from_env({}).chosen(paths) == paths
+    picked = QueryConfig.from_env(
+        {"BENCH_QUERY_ENDPOINTS": "/stats/top, /stats period=7d"}).chosen(paths)
+    assert list(picked) == ["/stats period=7d", "/stats/top"]
+    assert picked["/stats/top"] == paths["/stats/top"]
+    with pytest.raises(BenchSettingsError, match="/stats/nope"):
+        QueryConfig.from_env({"BENCH_QUERY_ENDPOINTS": "/stats/top,/stats/nope"}).chosen(paths)
 
 
 def test_cpu_per_request_is_cores_over_rate() -> None:
