@@ -207,7 +207,7 @@ async def run_suite(s: BenchSettings, run: Run) -> None:
         return
     spec = SeedSpec.from_env(os.environ)
     cfg = QueryConfig.from_env(os.environ)
-    paths = cfg.chosen(endpoints(spec.site, spec.page(0), int(time.time() * 1000)))
+    cfg.chosen(endpoints(spec.site, spec.page(0), 0))  # a misspelt name fails before the seed
     await asyncio.to_thread(ensure_vegeta)  # the open-loop generator; built the first time
     info: SeedInfo = await ensure_seeded(s, spec, seed_timeout_s(os.environ))
     await wait_for_stack(s, SUITE)
